@@ -1,0 +1,1 @@
+//! fragmenta-config (placeholder, being written).

@@ -1,0 +1,1 @@
+//! fragmenta-fastio (placeholder, being written).

@@ -1,0 +1,1 @@
+//! fragmenta-net (placeholder, being written).

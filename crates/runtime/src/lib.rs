@@ -1,0 +1,1 @@
+//! fragmenta-runtime (placeholder, being written).

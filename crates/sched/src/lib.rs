@@ -1,0 +1,1 @@
+//! fragmenta-sched (placeholder, being written).

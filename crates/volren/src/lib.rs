@@ -1,0 +1,1 @@
+//! fragmenta-volren (placeholder, being written).

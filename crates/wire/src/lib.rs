@@ -1,0 +1,1 @@
+//! fragmenta-wire (placeholder, being written).

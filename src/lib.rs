@@ -1,0 +1,1 @@
+//! fragmenta facade (being written).
