@@ -1,0 +1,124 @@
+//! What a job execution returns, and its errors.
+
+use crate::{ClassId, FragmentSet, HostId, JobId, SchedulingMode};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Why a fragment failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FailureReason {
+    /// The fragment panicked; the panic message.
+    #[error("panicked: {0}")]
+    Panicked(String),
+    /// `execute_fragment_remote` returned an error; its message.
+    #[error("returned an error: {0}")]
+    Returned(String),
+    /// The host running the fragment failed and the mode forbids reassignment.
+    #[error("{0} failed while running the fragment")]
+    HostFailed(HostId),
+    /// The remote host does not know the job's class id (the type was not registered there).
+    #[error("class id {0} is not registered on the remote host")]
+    UnknownClass(ClassId),
+    /// The remote host could not deserialize the job; the decoder's message.
+    #[error("the job could not be deserialized on the remote host: {0}")]
+    Deserialize(String),
+}
+
+/// One failed fragment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FragmentFailure {
+    /// Fragment index.
+    pub index: usize,
+    /// Host the fragment ran on (or was assigned to).
+    pub host: HostId,
+    /// Why it failed.
+    pub reason: FailureReason,
+}
+
+/// The outcome of one job execution: which fragments were done, skipped, failed or cancelled.
+///
+/// DiCE leaves it to the application to notice fragments that were not executed (for example
+/// USER_DEFINED fragments on unknown hosts); fragmenta hands it the lists. Every fragment index
+/// in `0..count` is in exactly one of the four sets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    /// The job.
+    pub job: JobId,
+    /// Scheduling mode it ran with.
+    pub mode: SchedulingMode,
+    /// Number of fragments (after resolving ONCE_PER_HOST's 0).
+    pub count: usize,
+    /// Fragments that ran to completion (results delivered).
+    pub done: FragmentSet,
+    /// Fragments never run because their assigned host is unknown or not this cluster's.
+    pub skipped: FragmentSet,
+    /// Fragments that failed; reasons in `failures`.
+    pub failed: FragmentSet,
+    /// Fragments not started because the job was cancelled.
+    pub cancelled: FragmentSet,
+    /// Reason for each failed fragment, ascending by index.
+    pub failures: Vec<FragmentFailure>,
+    /// Fragments done per host, ascending by host.
+    pub per_host: Vec<(HostId, usize)>,
+    /// Wall time from submission to completion.
+    pub elapsed: Duration,
+}
+
+impl JobReport {
+    /// Whether every fragment is done.
+    pub fn is_complete(&self) -> bool {
+        self.done.len() == self.count
+    }
+
+    /// Fragments done on `host`.
+    pub fn done_on(&self, host: HostId) -> usize {
+        self.per_host.iter().find(|(h, _)| *h == host).map_or(0, |(_, n)| *n)
+    }
+}
+
+/// A job that cannot run as asked, detected before any fragment runs.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InvalidArgument {
+    /// Negative priorities are reserved (DiCE: "Negative values are reserved for internal
+    /// purposes").
+    #[error("priority {0} is negative; negative priorities are reserved")]
+    NegativePriority(i8),
+    /// The CPU load is negative, NaN or infinite.
+    #[error("cpu_load {0} is not a finite non-negative number")]
+    InvalidCpuLoad(f32),
+    /// The GPU load is negative, NaN or infinite.
+    #[error("gpu_load {0} is not a finite non-negative number")]
+    InvalidGpuLoad(f32),
+    /// ONCE_PER_HOST is not possible for jobs that need a GPU.
+    #[error("ONCE_PER_HOST jobs cannot have a GPU load (gpu_load {0})")]
+    OncePerHostWithGpuLoad(f32),
+    /// ONCE_PER_HOST with more fragments than eligible remote hosts.
+    #[error("ONCE_PER_HOST with {count} fragments but only {eligible} eligible remote hosts")]
+    OncePerHostCountExceedsHosts {
+        /// Fragments asked for.
+        count: usize,
+        /// Remote hosts of the initiator's sub-cluster.
+        eligible: usize,
+    },
+    /// The job needs a GPU and no host of the cluster has one.
+    #[error("the job has gpu_load {0} but no host of the cluster has a GPU")]
+    NoGpuHost(f32),
+    /// `assign_fragments_to_hosts` must be given one slot per fragment; the runtime checks the
+    /// count fits in memory.
+    #[error("fragment count {0} is too large")]
+    CountTooLarge(usize),
+}
+
+/// Why [`execute`](crate) could not produce a report.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ExecuteError {
+    /// The job's parameters are invalid; nothing ran.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(#[from] InvalidArgument),
+    /// The job could not be serialized for remote hosts; the encoder's message.
+    #[error("the job could not be serialized: {0}")]
+    Serialize(String),
+    /// The runtime was shut down before the job finished.
+    #[error("the runtime is shut down")]
+    ShutDown,
+}

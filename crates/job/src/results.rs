@@ -1,0 +1,186 @@
+//! Result streaming between a remote fragment and the initiator.
+
+use serde::{de::DeserializeOwned, Serialize};
+use std::io;
+
+/// Where a [`ResultWriter`] sends its chunks. Implemented by the runtime (a stream back to the
+/// initiator) and by tests that drive a job directly.
+pub trait ChunkSink {
+    /// Sends chunk `seq` (0, 1, 2, … per fragment attempt) with its bytes.
+    fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> io::Result<()>;
+}
+
+impl ChunkSink for Vec<Vec<u8>> {
+    fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> io::Result<()> {
+        debug_assert_eq!(seq as usize, self.len());
+        self.push(data);
+        Ok(())
+    }
+}
+
+/// The serializer a remote fragment writes its results to. Mirrors DiCE's `ISerializer` as
+/// passed to `execute_fragment_remote`.
+///
+/// Contract: every [`flush`](io::Write::flush) ends one chunk and becomes exactly one
+/// [`receive_remote_result`](crate::FragmentedJob::receive_remote_result) call on the initiator,
+/// even when nothing was written since the last flush. When `execute_fragment_remote` returns,
+/// the runtime flushes once more, so a fragment that never flushes yields exactly one call.
+/// Chunks of one fragment are numbered 0, 1, 2, …; they must be the same on every attempt (a
+/// fragment may be re-executed after a host failure and already-delivered chunks are skipped).
+pub struct ResultWriter<'a> {
+    buf: Vec<u8>,
+    seq: u32,
+    sink: &'a mut dyn ChunkSink,
+}
+
+impl<'a> ResultWriter<'a> {
+    /// A writer sending its chunks to `sink`, starting at chunk 0.
+    pub fn new(sink: &'a mut dyn ChunkSink) -> Self {
+        ResultWriter { buf: Vec::new(), seq: 0, sink }
+    }
+
+    /// Appends `value` encoded with bincode (standard configuration); read it back with
+    /// [`ResultReader::read_value`].
+    pub fn write_value<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        bincode::serde::encode_into_std_write(value, &mut self.buf, bincode::config::standard())
+            .map(|_| ())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    }
+
+    /// Number of chunks sent so far.
+    pub fn chunks_sent(&self) -> u32 {
+        self.seq
+    }
+
+    /// Bytes written since the last flush.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Ends the fragment: sends the final chunk. Called by the runtime when
+    /// `execute_fragment_remote` returns; returns the total number of chunks.
+    pub fn finish(mut self) -> io::Result<u32> {
+        io::Write::flush(&mut self)?;
+        Ok(self.seq)
+    }
+}
+
+impl io::Write for ResultWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// Ends the current chunk (possibly empty) and sends it.
+    fn flush(&mut self) -> io::Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        self.sink.send_chunk(self.seq, data)?;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// One chunk of a remote fragment's result, as read on the initiator. Mirrors DiCE's
+/// `IDeserializer` as passed to `receive_remote_result`.
+#[derive(Debug)]
+pub struct ResultReader {
+    data: Vec<u8>,
+    pos: usize,
+    seq: u32,
+}
+
+impl ResultReader {
+    /// A reader over chunk `seq` holding `data`.
+    pub fn new(seq: u32, data: Vec<u8>) -> Self {
+        ResultReader { data, pos: 0, seq }
+    }
+
+    /// The chunk's sequence number within its fragment (0-based).
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// All bytes of the chunk.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> &[u8] {
+        &self.data[self.pos..]
+    }
+
+    /// Total size of the chunk in bytes.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the chunk is empty (an empty flush).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Takes the chunk's bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.data
+    }
+
+    /// Reads the next value written with [`ResultWriter::write_value`].
+    pub fn read_value<T: DeserializeOwned>(&mut self) -> io::Result<T> {
+        let (value, used) = bincode::serde::decode_from_slice::<T, _>(
+            &self.data[self.pos..],
+            bincode::config::standard().with_limit::<{ 1 << 30 }>(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        self.pos += used;
+        Ok(value)
+    }
+}
+
+impl io::Read for ResultReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let rest = &self.data[self.pos..];
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn every_flush_is_one_chunk_and_finish_flushes_the_rest() {
+        let mut sink: Vec<Vec<u8>> = Vec::new();
+        let mut w = ResultWriter::new(&mut sink);
+        w.write_all(b"ab").unwrap();
+        w.flush().unwrap();
+        w.flush().unwrap(); // empty chunk still counts
+        w.write_value(&42u64).unwrap();
+        assert_eq!(w.finish().unwrap(), 3);
+        assert_eq!(sink.len(), 3);
+        assert_eq!(sink[0], b"ab");
+        assert!(sink[1].is_empty());
+        let mut r = ResultReader::new(2, sink[2].clone());
+        assert_eq!(r.read_value::<u64>().unwrap(), 42);
+        assert!(r.remaining().is_empty());
+    }
+
+    #[test]
+    fn reader_reads_bytes_and_rejects_garbage_values() {
+        let mut r = ResultReader::new(0, vec![1, 2, 3]);
+        let mut two = [0u8; 2];
+        r.read_exact(&mut two).unwrap();
+        assert_eq!(two, [1, 2]);
+        let mut bad = ResultReader::new(0, vec![0xff]);
+        assert!(bad.read_value::<u64>().is_err());
+    }
+}

@@ -1,0 +1,670 @@
+//! The initiator's scheduler: places a job's fragments on hosts, reassigns them when a host
+//! fails, and turns result chunks into an exactly-once (and, when asked, ordered) delivery.
+//!
+//! One [`Scheduler`] runs on every host for the jobs that host initiates. It is a sans-IO state
+//! machine: the runtime feeds it events (`host_up`, `host_down`, `submit`, `on_*`, `cancel`) and
+//! polls [`Action`]s (send a replica, dispatch fragments, deliver a chunk, cancel, release,
+//! finished). It never reads a clock, a socket or a thread; `P` is the runtime's chunk payload.
+//!
+//! Rules (see ARCHITECTURE.md, "Scheduling semantics"):
+//! - LOCAL: everything on the initiator. ONCE_PER_HOST: fragment `i` on the `i`-th remote host
+//!   of the initiator's sub-cluster (ascending id). USER_DEFINED: where the job says; unknown
+//!   hosts are skipped. These three never move a fragment: a failed host fails its fragments.
+//! - CLUSTER: pull-based. Each host has a window of outstanding fragments (starting at twice its
+//!   parallel slots, doubling each time the host runs dry while work remains); batches follow
+//!   guided self-scheduling so a slow host holds little and the tail stays balanced. Fragments
+//!   of a failed host go back to the pool and run elsewhere, the initiator included.
+//! - Results: chunk `(fragment, seq)` is delivered at most once across attempts; a chunk is
+//!   accepted only from the host the fragment is assigned to now, so anything arriving late from
+//!   a host declared dead, or after the fragment or job finished, is dropped. Without
+//!   `allow_non_sequential_chunks`, deliveries come in ascending (fragment, seq) order: chunks of
+//!   the lowest unfinished fragment stream through, later ones wait.
+
+use fragmenta_job::{
+    FailureReason, FragmentFailure, FragmentSet, HostId, InvalidArgument, JobId, JobParams,
+    JobReport, SchedulingMode,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
+use std::time::Duration;
+
+/// What the scheduler knows of a host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostInfo {
+    /// Sub-cluster the host belongs to (ONCE_PER_HOST stays within the initiator's).
+    pub sub_cluster: u32,
+    /// CPU cores.
+    pub cores: f32,
+    /// GPUs.
+    pub gpus: u32,
+}
+
+/// A job as submitted to the scheduler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    /// The job's scheduling parameters.
+    pub params: JobParams,
+    /// Fragments asked for (ONCE_PER_HOST: 0 = one per remote host).
+    pub count: usize,
+    /// For USER_DEFINED: the host of each fragment (`assign_fragments_to_hosts`).
+    pub assignment: Option<Vec<HostId>>,
+}
+
+/// What the runtime must do next.
+#[derive(Debug, PartialEq)]
+pub enum Action<P> {
+    /// Serialize the job and send it to `host` (always before the first `Dispatch` there).
+    SendReplica {
+        /// The job.
+        job: JobId,
+        /// The remote host.
+        host: HostId,
+    },
+    /// Run these fragments on `host` (the initiator itself or a remote host).
+    Dispatch {
+        /// The job.
+        job: JobId,
+        /// Where to run them.
+        host: HostId,
+        /// Fragment indices, ascending.
+        fragments: Vec<Range<usize>>,
+    },
+    /// Call `receive_remote_result` for this chunk.
+    Deliver {
+        /// The job.
+        job: JobId,
+        /// Fragment index.
+        fragment: usize,
+        /// Chunk sequence number.
+        seq: u32,
+        /// The chunk.
+        payload: P,
+    },
+    /// Tell `host` to drop the job's unstarted fragments and cancel running ones.
+    Cancel {
+        /// The job.
+        job: JobId,
+        /// The host.
+        host: HostId,
+    },
+    /// The job is over: `host` may drop its replica.
+    Release {
+        /// The job.
+        job: JobId,
+        /// The remote host.
+        host: HostId,
+    },
+    /// The job finished; every fragment is in exactly one set of the report. Comes after every
+    /// `Deliver` of the job. `elapsed` is zero: the runtime owns the clock.
+    Finished(JobReport),
+}
+
+/// Whether an event changed anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event was applied.
+    Applied,
+    /// The event refers to an unknown or finished job, a host that is down, or a fragment not
+    /// assigned to that host any more; it was dropped.
+    Stale,
+}
+
+struct JobState<P> {
+    params: JobParams,
+    count: usize,
+    ordered: bool,
+    reassign: bool,
+    cancelling: bool,
+    unassigned: FragmentSet,
+    assigned: BTreeMap<HostId, FragmentSet>,
+    window: BTreeMap<HostId, usize>,
+    replicas: BTreeSet<HostId>,
+    done: FragmentSet,
+    skipped: FragmentSet,
+    failed: FragmentSet,
+    cancelled: FragmentSet,
+    failures: Vec<FragmentFailure>,
+    per_host: BTreeMap<HostId, usize>,
+    next_seq: BTreeMap<usize, u32>,
+    cursor: usize,
+    buffered: BTreeMap<(usize, u32), P>,
+}
+
+impl<P> JobState<P> {
+    fn terminal_run_end(&self, x: usize) -> Option<usize> {
+        let mut end = x;
+        loop {
+            let next = [&self.done, &self.failed, &self.skipped, &self.cancelled]
+                .iter()
+                .filter_map(|s| s.run_end(end))
+                .max();
+            match next {
+                Some(e) if e > end => end = e,
+                _ => break,
+            }
+        }
+        (end > x).then_some(end)
+    }
+
+    fn terminal_len(&self) -> usize {
+        self.done.len() + self.failed.len() + self.skipped.len() + self.cancelled.len()
+    }
+
+    fn outstanding(&self, host: HostId) -> usize {
+        self.assigned.get(&host).map_or(0, |s| s.len())
+    }
+
+    /// Removes `range` from `host`'s assignment; returns the part that was assigned there.
+    fn unassign(&mut self, host: HostId, range: Range<usize>) -> FragmentSet {
+        let mut taken = FragmentSet::new();
+        if let Some(set) = self.assigned.get_mut(&host) {
+            for r in set.ranges().to_vec() {
+                let lo = r.start.max(range.start);
+                let hi = r.end.min(range.end);
+                if lo < hi {
+                    taken.insert_range(lo..hi);
+                }
+            }
+            for r in taken.ranges() {
+                set.remove_range(r.clone());
+            }
+        }
+        taken
+    }
+}
+
+/// The initiator's scheduler. See the module docs.
+pub struct Scheduler<P> {
+    local: HostId,
+    hosts: BTreeMap<HostId, HostInfo>,
+    jobs: BTreeMap<JobId, JobState<P>>,
+    actions: VecDeque<Action<P>>,
+    max_batch: usize,
+    max_window: usize,
+}
+
+impl<P> Scheduler<P> {
+    /// A scheduler on host `local`, which is up with `info`.
+    pub fn new(local: HostId, info: HostInfo) -> Self {
+        let mut hosts = BTreeMap::new();
+        hosts.insert(local, info);
+        Scheduler {
+            local,
+            hosts,
+            jobs: BTreeMap::new(),
+            actions: VecDeque::new(),
+            max_batch: 1024,
+            max_window: 8192,
+        }
+    }
+
+    /// Caps CLUSTER batch size (default 1024) and per-host window (default 8192).
+    pub fn set_limits(&mut self, max_batch: usize, max_window: usize) {
+        self.max_batch = max_batch.max(1);
+        self.max_window = max_window.max(self.max_batch);
+    }
+
+    /// This host.
+    pub fn local(&self) -> HostId {
+        self.local
+    }
+
+    /// Hosts currently up, this one included.
+    pub fn hosts(&self) -> impl Iterator<Item = (HostId, &HostInfo)> {
+        self.hosts.iter().map(|(h, i)| (*h, i))
+    }
+
+    /// Jobs not finished yet.
+    pub fn active_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The next action, if any.
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// A host joined (or this scheduler learned of it). Host ids are never reused.
+    pub fn host_up(&mut self, host: HostId, info: HostInfo) {
+        self.hosts.insert(host, info);
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for job in ids {
+            self.pump(job);
+        }
+    }
+
+    /// A host failed or left. CLUSTER fragments there go back to the pool; other modes report
+    /// them failed. Returns `Stale` for the local host or an unknown one.
+    pub fn host_down(&mut self, host: HostId) -> Outcome {
+        if host == self.local || self.hosts.remove(&host).is_none() {
+            return Outcome::Stale;
+        }
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            job.replicas.remove(&host);
+            job.window.remove(&host);
+            let lost = job.assigned.remove(&host).unwrap_or_default();
+            if job.cancelling {
+                job.cancelled.extend_from(&lost);
+            } else if job.reassign {
+                job.unassigned.extend_from(&lost);
+            } else {
+                for i in lost.iter() {
+                    job.failures.push(FragmentFailure {
+                        index: i,
+                        host,
+                        reason: FailureReason::HostFailed(host),
+                    });
+                }
+                job.failed.extend_from(&lost);
+            }
+            // A CLUSTER GPU job whose GPU hosts are all gone cannot finish: fail the rest.
+            if job.reassign && !job.unassigned.is_empty() && job.params.gpu_load > 0.0 {
+                let any_gpu = self.hosts.values().any(|h| h.gpus > 0);
+                if !any_gpu {
+                    let rest = std::mem::take(&mut job.unassigned);
+                    for i in rest.iter() {
+                        job.failures.push(FragmentFailure {
+                            index: i,
+                            host,
+                            reason: FailureReason::HostFailed(host),
+                        });
+                    }
+                    job.failed.extend_from(&rest);
+                }
+            }
+            self.pump(id);
+            self.advance(id);
+        }
+        Outcome::Applied
+    }
+
+    /// Submits a job; returns its resolved fragment count. Invalid arguments are reported
+    /// before anything is scheduled.
+    pub fn submit(&mut self, job: JobId, spec: JobSpec) -> Result<usize, InvalidArgument> {
+        spec.params.validate()?;
+        let params = spec.params;
+        if params.gpu_load > 0.0 && !self.hosts.values().any(|h| h.gpus > 0) {
+            return Err(InvalidArgument::NoGpuHost(params.gpu_load));
+        }
+        let local_sub = self.hosts.get(&self.local).map_or(0, |h| h.sub_cluster);
+        let once_hosts: Vec<HostId> = self
+            .hosts
+            .iter()
+            .filter(|(h, i)| **h != self.local && i.sub_cluster == local_sub)
+            .map(|(h, _)| *h)
+            .collect();
+        let count = match params.mode {
+            SchedulingMode::OncePerHost => {
+                if spec.count > once_hosts.len() {
+                    return Err(InvalidArgument::OncePerHostCountExceedsHosts {
+                        count: spec.count,
+                        eligible: once_hosts.len(),
+                    });
+                }
+                if spec.count == 0 {
+                    once_hosts.len()
+                } else {
+                    spec.count
+                }
+            }
+            _ => spec.count,
+        };
+        let mut state = JobState {
+            ordered: !params.allow_non_sequential_chunks,
+            reassign: params.mode == SchedulingMode::Cluster,
+            params,
+            count,
+            cancelling: false,
+            unassigned: FragmentSet::new(),
+            assigned: BTreeMap::new(),
+            window: BTreeMap::new(),
+            replicas: BTreeSet::new(),
+            done: FragmentSet::new(),
+            skipped: FragmentSet::new(),
+            failed: FragmentSet::new(),
+            cancelled: FragmentSet::new(),
+            failures: Vec::new(),
+            per_host: BTreeMap::new(),
+            next_seq: BTreeMap::new(),
+            cursor: 0,
+            buffered: BTreeMap::new(),
+        };
+        match state.params.mode {
+            SchedulingMode::Local => {
+                state.assigned.entry(self.local).or_default().insert_range(0..count);
+            }
+            SchedulingMode::Cluster => state.unassigned.insert_range(0..count),
+            SchedulingMode::OncePerHost => {
+                for (i, h) in once_hosts.iter().take(count).enumerate() {
+                    state.assigned.entry(*h).or_default().insert(i);
+                }
+            }
+            SchedulingMode::UserDefined => {
+                let slots = spec.assignment.unwrap_or_default();
+                for i in 0..count {
+                    match slots.get(i) {
+                        Some(h) if self.hosts.contains_key(h) => {
+                            if state.params.gpu_load > 0.0
+                                && self.hosts.get(h).is_some_and(|info| info.gpus == 0)
+                            {
+                                state.failures.push(FragmentFailure {
+                                    index: i,
+                                    host: *h,
+                                    reason: FailureReason::Returned(format!(
+                                        "{h} has no GPU for a job with gpu_load {}",
+                                        state.params.gpu_load
+                                    )),
+                                });
+                                state.failed.insert(i);
+                            } else {
+                                state.assigned.entry(*h).or_default().insert(i);
+                            }
+                        }
+                        _ => state.skipped.insert(i),
+                    }
+                }
+            }
+        }
+        // Static modes dispatch everything now.
+        let static_dispatch: Vec<(HostId, Vec<Range<usize>>)> = state
+            .assigned
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(h, s)| (*h, s.ranges().to_vec()))
+            .collect();
+        for (host, fragments) in static_dispatch {
+            if host != self.local {
+                state.replicas.insert(host);
+                self.actions.push_back(Action::SendReplica { job, host });
+            }
+            self.actions.push_back(Action::Dispatch { job, host, fragments });
+        }
+        self.jobs.insert(job, state);
+        self.pump(job);
+        self.advance(job);
+        Ok(count)
+    }
+
+    /// Parallel slots of `host` for the job.
+    fn slots(&self, host: HostId, params: &JobParams) -> usize {
+        let Some(info) = self.hosts.get(&host) else { return 0 };
+        let mut s = if params.cpu_load > 0.0 {
+            ((info.cores / params.cpu_load).floor() as usize).max(1)
+        } else {
+            (info.cores.ceil() as usize).max(1) * 4
+        };
+        if params.gpu_load > 0.0 {
+            if info.gpus == 0 {
+                return 0;
+            }
+            let per_gpu =
+                if params.gpu_load <= 1.0 { (1.0 / params.gpu_load).floor() as usize } else { 1 };
+            s = s.min((per_gpu * info.gpus as usize).max(1));
+        }
+        if params.thread_limit > 0 {
+            s = s.min(params.thread_limit);
+        }
+        s
+    }
+
+    /// CLUSTER: hand out unassigned fragments to hosts with room in their window.
+    fn pump(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else { return };
+        if !job.reassign || job.cancelling || job.unassigned.is_empty() {
+            return;
+        }
+        let params = job.params.clone();
+        let slots: Vec<(HostId, usize)> = self
+            .hosts
+            .keys()
+            .map(|h| (*h, self.slots(*h, &params)))
+            .filter(|(_, s)| *s > 0)
+            .collect();
+        let total: usize = slots.iter().map(|(_, s)| s).sum::<usize>().max(1);
+        let (max_batch, max_window, local) = (self.max_batch, self.max_window, self.local);
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        for (host, s) in slots {
+            let window = *job.window.entry(host).or_insert((2 * s).min(max_window));
+            let outstanding = job.outstanding(host);
+            if outstanding >= window || job.unassigned.is_empty() {
+                continue;
+            }
+            let guided = (job.unassigned.len() * s).div_ceil(2 * total).clamp(1, max_batch);
+            let n = guided.min(window - outstanding);
+            let fragments = job.unassigned.take_front(n);
+            let set = job.assigned.entry(host).or_default();
+            for r in &fragments {
+                set.insert_range(r.clone());
+            }
+            if host != local && job.replicas.insert(host) {
+                self.actions.push_back(Action::SendReplica { job: id, host });
+            }
+            self.actions.push_back(Action::Dispatch { job: id, host, fragments });
+        }
+    }
+
+    fn grow_window(&mut self, id: JobId, host: HostId) {
+        let max_window = self.max_window;
+        if let Some(job) = self.jobs.get_mut(&id) {
+            if job.outstanding(host) == 0 && !job.unassigned.is_empty() {
+                if let Some(w) = job.window.get_mut(&host) {
+                    *w = (*w * 2).min(max_window);
+                }
+            }
+        }
+    }
+
+    fn accepts(&self, id: JobId, host: HostId, fragment: usize) -> bool {
+        self.hosts.contains_key(&host)
+            && self
+                .jobs
+                .get(&id)
+                .and_then(|j| j.assigned.get(&host))
+                .is_some_and(|s| s.contains(fragment))
+    }
+
+    /// A chunk of a remote fragment's result arrived from `host`.
+    pub fn on_chunk(
+        &mut self,
+        id: JobId,
+        host: HostId,
+        fragment: usize,
+        seq: u32,
+        payload: P,
+    ) -> Outcome {
+        if !self.accepts(id, host, fragment) {
+            return Outcome::Stale;
+        }
+        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let next = job.next_seq.entry(fragment).or_insert(0);
+        if seq < *next {
+            return Outcome::Stale; // delivered by an earlier attempt
+        }
+        if (!job.ordered || fragment == job.cursor) && seq == *next {
+            *next += 1;
+            self.actions.push_back(Action::Deliver { job: id, fragment, seq, payload });
+        } else {
+            job.buffered.entry((fragment, seq)).or_insert(payload);
+        }
+        Outcome::Applied
+    }
+
+    /// Remote fragment `fragment` finished on `host` after sending `chunks` chunks (all of them
+    /// reported before this event).
+    pub fn on_fragment_done(&mut self, id: JobId, host: HostId, fragment: usize, chunks: u32) -> Outcome {
+        if !self.accepts(id, host, fragment) {
+            return Outcome::Stale;
+        }
+        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let _ = chunks;
+        job.unassign(host, fragment..fragment + 1);
+        job.done.insert(fragment);
+        *job.per_host.entry(host).or_insert(0) += 1;
+        if !job.ordered {
+            job.next_seq.remove(&fragment);
+        }
+        self.grow_window(id, host);
+        self.pump(id);
+        self.advance(id);
+        Outcome::Applied
+    }
+
+    /// Fragments that ran on the initiator itself (no chunks) finished.
+    pub fn on_local_done(&mut self, id: JobId, range: Range<usize>) -> Outcome {
+        let local = self.local;
+        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let taken = job.unassign(local, range);
+        if taken.is_empty() {
+            return Outcome::Stale;
+        }
+        *job.per_host.entry(local).or_insert(0) += taken.len();
+        job.done.extend_from(&taken);
+        self.grow_window(id, local);
+        self.pump(id);
+        self.advance(id);
+        Outcome::Applied
+    }
+
+    /// A fragment failed on `host` (panic, error, unknown class…). Failed fragments are not
+    /// retried: the failure is the fragment's, not the host's.
+    pub fn on_fragment_failed(
+        &mut self,
+        id: JobId,
+        host: HostId,
+        fragment: usize,
+        reason: FailureReason,
+    ) -> Outcome {
+        if !self.accepts(id, host, fragment) {
+            return Outcome::Stale;
+        }
+        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        job.unassign(host, fragment..fragment + 1);
+        job.failed.insert(fragment);
+        let at = job.failures.partition_point(|f| f.index < fragment);
+        job.failures.insert(at, FragmentFailure { index: fragment, host, reason });
+        self.pump(id);
+        self.advance(id);
+        Outcome::Applied
+    }
+
+    /// `host` gave back fragments it had not started (after a cancel, or when asked to).
+    pub fn on_not_started(&mut self, id: JobId, host: HostId, ranges: &[Range<usize>]) -> Outcome {
+        if !self.hosts.contains_key(&host) {
+            return Outcome::Stale;
+        }
+        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let mut any = false;
+        for r in ranges {
+            let taken = job.unassign(host, r.clone());
+            any |= !taken.is_empty();
+            if job.cancelling {
+                job.cancelled.extend_from(&taken);
+            } else if job.reassign {
+                job.unassigned.extend_from(&taken);
+            } else {
+                job.cancelled.extend_from(&taken);
+            }
+        }
+        self.pump(id);
+        self.advance(id);
+        if any {
+            Outcome::Applied
+        } else {
+            Outcome::Stale
+        }
+    }
+
+    /// Cancels a job: unassigned fragments are cancelled now, hosts holding fragments are told
+    /// to drop the unstarted ones. The job finishes once every host has answered.
+    pub fn cancel(&mut self, id: JobId) -> Outcome {
+        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        if job.cancelling {
+            return Outcome::Stale;
+        }
+        job.cancelling = true;
+        let rest = std::mem::take(&mut job.unassigned);
+        job.cancelled.extend_from(&rest);
+        let holders: Vec<HostId> = job
+            .assigned
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(h, _)| *h)
+            .collect();
+        for host in holders {
+            self.actions.push_back(Action::Cancel { job: id, host });
+        }
+        self.advance(id);
+        Outcome::Applied
+    }
+
+    /// Delivers what order now allows and finishes the job when everything is accounted for.
+    fn advance(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        if job.ordered {
+            loop {
+                // Stream the cursor fragment's buffered chunks that are next in sequence.
+                let cur = job.cursor;
+                loop {
+                    let next = *job.next_seq.get(&cur).unwrap_or(&0);
+                    match job.buffered.remove(&(cur, next)) {
+                        Some(payload) if cur < job.count => {
+                            job.next_seq.insert(cur, next + 1);
+                            self.actions.push_back(Action::Deliver {
+                                job: id,
+                                fragment: cur,
+                                seq: next,
+                                payload,
+                            });
+                        }
+                        _ => break,
+                    }
+                }
+                if cur >= job.count {
+                    break;
+                }
+                let Some(end) = job.terminal_run_end(cur) else { break };
+                // Deliver buffered chunks of terminal fragments in [cur, end), in order.
+                while let Some((&(f, s), _)) = job.buffered.first_key_value() {
+                    if f >= end {
+                        break;
+                    }
+                    let Some(payload) = job.buffered.remove(&(f, s)) else { break };
+                    let next = job.next_seq.entry(f).or_insert(0);
+                    if s == *next {
+                        *next += 1;
+                        self.actions.push_back(Action::Deliver { job: id, fragment: f, seq: s, payload });
+                    }
+                }
+                let stale: Vec<usize> = job.next_seq.range(..end).map(|(f, _)| *f).collect();
+                for f in stale {
+                    job.next_seq.remove(&f);
+                }
+                job.cursor = end;
+            }
+        }
+        let all_terminal = job.terminal_len() == job.count;
+        let delivered = !job.ordered || job.cursor >= job.count;
+        let nothing_out = job.assigned.values().all(|s| s.is_empty());
+        if !(all_terminal && delivered && nothing_out) {
+            return;
+        }
+        let Some(job) = self.jobs.remove(&id) else { return };
+        for host in &job.replicas {
+            self.actions.push_back(Action::Release { job: id, host: *host });
+        }
+        self.actions.push_back(Action::Finished(JobReport {
+            job: id,
+            mode: job.params.mode,
+            count: job.count,
+            done: job.done,
+            skipped: job.skipped,
+            failed: job.failed,
+            cancelled: job.cancelled,
+            failures: job.failures,
+            per_host: job.per_host.into_iter().collect(),
+            elapsed: Duration::ZERO,
+        }));
+    }
+}

@@ -1,0 +1,417 @@
+//! Per-host admission: which waiting fragments may start now on this host.
+//!
+//! A host runs fragments of many jobs (from many initiators). [`HostQueue`] holds their waiting
+//! fragments and decides what starts next, under the host's rules:
+//! - the sum of `cpu_load` of running fragments stays ≤ the host's cores, and of `gpu_load` on
+//!   each GPU ≤ 1.0 (a fragment whose load exceeds the whole host runs alone, so it cannot wait
+//!   forever);
+//! - at most `thread_limit` fragments of one job run at once (0 = no limit);
+//! - among waiting fragments, the lower priority value runs first, then the earlier submission.
+//!   A job that waits for a resource blocks lower-priority jobs that need the same resource, so
+//!   small low-priority fragments cannot starve a large high-priority one.
+//!
+//! Fragments are handed out in *blocks*: consecutive fragments of one job that one worker runs
+//! one after the other, so the per-fragment cost is a loop iteration. Block sizes follow guided
+//! self-scheduling (remaining / (2 × parallelism), capped), so the tail stays balanced.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
+
+/// Identifies one job's work on this host (assigned by the caller; unique per host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkKey(pub u64);
+
+/// What the host needs to know about a job to admit its fragments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkSpec {
+    /// Smaller runs first.
+    pub priority: i8,
+    /// CPU load of one fragment.
+    pub cpu_load: f32,
+    /// GPU load of one fragment.
+    pub gpu_load: f32,
+    /// Most fragments of this job running at once here; 0 = no limit.
+    pub thread_limit: usize,
+}
+
+/// Consecutive fragments of one job for one worker to run in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The job's work on this host.
+    pub work: WorkKey,
+    /// Fragment indices, run in ascending order.
+    pub range: Range<usize>,
+    /// GPU ordinals reserved for the block (empty for CPU jobs).
+    pub gpus: Vec<u32>,
+}
+
+/// Errors from [`HostQueue::submit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The job needs a GPU and this host has none.
+    NoGpu,
+    /// The key is already in use.
+    DuplicateKey(WorkKey),
+}
+
+#[derive(Debug)]
+struct Work {
+    spec: WorkSpec,
+    order: u64,
+    pending: VecDeque<Range<usize>>,
+    pending_len: usize,
+    running: usize,
+}
+
+/// The admission state machine of one host. See the module docs for the rules.
+#[derive(Debug)]
+pub struct HostQueue {
+    cores: f32,
+    gpu_used: Vec<f32>,
+    cpu_used: f32,
+    running: usize,
+    max_running: usize,
+    max_block: usize,
+    works: BTreeMap<WorkKey, Work>,
+    waiting: BTreeSet<(i8, u64, WorkKey)>,
+    next_order: u64,
+}
+
+const EPS: f32 = 1e-4;
+
+impl HostQueue {
+    /// A host with `cores` cores and `gpus` GPUs, running at most `max_running` fragments at once
+    /// (the worker pool's size; fragments with tiny loads are capped by it).
+    pub fn new(cores: f32, gpus: usize, max_running: usize) -> Self {
+        HostQueue {
+            cores: cores.max(0.0),
+            gpu_used: vec![0.0; gpus],
+            cpu_used: 0.0,
+            running: 0,
+            max_running: max_running.max(1),
+            max_block: 4096,
+            works: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            next_order: 0,
+        }
+    }
+
+    /// Caps the number of fragments in one block (default 4096).
+    pub fn set_max_block(&mut self, max_block: usize) {
+        self.max_block = max_block.max(1);
+    }
+
+    /// Number of GPUs of the host.
+    pub fn gpus(&self) -> usize {
+        self.gpu_used.len()
+    }
+
+    /// Registers a job's work with its first fragments.
+    pub fn submit(
+        &mut self,
+        key: WorkKey,
+        spec: WorkSpec,
+        fragments: impl IntoIterator<Item = Range<usize>>,
+    ) -> Result<(), SubmitError> {
+        if spec.gpu_load > 0.0 && self.gpu_used.is_empty() {
+            return Err(SubmitError::NoGpu);
+        }
+        if self.works.contains_key(&key) {
+            return Err(SubmitError::DuplicateKey(key));
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        self.works.insert(
+            key,
+            Work { spec, order, pending: VecDeque::new(), pending_len: 0, running: 0 },
+        );
+        self.add(key, fragments);
+        Ok(())
+    }
+
+    /// Adds fragments to a registered work; returns false if the key is unknown.
+    pub fn add(&mut self, key: WorkKey, fragments: impl IntoIterator<Item = Range<usize>>) -> bool {
+        let Some(w) = self.works.get_mut(&key) else { return false };
+        for r in fragments {
+            if r.start < r.end {
+                w.pending_len += r.end - r.start;
+                w.pending.push_back(r);
+            }
+        }
+        if w.pending_len > 0 {
+            self.waiting.insert((w.spec.priority, w.order, key));
+        }
+        true
+    }
+
+    /// Drops the work's fragments that have not started and returns them. Running blocks
+    /// continue; the work stays registered until [`remove`](Self::remove).
+    pub fn drain_pending(&mut self, key: WorkKey) -> Vec<Range<usize>> {
+        let Some(w) = self.works.get_mut(&key) else { return Vec::new() };
+        self.waiting.remove(&(w.spec.priority, w.order, key));
+        w.pending_len = 0;
+        w.pending.drain(..).collect()
+    }
+
+    /// Unregisters a work; returns its fragments that had not started.
+    pub fn remove(&mut self, key: WorkKey) -> Vec<Range<usize>> {
+        let pending = self.drain_pending(key);
+        self.works.remove(&key);
+        pending
+    }
+
+    /// Whether the work has no waiting and no running fragments.
+    pub fn is_idle(&self, key: WorkKey) -> bool {
+        self.works.get(&key).is_none_or(|w| w.pending_len == 0 && w.running == 0)
+    }
+
+    /// Fragments of the work waiting to start.
+    pub fn pending(&self, key: WorkKey) -> usize {
+        self.works.get(&key).map_or(0, |w| w.pending_len)
+    }
+
+    /// Blocks running now.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Sum of the CPU loads of running blocks.
+    pub fn cpu_used(&self) -> f32 {
+        self.cpu_used
+    }
+
+    /// The next block to start, reserving its resources, or `None` if nothing may start now.
+    /// Each block must be handed back with [`finish`](Self::finish).
+    pub fn next_block(&mut self) -> Option<Block> {
+        if self.running >= self.max_running {
+            return None;
+        }
+        let mut cpu_blocked = false;
+        let mut gpu_blocked = false;
+        let mut chosen = None;
+        for &(prio, order, key) in &self.waiting {
+            let w = &self.works[&key];
+            let s = &w.spec;
+            if s.thread_limit > 0 && w.running >= s.thread_limit {
+                continue;
+            }
+            let needs_cpu = s.cpu_load > 0.0;
+            let needs_gpu = s.gpu_load > 0.0;
+            if (needs_cpu && cpu_blocked) || (needs_gpu && gpu_blocked) {
+                continue;
+            }
+            let cpu_ok = !needs_cpu
+                || self.cpu_used + s.cpu_load <= self.cores + EPS
+                || self.cpu_used <= EPS; // an oversized fragment runs alone
+            let gpus = if needs_gpu { self.find_gpus(s.gpu_load) } else { Some(Vec::new()) };
+            match (cpu_ok, gpus) {
+                (true, Some(gpus)) => {
+                    chosen = Some((prio, order, key, gpus));
+                    break;
+                }
+                (c, g) => {
+                    cpu_blocked |= needs_cpu && !c;
+                    gpu_blocked |= needs_gpu && g.is_none();
+                }
+            }
+        }
+        let (prio, order, key, gpus) = chosen?;
+        let parallelism = self.parallelism_of(key);
+        let max_block = self.max_block;
+        let w = self.works.get_mut(&key)?;
+        let want = w.pending_len.div_ceil(2 * parallelism).clamp(1, max_block);
+        let front = w.pending.front_mut()?;
+        let len = want.min(front.end - front.start);
+        let range = front.start..front.start + len;
+        front.start += len;
+        if front.start >= front.end {
+            w.pending.pop_front();
+        }
+        w.pending_len -= len;
+        w.running += 1;
+        let (cpu, gpu) = (w.spec.cpu_load, w.spec.gpu_load);
+        if w.pending_len == 0 {
+            self.waiting.remove(&(prio, order, key));
+        }
+        self.running += 1;
+        self.cpu_used += cpu;
+        self.reserve_gpus(&gpus, gpu);
+        Some(Block { work: key, range, gpus })
+    }
+
+    /// Returns a block's resources after its last fragment finished (or it stopped early).
+    pub fn finish(&mut self, block: &Block) {
+        let Some(w) = self.works.get_mut(&block.work) else { return };
+        w.running = w.running.saturating_sub(1);
+        let (cpu, gpu) = (w.spec.cpu_load, w.spec.gpu_load);
+        self.running = self.running.saturating_sub(1);
+        self.cpu_used = (self.cpu_used - cpu).max(0.0);
+        if self.running == 0 {
+            self.cpu_used = 0.0; // no float drift when idle
+        }
+        let per = gpu_share(gpu, block.gpus.len());
+        for &g in &block.gpus {
+            if let Some(u) = self.gpu_used.get_mut(g as usize) {
+                *u = (*u - per).max(0.0);
+            }
+        }
+    }
+
+    /// How many blocks of this work could run at once here.
+    fn parallelism_of(&self, key: WorkKey) -> usize {
+        let s = &self.works[&key].spec;
+        let mut p = self.max_running;
+        if s.cpu_load > 0.0 {
+            p = p.min(((self.cores / s.cpu_load).floor() as usize).max(1));
+        }
+        if s.gpu_load > 0.0 {
+            let per_gpu = if s.gpu_load <= 1.0 { (1.0 / s.gpu_load).floor() as usize } else { 1 };
+            p = p.min((per_gpu * self.gpu_used.len()).max(1));
+        }
+        if s.thread_limit > 0 {
+            p = p.min(s.thread_limit);
+        }
+        p.max(1)
+    }
+
+    /// GPUs for a fragment with `load`: one GPU with room for a load ≤ 1, else ⌈load⌉ idle GPUs
+    /// (or all of them, alone, if the host has fewer).
+    fn find_gpus(&self, load: f32) -> Option<Vec<u32>> {
+        if load <= 1.0 {
+            self.gpu_used
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| **u + load <= 1.0 + EPS)
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| vec![i as u32])
+        } else {
+            let need = (load.ceil() as usize).min(self.gpu_used.len());
+            let idle: Vec<u32> = self
+                .gpu_used
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| **u <= EPS)
+                .map(|(i, _)| i as u32)
+                .take(need)
+                .collect();
+            (idle.len() == need && need > 0).then_some(idle)
+        }
+    }
+
+    fn reserve_gpus(&mut self, gpus: &[u32], load: f32) {
+        let per = gpu_share(load, gpus.len());
+        for &g in gpus {
+            if let Some(u) = self.gpu_used.get_mut(g as usize) {
+                *u += per;
+            }
+        }
+    }
+}
+
+fn gpu_share(load: f32, n: usize) -> f32 {
+    if n == 0 {
+        0.0
+    } else if load <= 1.0 {
+        load
+    } else {
+        1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(priority: i8, cpu: f32, gpu: f32, limit: usize) -> WorkSpec {
+        WorkSpec { priority, cpu_load: cpu, gpu_load: gpu, thread_limit: limit }
+    }
+
+    #[test]
+    fn cpu_load_caps_concurrency() {
+        let mut q = HostQueue::new(2.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..100]).unwrap();
+        let a = q.next_block().unwrap();
+        let b = q.next_block().unwrap();
+        assert!(q.next_block().is_none(), "two cores, load 1.0: two blocks at most");
+        assert_eq!(a.range, 0..25, "guided: 100 / (2*2)");
+        assert_eq!(b.range, 25..44);
+        q.finish(&a);
+        assert!(q.next_block().is_some());
+    }
+
+    #[test]
+    fn fractional_loads_run_more_fragments_and_oversized_runs_alone() {
+        let mut q = HostQueue::new(2.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 0.5, 0.0, 0), [0..100]).unwrap();
+        let blocks: Vec<_> = std::iter::from_fn(|| q.next_block()).collect();
+        assert_eq!(blocks.len(), 4);
+        let mut q = HostQueue::new(2.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 8.0, 0.0, 0), [0..3]).unwrap();
+        let a = q.next_block().unwrap();
+        assert!(q.next_block().is_none());
+        q.finish(&a);
+        assert!(q.next_block().is_some());
+    }
+
+    #[test]
+    fn thread_limit_caps_one_job_but_not_others() {
+        let mut q = HostQueue::new(8.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 1), [0..10]).unwrap();
+        q.submit(WorkKey(2), spec(0, 1.0, 0.0, 0), [0..10]).unwrap();
+        let a = q.next_block().unwrap();
+        assert_eq!(a.work, WorkKey(1));
+        let b = q.next_block().unwrap();
+        assert_eq!(b.work, WorkKey(2), "job 1 is at its thread limit");
+    }
+
+    #[test]
+    fn lower_priority_value_runs_first_and_blocks_same_resource() {
+        let mut q = HostQueue::new(1.0, 0, 64);
+        q.submit(WorkKey(1), spec(5, 1.0, 0.0, 0), [0..10]).unwrap();
+        q.submit(WorkKey(2), spec(1, 1.0, 0.0, 0), [0..10]).unwrap();
+        let a = q.next_block().unwrap();
+        assert_eq!(a.work, WorkKey(2));
+        // A large high-priority fragment waiting for the CPU blocks a small low-priority one.
+        let mut q = HostQueue::new(2.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..1]).unwrap();
+        let first = q.next_block().unwrap();
+        q.submit(WorkKey(2), spec(0, 2.0, 0.0, 0), [0..1]).unwrap();
+        q.submit(WorkKey(3), spec(9, 1.0, 0.0, 0), [0..1]).unwrap();
+        assert!(q.next_block().is_none(), "job 3 must not overtake job 2");
+        q.finish(&first);
+        assert_eq!(q.next_block().unwrap().work, WorkKey(2));
+    }
+
+    #[test]
+    fn gpu_fragments_get_distinct_gpus_within_capacity() {
+        let mut q = HostQueue::new(16.0, 2, 64);
+        assert_eq!(
+            q.submit(WorkKey(9), spec(0, 1.0, 1.0, 0), [0..1]),
+            Ok(()),
+        );
+        let mut none = HostQueue::new(4.0, 0, 64);
+        assert_eq!(none.submit(WorkKey(1), spec(0, 0.0, 0.5, 0), [0..1]), Err(SubmitError::NoGpu));
+        let mut q = HostQueue::new(16.0, 2, 64);
+        q.submit(WorkKey(1), spec(0, 0.0, 0.5, 0), [0..100]).unwrap();
+        let blocks: Vec<_> = std::iter::from_fn(|| q.next_block()).collect();
+        assert_eq!(blocks.len(), 4, "two GPUs × two fragments of load 0.5");
+        let mut per_gpu = [0; 2];
+        for b in &blocks {
+            per_gpu[b.gpus[0] as usize] += 1;
+        }
+        assert_eq!(per_gpu, [2, 2]);
+    }
+
+    #[test]
+    fn drain_pending_returns_unstarted_fragments() {
+        let mut q = HostQueue::new(1.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..10, 20..30]).unwrap();
+        let a = q.next_block().unwrap();
+        let rest = q.drain_pending(WorkKey(1));
+        let total: usize = rest.iter().map(|r| r.len()).sum();
+        assert_eq!(total + a.range.len(), 20);
+        assert!(!q.is_idle(WorkKey(1)));
+        q.finish(&a);
+        assert!(q.is_idle(WorkKey(1)));
+    }
+}
