@@ -1,1 +1,31 @@
-//! fragmenta facade (being written).
+//! **fragmenta** runs *fragmented jobs* on a cluster: a job splits into N fragments that run on
+//! the CPUs and GPUs of many hosts, remote fragments stream their results back to the host that
+//! started the job, and hosts share large data through a node-local shared-memory store.
+//!
+//! This crate is the facade: it re-exports the job API (`fragmenta-job`) and the runtime
+//! (`fragmenta-runtime`). A user crate depends on `fragmenta` and `serde` only.
+//!
+//! ```
+//! use fragmenta::{ClassId, Cluster, ExecutionContext, FragmentedJob, Transaction};
+//! use serde::{Deserialize, Serialize};
+//! use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+//!
+//! #[derive(Serialize, Deserialize, Default)]
+//! struct Squares { #[serde(skip)] sum: AtomicU64 }
+//!
+//! impl FragmentedJob for Squares {
+//!     const CLASS_ID: ClassId = ClassId::from_name("doc.squares");
+//!     fn execute_fragment(&self, _: &Transaction, i: usize, _: usize, _: &ExecutionContext) {
+//!         self.sum.fetch_add((i * i) as u64, Ordering::Relaxed);
+//!     }
+//! }
+//!
+//! let cluster = Cluster::embedded();
+//! let job = Arc::new(Squares::default());
+//! let report = cluster.execute(&job, 100).unwrap();
+//! assert!(report.is_complete());
+//! assert_eq!(job.sum.load(Ordering::Relaxed), (0..100u64).map(|i| i * i).sum());
+//! ```
+
+pub use fragmenta_job::*;
+pub use fragmenta_runtime::{Cluster, ClusterBuilder, JobHandle, NodeConfig, RegisterError, Registry};

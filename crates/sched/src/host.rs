@@ -35,7 +35,7 @@ pub struct WorkSpec {
 }
 
 /// Consecutive fragments of one job for one worker to run in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Block {
     /// The job's work on this host.
     pub work: WorkKey,
@@ -43,6 +43,10 @@ pub struct Block {
     pub range: Range<usize>,
     /// GPU ordinals reserved for the block (empty for CPU jobs).
     pub gpus: Vec<u32>,
+    /// CPU load reserved for the block.
+    pub cpu_load: f32,
+    /// GPU load reserved for the block (spread over `gpus`).
+    pub gpu_load: f32,
 }
 
 /// Errors from [`HostQueue::submit`].
@@ -144,6 +148,18 @@ impl HostQueue {
         true
     }
 
+    /// Puts fragments of a block that stopped early (without being cancelled) back at the front
+    /// of the work's queue, so they run next; returns false if the key is unknown.
+    pub fn requeue_front(&mut self, key: WorkKey, range: Range<usize>) -> bool {
+        let Some(w) = self.works.get_mut(&key) else { return false };
+        if range.start < range.end {
+            w.pending_len += range.end - range.start;
+            w.pending.push_front(range);
+            self.waiting.insert((w.spec.priority, w.order, key));
+        }
+        true
+    }
+
     /// Drops the work's fragments that have not started and returns them. Running blocks
     /// continue; the work stays registered until [`remove`](Self::remove).
     pub fn drain_pending(&mut self, key: WorkKey) -> Vec<Range<usize>> {
@@ -236,14 +252,16 @@ impl HostQueue {
         self.running += 1;
         self.cpu_used += cpu;
         self.reserve_gpus(&gpus, gpu);
-        Some(Block { work: key, range, gpus })
+        Some(Block { work: key, range, gpus, cpu_load: cpu, gpu_load: gpu })
     }
 
     /// Returns a block's resources after its last fragment finished (or it stopped early).
+    /// Works even if the work was removed meanwhile.
     pub fn finish(&mut self, block: &Block) {
-        let Some(w) = self.works.get_mut(&block.work) else { return };
-        w.running = w.running.saturating_sub(1);
-        let (cpu, gpu) = (w.spec.cpu_load, w.spec.gpu_load);
+        if let Some(w) = self.works.get_mut(&block.work) {
+            w.running = w.running.saturating_sub(1);
+        }
+        let (cpu, gpu) = (block.cpu_load, block.gpu_load);
         self.running = self.running.saturating_sub(1);
         self.cpu_used = (self.cpu_used - cpu).max(0.0);
         if self.running == 0 {

@@ -1,0 +1,496 @@
+//! The node: one host's runtime. It drives the initiator's [`Scheduler`] for jobs started here,
+//! runs fragments on the [`Executor`], delivers results to the original job, and (when part of a
+//! multi-host cluster) talks to peers through the network layer.
+
+use crate::executor::{BlockRunner, Executor};
+use crate::registry::{panic_message, ErasedJob, Erased, Registry};
+use fragmenta_job::{
+    CancelToken, ExecuteError, ExecutionContext, FailureReason, FragmentedJob, HostId, JobId,
+    JobReport, RdmaBuffer, ResultReader, Transaction,
+};
+use fragmenta_sched::{Action, Block, HostInfo, JobSpec, Outcome, Scheduler, WorkKey, WorkSpec};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+/// A chunk of a remote result as the scheduler carries it.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// Bytes of one `flush()`.
+    Bytes(Vec<u8>),
+    /// The RDMA buffer the result landed in.
+    Rdma(RdmaBuffer),
+}
+
+/// Sends the scheduler's remote actions to peers. Implemented by the network layer.
+pub(crate) trait Remote: Send + Sync + 'static {
+    /// Serialize-once-per-host replica for `host`.
+    fn send_replica(&self, job: &InitiatedJob, host: HostId);
+    /// Fragments for `host` to run.
+    fn dispatch(&self, job: &InitiatedJob, host: HostId, fragments: Vec<Range<usize>>);
+    /// Tell `host` to cancel the job.
+    fn cancel(&self, job: JobId, host: HostId);
+    /// Tell `host` to drop its replica.
+    fn release(&self, job: JobId, host: HostId);
+}
+
+enum Delivery {
+    Chunk { fragment: usize, seq: u32, payload: Payload },
+    Finish(JobReport),
+}
+
+#[derive(Default)]
+struct DeliveryQueue {
+    items: VecDeque<Delivery>,
+    scheduled: bool,
+}
+
+/// A job started on this host.
+pub(crate) struct InitiatedJob {
+    pub(crate) id: JobId,
+    pub(crate) job: Arc<dyn ErasedJob>,
+    pub(crate) tx: Transaction,
+    cancel: CancelToken,
+    cancel_called: AtomicBool,
+    pub(crate) count: AtomicUsize,
+    done: AtomicUsize,
+    work: Mutex<Option<WorkKey>>,
+    deliveries: Mutex<DeliveryQueue>,
+    result: Mutex<Option<Result<JobReport, ExecuteError>>>,
+    finished: Condvar,
+    started: Instant,
+}
+
+impl InitiatedJob {
+    pub(crate) fn params(&self) -> fragmenta_job::JobParams {
+        self.job.params()
+    }
+
+    fn complete(&self, result: Result<JobReport, ExecuteError>) {
+        let mut r = self.result.lock();
+        if r.is_none() {
+            *r = Some(result);
+        }
+        self.finished.notify_all();
+    }
+}
+
+/// Host-level settings of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This host's id.
+    pub host: HostId,
+    /// CPU cores fragments may load (sum of `cpu_load` of running fragments stays ≤ this).
+    pub cores: f32,
+    /// GPUs of this host.
+    pub gpus: u32,
+    /// Sub-cluster of this host.
+    pub sub_cluster: u32,
+    /// Most worker threads (fragments running at once, whatever their loads).
+    pub max_workers: usize,
+}
+
+impl NodeConfig {
+    /// One host with this machine's cores, no GPU.
+    pub fn single_host() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        NodeConfig { host: HostId(0), cores: cores as f32, gpus: 0, sub_cluster: 0, max_workers: 0 }
+    }
+
+    pub(crate) fn workers_cap(&self) -> usize {
+        if self.max_workers > 0 {
+            self.max_workers
+        } else {
+            ((self.cores.ceil() as usize) * 4).max(64)
+        }
+    }
+}
+
+/// One host's runtime.
+pub(crate) struct Node {
+    pub(crate) config: NodeConfig,
+    pub(crate) registry: RwLock<Registry>,
+    pub(crate) exec: Executor,
+    sched: Mutex<Scheduler<Payload>>,
+    jobs: Mutex<HashMap<JobId, Arc<InitiatedJob>>>,
+    next_job: AtomicU64,
+    delivery_tx: crossbeam_channel::Sender<Arc<InitiatedJob>>,
+    pub(crate) remote: RwLock<Option<Arc<dyn Remote>>>,
+    shut_down: AtomicBool,
+    weak: Weak<Node>,
+}
+
+impl Node {
+    pub(crate) fn new(config: NodeConfig, registry: Registry) -> Arc<Node> {
+        let exec = Executor::new(config.host, config.cores, config.gpus as usize, config.workers_cap());
+        let info = HostInfo { sub_cluster: config.sub_cluster, cores: config.cores, gpus: config.gpus };
+        let (delivery_tx, delivery_rx) = crossbeam_channel::unbounded::<Arc<InitiatedJob>>();
+        let node = Arc::new_cyclic(|weak| Node {
+            weak: weak.clone(),
+            sched: Mutex::new(Scheduler::new(config.host, info)),
+            config,
+            registry: RwLock::new(registry),
+            exec,
+            jobs: Mutex::new(HashMap::new()),
+            next_job: AtomicU64::new(1),
+            delivery_tx,
+            remote: RwLock::new(None),
+            shut_down: AtomicBool::new(false),
+        });
+        // Deliveries run user code (`receive_remote_result`): on their own threads, never on the
+        // network's reactor; one job's deliveries run one at a time, in order.
+        let threads = (node.config.cores.ceil() as usize).clamp(1, 8);
+        for i in 0..threads {
+            let rx = delivery_rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("fragmenta-deliver-{}-{i}", node.config.host.0))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        drain_deliveries(&job);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a delivery thread");
+            }
+        }
+        node
+    }
+
+    pub(crate) fn host(&self) -> HostId {
+        self.config.host
+    }
+
+    /// Starts `job` with `count` fragments; returns the job once it is scheduled.
+    pub(crate) fn submit<J: FragmentedJob>(
+        self: &Arc<Self>,
+        job: &Arc<J>,
+        count: usize,
+    ) -> Result<Arc<InitiatedJob>, ExecuteError> {
+        if self.shut_down.load(Ordering::Acquire) {
+            return Err(ExecuteError::ShutDown);
+        }
+        // The initiator knows its own type even if the program never registered it.
+        let _ = self.registry.write().register::<J>();
+        let erased: Arc<dyn ErasedJob> = Arc::new(Erased(job.clone()));
+        let params = erased.params();
+        params.validate()?;
+        let assignment = (params.mode == fragmenta_job::SchedulingMode::UserDefined).then(|| {
+            let mut slots = vec![HostId::UNASSIGNED; count];
+            erased.assign(&mut slots);
+            slots
+        });
+        let id = JobId { initiator: self.host(), seq: self.next_job.fetch_add(1, Ordering::Relaxed) };
+        let cancel = CancelToken::new();
+        let ij = Arc::new(InitiatedJob {
+            id,
+            tx: Transaction::new(self.host(), id, cancel.clone()),
+            job: erased,
+            cancel,
+            cancel_called: AtomicBool::new(false),
+            count: AtomicUsize::new(count),
+            done: AtomicUsize::new(0),
+            work: Mutex::new(None),
+            deliveries: Mutex::new(DeliveryQueue::default()),
+            result: Mutex::new(None),
+            finished: Condvar::new(),
+            started: Instant::now(),
+        });
+        self.jobs.lock().insert(id, ij.clone());
+        let mut sched = self.sched.lock();
+        match sched.submit(id, JobSpec { params, count, assignment }) {
+            Ok(resolved) => {
+                ij.count.store(resolved, Ordering::Release);
+                self.process(&mut sched);
+                Ok(ij)
+            }
+            Err(e) => {
+                self.jobs.lock().remove(&id);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Cancels a job started here.
+    pub(crate) fn cancel(&self, ij: &InitiatedJob) {
+        if ij.cancel_called.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if ij.result.lock().is_some() {
+            return;
+        }
+        ij.cancel.cancel();
+        let job = ij.job.clone();
+        if let Err(p) = catch_unwind(AssertUnwindSafe(|| job.cancel())) {
+            tracing::error!(job = %ij.id, "cancel() panicked: {}", panic_message(&*p));
+        }
+        let mut sched = self.sched.lock();
+        sched.cancel(ij.id);
+        self.process(&mut sched);
+    }
+
+    /// Runs `f` on the scheduler, then carries out the actions it produced.
+    pub(crate) fn with_sched<R>(&self, f: impl FnOnce(&mut Scheduler<Payload>) -> R) -> R {
+        let mut sched = self.sched.lock();
+        let r = f(&mut sched);
+        self.process(&mut sched);
+        r
+    }
+
+    /// Progress of a job: fragments done so far.
+    fn note_done(&self, job: JobId, n: usize) {
+        if let Some(ij) = self.jobs.lock().get(&job) {
+            ij.done.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn on_remote_fragment_done(&self, job: JobId, host: HostId, fragment: usize, chunks: u32) {
+        let outcome = self.with_sched(|s| s.on_fragment_done(job, host, fragment, chunks));
+        if outcome == Outcome::Applied {
+            self.note_done(job, 1);
+        }
+    }
+
+    fn job(&self, id: JobId) -> Option<Arc<InitiatedJob>> {
+        self.jobs.lock().get(&id).cloned()
+    }
+
+    /// Carries out every pending action. Called with the scheduler locked; never runs user code.
+    fn process(&self, sched: &mut Scheduler<Payload>) {
+        while let Some(action) = sched.poll_action() {
+            match action {
+                Action::Dispatch { job, host, fragments } if host == self.host() => {
+                    self.dispatch_local(sched, job, fragments);
+                }
+                Action::Dispatch { job, host, fragments } => {
+                    match (self.job(job), self.remote.read().clone()) {
+                        (Some(ij), Some(remote)) => remote.dispatch(&ij, host, fragments),
+                        _ => tracing::error!(%job, %host, "no network for a remote dispatch"),
+                    }
+                }
+                Action::SendReplica { job, host } => {
+                    if let (Some(ij), Some(remote)) = (self.job(job), self.remote.read().clone()) {
+                        remote.send_replica(&ij, host);
+                    }
+                }
+                Action::Cancel { job, host } if host == self.host() => {
+                    let key = self.job(job).and_then(|ij| *ij.work.lock());
+                    if let Some(key) = key {
+                        let ranges = self.exec.drain_pending(key);
+                        sched.on_not_started(job, host, &ranges);
+                    }
+                }
+                Action::Cancel { job, host } => {
+                    if let Some(remote) = self.remote.read().clone() {
+                        remote.cancel(job, host);
+                    }
+                }
+                Action::Release { job, host } => {
+                    if let Some(remote) = self.remote.read().clone() {
+                        remote.release(job, host);
+                    }
+                }
+                Action::Deliver { job, fragment, seq, payload } => {
+                    if let Some(ij) = self.job(job) {
+                        self.enqueue(&ij, Delivery::Chunk { fragment, seq, payload });
+                    }
+                }
+                Action::Finished(mut report) => {
+                    if let Some(ij) = self.jobs.lock().remove(&report.job) {
+                        report.elapsed = ij.started.elapsed();
+                        if let Some(key) = ij.work.lock().take() {
+                            self.exec.remove(key);
+                        }
+                        self.enqueue(&ij, Delivery::Finish(report));
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch_local(self: &Node, sched: &mut Scheduler<Payload>, job: JobId, fragments: Vec<Range<usize>>) {
+        let Some(ij) = self.job(job) else { return };
+        let mut work = ij.work.lock();
+        if let Some(key) = *work {
+            if self.exec.add(key, fragments.clone()) {
+                return;
+            }
+        }
+        let params = ij.params();
+        let key = self.exec.new_key();
+        let runner = Arc::new(LocalRunner {
+            node: self.self_weak(),
+            job: ij.clone(),
+        });
+        let spec = WorkSpec {
+            priority: params.priority,
+            cpu_load: params.cpu_load,
+            gpu_load: params.gpu_load,
+            thread_limit: params.thread_limit,
+        };
+        match self.exec.submit(key, spec, runner, fragments.clone()) {
+            Ok(()) => *work = Some(key),
+            Err(e) => {
+                drop(work);
+                let reason = FailureReason::Returned(format!("{} cannot run the job: {e:?}", self.host()));
+                for f in fragments.into_iter().flatten() {
+                    sched.on_fragment_failed(job, self.host(), f, reason.clone());
+                }
+            }
+        }
+    }
+
+    fn self_weak(&self) -> Weak<Node> {
+        self.weak.clone()
+    }
+
+    fn enqueue(&self, ij: &Arc<InitiatedJob>, item: Delivery) {
+        let mut q = ij.deliveries.lock();
+        q.items.push_back(item);
+        if !q.scheduled {
+            q.scheduled = true;
+            drop(q);
+            if self.delivery_tx.send(ij.clone()).is_err() {
+                tracing::error!(job = %ij.id, "delivery threads are gone");
+            }
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let jobs: Vec<Arc<InitiatedJob>> = self.jobs.lock().values().cloned().collect();
+        for ij in jobs {
+            ij.complete(Err(ExecuteError::ShutDown));
+        }
+        self.exec.shutdown();
+    }
+}
+
+/// Runs blocks of a job started on this host, on the original instance.
+struct LocalRunner {
+    node: Weak<Node>,
+    job: Arc<InitiatedJob>,
+}
+
+impl BlockRunner for LocalRunner {
+    fn run(&self, block: &Block, worker: usize) -> Range<usize> {
+        let ij = &self.job;
+        let Some(node) = self.node.upgrade() else { return 0..0 };
+        let count = ij.count.load(Ordering::Acquire);
+        let ctx = ExecutionContext::new(node.host(), worker, block.gpus.clone(), ij.cancel.clone());
+        let out = ij.job.run_local_block(&ij.tx, block.range.clone(), count, &ctx);
+        let done: usize = out.done.iter().map(|r| r.len()).sum();
+        let host = node.host();
+        node.with_sched(|s| {
+            for r in out.done.iter().cloned() {
+                s.on_local_done(ij.id, r);
+            }
+            for (i, msg) in out.failed.iter().cloned() {
+                s.on_fragment_failed(ij.id, host, i, FailureReason::Panicked(msg));
+            }
+            if !out.not_started.is_empty() {
+                s.on_not_started(ij.id, host, &[out.not_started.clone()]);
+            }
+        });
+        ij.done.fetch_add(done, Ordering::Relaxed);
+        out.yielded
+    }
+}
+
+/// Runs a job's queued deliveries one at a time (user code: `receive_remote_result`).
+fn drain_deliveries(ij: &Arc<InitiatedJob>) {
+    let count = ij.count.load(Ordering::Acquire);
+    loop {
+        let item = {
+            let mut q = ij.deliveries.lock();
+            match q.items.pop_front() {
+                Some(item) => item,
+                None => {
+                    q.scheduled = false;
+                    return;
+                }
+            }
+        };
+        match item {
+            Delivery::Chunk { fragment, seq, payload } => {
+                let job = &ij.job;
+                let r = catch_unwind(AssertUnwindSafe(|| match payload {
+                    Payload::Bytes(bytes) => {
+                        let mut reader = ResultReader::new(seq, bytes);
+                        job.receive(&mut reader, &ij.tx, fragment, count);
+                    }
+                    Payload::Rdma(buffer) => job.receive_rdma(buffer, &ij.tx, fragment, count),
+                }));
+                if let Err(p) = r {
+                    tracing::error!(job = %ij.id, fragment, "receive_remote_result panicked: {}", panic_message(&*p));
+                }
+            }
+            Delivery::Finish(report) => ij.complete(Ok(report)),
+        }
+    }
+}
+
+/// A job running on the cluster: progress, cancel, and its report when it finishes. Mirrors the
+/// handle DiCE's asynchronous `execute_fragmented_async` gives through its callback.
+pub struct JobHandle {
+    node: Arc<Node>,
+    job: Arc<InitiatedJob>,
+}
+
+impl JobHandle {
+    pub(crate) fn new(node: Arc<Node>, job: Arc<InitiatedJob>) -> Self {
+        JobHandle { node, job }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.job.id
+    }
+
+    /// (fragments done, fragments in the job).
+    pub fn progress(&self) -> (usize, usize) {
+        (self.job.done.load(Ordering::Relaxed), self.job.count.load(Ordering::Acquire))
+    }
+
+    /// Cancels the job: unstarted fragments are skipped, `cancel()` is called on the original
+    /// and on every replica, running fragments see `is_cancelled()`. The report follows once
+    /// every host has answered.
+    pub fn cancel(&self) {
+        self.node.cancel(&self.job);
+    }
+
+    /// Whether the report is ready.
+    pub fn is_finished(&self) -> bool {
+        self.job.result.lock().is_some()
+    }
+
+    /// Waits for the job to finish and returns its report.
+    pub fn wait(self) -> Result<JobReport, ExecuteError> {
+        let mut r = self.job.result.lock();
+        loop {
+            if let Some(result) = r.clone() {
+                return result;
+            }
+            self.job.finished.wait(&mut r);
+        }
+    }
+
+    /// Waits at most `timeout`; `None` if the job has not finished by then.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<Result<JobReport, ExecuteError>> {
+        let deadline = Instant::now() + timeout;
+        let mut r = self.job.result.lock();
+        loop {
+            if let Some(result) = r.clone() {
+                return Some(result);
+            }
+            if self.job.finished.wait_until(&mut r, deadline).timed_out() {
+                return r.clone();
+            }
+        }
+    }
+}

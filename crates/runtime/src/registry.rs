@@ -1,0 +1,257 @@
+//! Job types by class id, and the type-erased view of a job the runtime works with.
+
+use fragmenta_job::{
+    ChunkSink, ClassId, ExecutionContext, FragmentedJob, HostId, JobParams, RdmaBuffer,
+    RdmaContext, ResultReader, ResultWriter, Transaction,
+};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// What happened to a block of fragments run locally.
+#[derive(Debug, Default)]
+pub(crate) struct BlockOutcome {
+    /// Fragments that ran to completion (ascending, disjoint).
+    pub(crate) done: Vec<Range<usize>>,
+    /// Fragments that panicked, with the message.
+    pub(crate) failed: Vec<(usize, String)>,
+    /// Fragments not started because the job was cancelled.
+    pub(crate) not_started: Range<usize>,
+    /// Fragments not started because the block ran past its time slice; they go back to the
+    /// front of the queue.
+    pub(crate) yielded: Range<usize>,
+}
+
+/// How long a block runs before giving its remaining fragments back to the queue, so progress,
+/// cancellation and priorities stay responsive when fragments are slow.
+pub(crate) const TIME_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Whether to look at the clock after `n` fragments of a block: at 1, 2, 4, 8 … then every
+/// 1024, so a loop of no-op fragments reads the clock a handful of times.
+#[inline]
+fn check_clock(n: usize) -> bool {
+    n.is_power_of_two() || n % 1024 == 0
+}
+
+/// A job behind a vtable: one virtual call per block, a monomorphized loop inside.
+pub(crate) trait ErasedJob: Send + Sync + 'static {
+    fn class_id(&self) -> ClassId;
+    fn params(&self) -> JobParams;
+    fn run_local_block(
+        &self,
+        tx: &Transaction,
+        range: Range<usize>,
+        count: usize,
+        ctx: &ExecutionContext,
+    ) -> BlockOutcome;
+    fn run_remote(
+        &self,
+        tx: &Transaction,
+        index: usize,
+        count: usize,
+        ctx: &ExecutionContext,
+        sink: &mut dyn ChunkSink,
+    ) -> Result<u32, String>;
+    fn run_remote_rdma(
+        &self,
+        tx: &Transaction,
+        index: usize,
+        count: usize,
+        rdma: &RdmaContext,
+        ctx: &ExecutionContext,
+    ) -> Result<Option<RdmaBuffer>, String>;
+    fn receive(&self, reader: &mut ResultReader, tx: &Transaction, index: usize, count: usize);
+    fn rdma_result_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer>;
+    fn receive_rdma(&self, buffer: RdmaBuffer, tx: &Transaction, index: usize, count: usize);
+    fn assign(&self, slots: &mut [HostId]);
+    fn cancel(&self);
+    fn serialize(&self) -> Result<Vec<u8>, String>;
+}
+
+pub(crate) struct Erased<J>(pub(crate) Arc<J>);
+
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+impl<J: FragmentedJob> ErasedJob for Erased<J> {
+    fn class_id(&self) -> ClassId {
+        J::CLASS_ID
+    }
+
+    fn params(&self) -> JobParams {
+        JobParams::of(&*self.0)
+    }
+
+    fn run_local_block(
+        &self,
+        tx: &Transaction,
+        range: Range<usize>,
+        count: usize,
+        ctx: &ExecutionContext,
+    ) -> BlockOutcome {
+        let job = &*self.0;
+        let mut out = BlockOutcome::default();
+        let mut i = range.start;
+        let mut run_start = i;
+        let deadline = std::time::Instant::now() + TIME_SLICE;
+        let mut yielded = false;
+        while i < range.end && !yielded {
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                while i < range.end {
+                    if tx.is_cancelled() {
+                        return;
+                    }
+                    job.execute_fragment(tx, i, count, ctx);
+                    i += 1;
+                    if check_clock(i - range.start) && std::time::Instant::now() >= deadline {
+                        yielded = true;
+                        return;
+                    }
+                }
+            }));
+            if run_start < i {
+                out.done.push(run_start..i);
+            }
+            match result {
+                Ok(()) => break,
+                Err(p) => {
+                    out.failed.push((i, panic_message(&*p)));
+                    i += 1;
+                    run_start = i;
+                }
+            }
+        }
+        if yielded && !tx.is_cancelled() {
+            out.yielded = i..range.end;
+            out.not_started = range.end..range.end;
+        } else {
+            out.not_started = i..range.end;
+            out.yielded = range.end..range.end;
+        }
+        out
+    }
+
+    fn run_remote(
+        &self,
+        tx: &Transaction,
+        index: usize,
+        count: usize,
+        ctx: &ExecutionContext,
+        sink: &mut dyn ChunkSink,
+    ) -> Result<u32, String> {
+        let job = &*self.0;
+        let mut writer = ResultWriter::new(sink);
+        match catch_unwind(AssertUnwindSafe(|| {
+            job.execute_fragment_remote(&mut writer, tx, index, count, ctx)
+        })) {
+            Ok(Ok(())) => writer.finish().map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(p) => Err(format!("panicked: {}", panic_message(&*p))),
+        }
+    }
+
+    fn run_remote_rdma(
+        &self,
+        tx: &Transaction,
+        index: usize,
+        count: usize,
+        rdma: &RdmaContext,
+        ctx: &ExecutionContext,
+    ) -> Result<Option<RdmaBuffer>, String> {
+        let job = &*self.0;
+        catch_unwind(AssertUnwindSafe(|| job.execute_fragment_remote_rdma(tx, index, count, rdma, ctx)))
+            .map_err(|p| format!("panicked: {}", panic_message(&*p)))
+    }
+
+    fn receive(&self, reader: &mut ResultReader, tx: &Transaction, index: usize, count: usize) {
+        self.0.receive_remote_result(reader, tx, index, count);
+    }
+
+    fn rdma_result_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer> {
+        self.0.get_rdma_result_buffer(rdma, index)
+    }
+
+    fn receive_rdma(&self, buffer: RdmaBuffer, tx: &Transaction, index: usize, count: usize) {
+        self.0.receive_remote_result_rdma(buffer, tx, index, count);
+    }
+
+    fn assign(&self, slots: &mut [HostId]) {
+        self.0.assign_fragments_to_hosts(slots);
+    }
+
+    fn cancel(&self) {
+        self.0.cancel();
+    }
+
+    fn serialize(&self) -> Result<Vec<u8>, String> {
+        bincode::serde::encode_to_vec(&*self.0, bincode::config::standard())
+            .map_err(|e| e.to_string())
+    }
+}
+
+type Factory = fn(&[u8]) -> Result<Arc<dyn ErasedJob>, String>;
+
+fn deserialize_replica<J: FragmentedJob>(bytes: &[u8]) -> Result<Arc<dyn ErasedJob>, String> {
+    let (job, used): (J, usize) = bincode::serde::decode_from_slice(
+        bytes,
+        bincode::config::standard().with_limit::<{ 1 << 31 }>(),
+    )
+    .map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes after the job", bytes.len() - used));
+    }
+    Ok(Arc::new(Erased(Arc::new(job))))
+}
+
+/// Two job types registered under one class id.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("class id {class} is already registered for {existing}, cannot register {new}")]
+pub struct RegisterError {
+    /// The contested class id.
+    pub class: ClassId,
+    /// Type name registered first.
+    pub existing: &'static str,
+    /// Type name that was refused.
+    pub new: &'static str,
+}
+
+/// The job types a host can run for other hosts, by class id. Only registered types can be
+/// deserialized: a class id from a peer never names code the program did not link.
+#[derive(Default, Clone)]
+pub struct Registry {
+    types: HashMap<ClassId, (&'static str, Factory)>,
+}
+
+impl Registry {
+    /// Registers `J`; registering the same type twice is fine, another type under the same id is
+    /// an error.
+    pub fn register<J: FragmentedJob>(&mut self) -> Result<(), RegisterError> {
+        let name = std::any::type_name::<J>();
+        match self.types.get(&J::CLASS_ID) {
+            Some((existing, _)) if *existing != name => {
+                Err(RegisterError { class: J::CLASS_ID, existing, new: name })
+            }
+            _ => {
+                self.types.insert(J::CLASS_ID, (name, deserialize_replica::<J>));
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a type is registered under `class`.
+    pub fn contains(&self, class: ClassId) -> bool {
+        self.types.contains_key(&class)
+    }
+
+    pub(crate) fn replica(&self, class: ClassId, bytes: &[u8]) -> Option<Result<Arc<dyn ErasedJob>, String>> {
+        self.types.get(&class).map(|(_, f)| f(bytes))
+    }
+}
