@@ -1,1 +1,4 @@
-fn main() -> std::process::ExitCode { fragmenta_cli::main() }
+//! The `fragmenta` command line: see `fragmenta --help`.
+fn main() -> std::process::ExitCode {
+    fragmenta_cli::main()
+}

@@ -1,4 +1,26 @@
-//! The `fragmenta` command line (placeholder, being written).
+//! The logic of the `fragmenta` command line tool (the binary itself is `src/bin/fragmenta.rs`
+//! of the root package and only calls [`main`]).
+//!
+//! ```text
+//! fragmenta launch -n N [--config FILE] [--cores C] [--grace-ms MS] -- PROG ARGS...
+//! fragmenta certs --config FILE [--force]
+//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--force]
+//! fragmenta status --config FILE
+//! ```
+//!
+//! `launch` is also a library function, [`launch()`], so that tests and tools can start local
+//! clusters. It owns process supervision only: what the children do is the runtime's business.
+
+mod commands;
+mod launch;
+mod signals;
+
+pub use launch::{launch, LaunchError, LaunchOptions, DEFAULT_GRACE};
+
 use std::process::ExitCode;
-/// Entry point of the `fragmenta` binary.
-pub fn main() -> ExitCode { ExitCode::SUCCESS }
+
+/// Entry point of the `fragmenta` binary: parses the command line, runs the command, and
+/// prints errors (with their causes) to stderr.
+pub fn main() -> ExitCode {
+    commands::main()
+}

@@ -25,6 +25,12 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
+
+    /// The flag itself, for loops that poll it without the `Arc` indirection.
+    #[inline]
+    pub fn flag(&self) -> &AtomicBool {
+        &self.0
+    }
 }
 
 /// Where and how a fragment runs. Mirrors DiCE's `IJob_execution_context`.
@@ -68,6 +74,11 @@ impl ExecutionContext {
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// The job's cancellation flag.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
     }
 }
 

@@ -27,12 +27,6 @@ pub(crate) struct BlockOutcome {
 /// cancellation and priorities stay responsive when fragments are slow.
 pub(crate) const TIME_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Whether to look at the clock after `n` fragments of a block: at 1, 2, 4, 8 … then every
-/// 1024, so a loop of no-op fragments reads the clock a handful of times.
-#[inline]
-fn check_clock(n: usize) -> bool {
-    n.is_power_of_two() || n % 1024 == 0
-}
 
 /// A job behind a vtable: one virtual call per block, a monomorphized loop inside.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
@@ -99,33 +93,54 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
     ) -> BlockOutcome {
         let job = &*self.0;
         let mut out = BlockOutcome::default();
-        let mut i = range.start;
-        let mut run_start = i;
         let deadline = std::time::Instant::now() + TIME_SLICE;
+        let cancelled = ctx.cancel_token().flag();
+        let end = range.end;
+        let mut i = range.start;
         let mut yielded = false;
-        while i < range.end && !yielded {
+        // Clock checks after 1, 2, 4 … fragments, then every 1024: a loop of no-op fragments
+        // reads the clock a handful of times, a loop of slow ones after almost every fragment.
+        let mut step = 1usize;
+        while i < end && !yielded {
+            let start = i;
+            // The index of the running fragment, stored before each call so a panic can name it;
+            // the loop counter itself stays in a register.
+            let mut running = i;
             let result = catch_unwind(AssertUnwindSafe(|| {
-                while i < range.end {
-                    if tx.is_cancelled() {
-                        return;
+                let mut j = start;
+                let mut next_check = j + step;
+                while j < end {
+                    if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (j, false);
                     }
-                    job.execute_fragment(tx, i, count, ctx);
-                    i += 1;
-                    if check_clock(i - range.start) && std::time::Instant::now() >= deadline {
-                        yielded = true;
-                        return;
+                    running = j;
+                    job.execute_fragment(tx, j, count, ctx);
+                    j += 1;
+                    if j == next_check {
+                        if std::time::Instant::now() >= deadline {
+                            return (j, true);
+                        }
+                        step = (step * 2).min(1024);
+                        next_check = j + step;
                     }
                 }
+                (j, false)
             }));
-            if run_start < i {
-                out.done.push(run_start..i);
-            }
             match result {
-                Ok(()) => break,
+                Ok((j, y)) => {
+                    if start < j {
+                        out.done.push(start..j);
+                    }
+                    i = j;
+                    yielded = y;
+                    break;
+                }
                 Err(p) => {
-                    out.failed.push((i, panic_message(&*p)));
-                    i += 1;
-                    run_start = i;
+                    if start < running {
+                        out.done.push(start..running);
+                    }
+                    out.failed.push((running, panic_message(&*p)));
+                    i = running + 1;
                 }
             }
         }

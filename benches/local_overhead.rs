@@ -1,0 +1,102 @@
+//! Overhead of the runtime on a do-nothing workload: 1,000,000 no-op LOCAL fragments against
+//! rayon's `(0..n).into_par_iter().for_each` in the same run, and the peak heap growth for 1M
+//! and 10M fragments (it must not grow with the count: no per-fragment allocation is kept).
+//!
+//! `cargo bench --bench local_overhead`
+
+use fragmenta::{ClassId, Cluster, ExecutionContext, FragmentedJob, Transaction};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Counts live heap bytes and their peak.
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[derive(Serialize, Deserialize)]
+struct Noop;
+
+impl FragmentedJob for Noop {
+    const CLASS_ID: ClassId = ClassId::from_name("bench.noop");
+    #[inline]
+    fn execute_fragment(&self, _: &Transaction, index: usize, _: usize, _: &ExecutionContext) {
+        black_box(index);
+    }
+}
+
+fn best_of(runs: usize, mut f: impl FnMut()) -> Duration {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let n = 1_000_000;
+    let cluster = Cluster::embedded();
+    let job = Arc::new(Noop);
+    // Warm up both pools.
+    cluster.execute(&job, n).expect("runs");
+    (0..n).into_par_iter().for_each(|i| {
+        black_box(i);
+    });
+    let ours = best_of(20, || {
+        let r = cluster.execute(&job, n).expect("runs");
+        assert!(r.is_complete());
+    });
+    let rayon = best_of(20, || {
+        (0..n).into_par_iter().for_each(|i| {
+            black_box(i);
+        })
+    });
+    println!("1M no-op LOCAL fragments: fragmenta {:>8.3} ms (best of 20)", ours.as_secs_f64() * 1e3);
+    println!("1M no-op rayon for_each:  rayon     {:>8.3} ms (best of 20)", rayon.as_secs_f64() * 1e3);
+    println!(
+        "ratio fragmenta/rayon: {:.2}x (target <= 1.5x); {:.1} ns per fragment",
+        ours.as_secs_f64() / rayon.as_secs_f64(),
+        ours.as_secs_f64() * 1e9 / n as f64
+    );
+    for small in [1usize, 1000, 100_000] {
+        let t = best_of(50, || {
+            cluster.execute(&job, small).expect("runs");
+        });
+        println!("{small:>8} fragments: {:>8.1} us (best of 50)", t.as_secs_f64() * 1e6);
+    }
+    for count in [1_000_000usize, 10_000_000] {
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let r = cluster.execute(&job, count).expect("runs");
+        assert!(r.is_complete());
+        let peak = PEAK.load(Ordering::Relaxed) - base;
+        println!("peak heap growth while running {count:>10} fragments: {peak:>8} bytes");
+    }
+}

@@ -1,0 +1,1 @@
+//! Runtime messages between hosts (written by the runtime author).

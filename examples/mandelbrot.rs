@@ -1,0 +1,119 @@
+//! A newcomer's first job: render the Mandelbrot set, one image row band per fragment.
+//!
+//! ```text
+//! cargo run --release --example mandelbrot                      # embedded one-host cluster
+//! fragmenta launch -n 4 -- target/release/examples/mandelbrot   # four processes (CLUSTER)
+//! ```
+//!
+//! Local fragments write straight into the image; remote fragments stream their rows back and
+//! `receive_remote_result` copies them in. The result is `mandelbrot.png`.
+
+use fragmenta::{
+    ClassId, Cluster, ExecutionContext, FragmentedJob, ResultReader, ResultWriter, SchedulingMode,
+    Transaction,
+};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+#[derive(Serialize, Deserialize)]
+struct Mandelbrot {
+    width: usize,
+    height: usize,
+    rows_per_fragment: usize,
+    max_iter: u32,
+    #[serde(skip)]
+    image: Mutex<Vec<u8>>, // grey levels, filled on the host that started the job
+}
+
+impl Mandelbrot {
+    /// Computes one band of rows into `out` (grey levels).
+    fn band(&self, index: usize, out: &mut Vec<u8>) {
+        let y0 = index * self.rows_per_fragment;
+        let y1 = (y0 + self.rows_per_fragment).min(self.height);
+        for y in y0..y1 {
+            for x in 0..self.width {
+                let c_re = -2.2 + 3.0 * x as f64 / self.width as f64;
+                let c_im = -1.2 + 2.4 * y as f64 / self.height as f64;
+                let (mut re, mut im, mut n) = (0.0f64, 0.0f64, 0);
+                while n < self.max_iter && re * re + im * im <= 4.0 {
+                    (re, im) = (re * re - im * im + c_re, 2.0 * re * im + c_im);
+                    n += 1;
+                }
+                let shade = if n == self.max_iter { 0 } else { 255 - (n * 255 / self.max_iter) as u8 };
+                out.push(shade);
+            }
+        }
+    }
+
+    fn place(&self, index: usize, rows: &[u8]) {
+        let start = index * self.rows_per_fragment * self.width;
+        let mut image = self.image.lock().unwrap_or_else(|e| e.into_inner());
+        let end = (start + rows.len()).min(image.len());
+        image[start..end].copy_from_slice(&rows[..end - start]);
+    }
+}
+
+impl FragmentedJob for Mandelbrot {
+    const CLASS_ID: ClassId = ClassId::from_name("fragmenta.examples.mandelbrot");
+
+    fn execute_fragment(&self, _: &Transaction, index: usize, _: usize, _: &ExecutionContext) {
+        let mut rows = Vec::with_capacity(self.rows_per_fragment * self.width);
+        self.band(index, &mut rows);
+        self.place(index, &rows);
+    }
+
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        let mut rows = Vec::with_capacity(self.rows_per_fragment * self.width);
+        self.band(index, &mut rows);
+        out.write_all(&rows)
+    }
+
+    fn receive_remote_result(&self, result: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        self.place(index, result.bytes());
+    }
+
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::Cluster
+    }
+
+    fn allow_non_sequential_chunks(&self) -> bool {
+        true // each chunk lands in its own rows: any order will do
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = Cluster::builder().register::<Mandelbrot>().embedded()?;
+    let (width, height, rows) = (1200, 800, 8);
+    let job = Arc::new(Mandelbrot {
+        width,
+        height,
+        rows_per_fragment: rows,
+        max_iter: 200,
+        image: Mutex::new(vec![0; width * height]),
+    });
+    let fragments = height.div_ceil(rows);
+    let report = cluster.execute(&job, fragments)?;
+    println!(
+        "{} of {} fragments done in {:.1} ms; per host: {:?}",
+        report.done.len(),
+        report.count,
+        report.elapsed.as_secs_f64() * 1e3,
+        report.per_host
+    );
+    let image = job.image.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::File::create("mandelbrot.png")?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(&image)?;
+    println!("wrote mandelbrot.png ({width}x{height})");
+    Ok(())
+}
