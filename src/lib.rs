@@ -28,4 +28,7 @@
 //! ```
 
 pub use fragmenta_job::*;
-pub use fragmenta_runtime::{Cluster, ClusterBuilder, JobHandle, NodeConfig, RegisterError, Registry};
+pub use fragmenta_runtime::{
+    Cluster, ClusterBuilder, ClusterConfig, JobHandle, JoinError, NodeConfig, RegisterError,
+    Registry, ServeError,
+};

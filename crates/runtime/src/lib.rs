@@ -14,11 +14,14 @@
 //! host's id and skips the others).
 
 mod executor;
+mod net;
 mod node;
 mod registry;
 
+pub use net::{JoinError, ServeError};
 pub use node::{JobHandle, NodeConfig};
 pub use registry::{RegisterError, Registry};
+pub use fragmenta_config::ClusterConfig;
 
 use fragmenta_job::{ExecuteError, FragmentedJob, HostId, JobReport};
 use node::Node;
@@ -28,6 +31,7 @@ use std::sync::Arc;
 /// `execute_fragmented`). Dropping it shuts the local node down.
 pub struct Cluster {
     node: Arc<Node>,
+    net: Option<Arc<net::Net>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -85,14 +89,85 @@ impl ClusterBuilder {
         }
         config.gpus = self.gpus;
         config.max_workers = self.max_workers;
-        Ok(Cluster { node: Node::new(config, self.registry) })
+        Ok(Cluster { node: Node::new(config, self.registry), net: None })
+    }
+
+    /// Joins the cluster the environment describes: the configuration named by
+    /// `FRAGMENTA_CONFIG` (set by `fragmenta launch`) and this process's host from
+    /// `FRAGMENTA_HOST_ID` or a launcher's rank variable (`SLURM_PROCID`, `OMPI_COMM_WORLD_RANK`,
+    /// `PMI_RANK`). With no configuration this is the embedded one-host cluster.
+    pub fn join(self) -> Result<Cluster, JoinError> {
+        match fragmenta_config::load_from_env()? {
+            None => Ok(self.embedded()?),
+            Some(config) => {
+                let host = fragmenta_config::resolve_host_id(&config, None)?;
+                self.join_config(config, host)
+            }
+        }
+    }
+
+    /// Joins the cluster of `config` as `host`: binds its QUIC endpoint, connects to the other
+    /// hosts with mutual TLS and waits until the configuration's minimum number of hosts is up
+    /// (an error naming the missing hosts after the configured wait).
+    pub fn join_config(self, config: ClusterConfig, host: HostId) -> Result<Cluster, JoinError> {
+        if let Some(e) = self.register_error {
+            return Err(e.into());
+        }
+        let me = config.host(host).ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let node_config = NodeConfig {
+            host,
+            cores: self.cores.unwrap_or(me.cores() as f32),
+            gpus: me.gpus(),
+            sub_cluster: me.sub_cluster(),
+            max_workers: self.max_workers,
+        };
+        let node = Node::new(node_config, self.registry);
+        match net::Net::start(&node, config, host) {
+            Ok(net) => Ok(Cluster { node, net: Some(net) }),
+            Err(e) => {
+                node.shutdown();
+                Err(e)
+            }
+        }
     }
 }
 
 impl Cluster {
     /// The embedded one-host cluster with this machine's cores.
     pub fn embedded() -> Cluster {
-        Cluster { node: Node::new(NodeConfig::single_host(), Registry::default()) }
+        Cluster { node: Node::new(NodeConfig::single_host(), Registry::default()), net: None }
+    }
+
+    /// Whether this host is the primary one (the first host of the configuration, rank 0):
+    /// by convention the host that initiates the program's jobs and shuts the cluster down.
+    /// Always true for the embedded cluster.
+    pub fn is_primary(&self) -> bool {
+        self.net.as_ref().is_none_or(|n| n.is_primary())
+    }
+
+    /// Hosts currently up, this one included, ascending.
+    pub fn hosts(&self) -> Vec<HostId> {
+        let mut hosts = vec![self.host_id()];
+        if let Some(net) = &self.net {
+            hosts.extend(net.peers());
+        }
+        hosts.sort();
+        hosts
+    }
+
+    /// Serves other hosts' fragments until the primary shuts the cluster down (returns `Ok`) or
+    /// is lost (an error). Returns at once for the embedded cluster.
+    pub fn serve(&self) -> Result<(), ServeError> {
+        match &self.net {
+            Some(net) => net.shutdown.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Shuts the cluster down: the primary tells every host to stop; any host stops its own
+    /// node. Dropping the handle does the same.
+    pub fn shutdown(self) {
+        drop(self);
     }
 
     /// A builder for settings and job registration.
@@ -127,6 +202,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Some(net) = self.net.take() {
+            net.shutdown(net.is_primary());
+        }
+        *self.node.remote.write() = None;
         self.node.shutdown();
     }
 }

@@ -59,6 +59,8 @@ pub(crate) struct InitiatedJob {
     pub(crate) count: AtomicUsize,
     done: AtomicUsize,
     work: Mutex<Option<WorkKey>>,
+    /// The job serialized once for every remote host (absent for LOCAL jobs or one host).
+    pub(crate) serialized: Option<Arc<Vec<u8>>>,
     deliveries: Mutex<DeliveryQueue>,
     result: Mutex<Option<Result<JobReport, ExecuteError>>>,
     finished: Condvar,
@@ -183,6 +185,12 @@ impl Node {
             erased.assign(&mut slots);
             slots
         });
+        let multi_host = self.remote.read().is_some();
+        let serialized = if multi_host && params.mode != fragmenta_job::SchedulingMode::Local {
+            Some(Arc::new(erased.serialize().map_err(ExecuteError::Serialize)?))
+        } else {
+            None
+        };
         let id = JobId { initiator: self.host(), seq: self.next_job.fetch_add(1, Ordering::Relaxed) };
         let cancel = CancelToken::new();
         let ij = Arc::new(InitiatedJob {
@@ -194,6 +202,7 @@ impl Node {
             count: AtomicUsize::new(count),
             done: AtomicUsize::new(0),
             work: Mutex::new(None),
+            serialized,
             deliveries: Mutex::new(DeliveryQueue::default()),
             result: Mutex::new(None),
             finished: Condvar::new(),
@@ -247,10 +256,74 @@ impl Node {
         }
     }
 
-    pub(crate) fn on_remote_fragment_done(&self, job: JobId, host: HostId, fragment: usize, chunks: u32) {
-        let outcome = self.with_sched(|s| s.on_fragment_done(job, host, fragment, chunks));
-        if outcome == Outcome::Applied {
-            self.note_done(job, 1);
+    /// A host joined the cluster.
+    pub(crate) fn host_up(&self, host: HostId, info: HostInfo) {
+        self.with_sched(|s| s.host_up(host, info));
+    }
+
+    /// A host failed or left.
+    pub(crate) fn host_down(&self, host: HostId) {
+        self.with_sched(|s| s.host_down(host));
+    }
+
+    /// A batch of results of `job` from `host`. `payload` holds the chunk bytes in item order;
+    /// `partial` keeps chunk parts of this stream until their last part arrives.
+    pub(crate) fn on_results(
+        &self,
+        job: JobId,
+        host: HostId,
+        items: Vec<fragmenta_wire::messages::ResultItem>,
+        mut payload: Vec<u8>,
+        partial: &mut HashMap<(u64, u32), Vec<u8>>,
+    ) {
+        use fragmenta_wire::messages::ResultItem;
+        let whole = payload.len();
+        let single = items.len() <= 2
+            && items.iter().filter(|i| matches!(i, ResultItem::Chunk { .. })).count() == 1;
+        let mut offset = 0usize;
+        let mut done = 0usize;
+        self.with_sched(|s| {
+            for item in items {
+                match item {
+                    ResultItem::Chunk { fragment, seq, len, last } => {
+                        let len = len as usize;
+                        let data = if single && len == whole && offset == 0 {
+                            std::mem::take(&mut payload)
+                        } else {
+                            payload.get(offset..offset + len).map(<[u8]>::to_vec).unwrap_or_default()
+                        };
+                        offset += len;
+                        let data = match partial.remove(&(fragment, seq)) {
+                            Some(mut head) => {
+                                head.extend_from_slice(&data);
+                                head
+                            }
+                            None => data,
+                        };
+                        if last {
+                            s.on_chunk(job, host, fragment as usize, seq, Payload::Bytes(data));
+                        } else {
+                            partial.insert((fragment, seq), data);
+                        }
+                    }
+                    ResultItem::Done { fragment, chunks } => {
+                        if s.on_fragment_done(job, host, fragment as usize, chunks) == Outcome::Applied {
+                            done += 1;
+                        }
+                    }
+                    ResultItem::Failed { fragment, reason } => {
+                        s.on_fragment_failed(job, host, fragment as usize, reason);
+                    }
+                    ResultItem::NotStarted { ranges } => {
+                        let ranges: Vec<Range<usize>> =
+                            ranges.into_iter().map(|(a, b)| a as usize..b as usize).collect();
+                        s.on_not_started(job, host, &ranges);
+                    }
+                }
+            }
+        });
+        if done > 0 {
+            self.note_done(job, done);
         }
     }
 

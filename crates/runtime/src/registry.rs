@@ -1,7 +1,7 @@
 //! Job types by class id, and the type-erased view of a job the runtime works with.
 
 use fragmenta_job::{
-    ChunkSink, ClassId, ExecutionContext, FragmentedJob, HostId, JobParams, RdmaBuffer,
+    ChunkSink, ClassId, FailureReason, ExecutionContext, FragmentedJob, HostId, JobParams, RdmaBuffer,
     RdmaContext, ResultReader, ResultWriter, Transaction,
 };
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
         count: usize,
         ctx: &ExecutionContext,
         sink: &mut dyn ChunkSink,
-    ) -> Result<u32, String>;
+    ) -> Result<u32, FailureReason>;
     fn run_remote_rdma(
         &self,
         tx: &Transaction,
@@ -161,15 +161,15 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
         count: usize,
         ctx: &ExecutionContext,
         sink: &mut dyn ChunkSink,
-    ) -> Result<u32, String> {
+    ) -> Result<u32, FailureReason> {
         let job = &*self.0;
         let mut writer = ResultWriter::new(sink);
         match catch_unwind(AssertUnwindSafe(|| {
             job.execute_fragment_remote(&mut writer, tx, index, count, ctx)
         })) {
-            Ok(Ok(())) => writer.finish().map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(p) => Err(format!("panicked: {}", panic_message(&*p))),
+            Ok(Ok(())) => writer.finish().map_err(|e| FailureReason::Returned(e.to_string())),
+            Ok(Err(e)) => Err(FailureReason::Returned(e.to_string())),
+            Err(p) => Err(FailureReason::Panicked(panic_message(&*p))),
         }
     }
 

@@ -1,1 +1,157 @@
-//! Runtime messages between hosts (written by the runtime author).
+//! Runtime messages between hosts.
+//!
+//! Every host pair shares one connection. Each side opens one uni stream for [`Control`]
+//! messages (ordered: a replica always precedes the dispatches that use it), and a host running
+//! fragments of a job opens one uni stream per job back to its initiator for that job's
+//! [`Results`] (ordered: a fragment's chunks always precede its `Done`, so the initiator knows
+//! it has every chunk when the fragment is done). Every uni stream starts with a
+//! [`StreamHeader`] frame. Chunk bytes travel as the frame payload, not bincode-encoded.
+
+use fragmenta_job::{ClassId, FailureReason, JobId, JobParams};
+use serde::{Deserialize, Serialize};
+
+/// A half-open range of fragment indices on the wire.
+pub type WireRange = (u64, u64);
+
+/// The first frame of every uni stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StreamHeader {
+    /// The sender's control stream.
+    Control,
+    /// Results of one job, from a host running its fragments to its initiator.
+    Results {
+        /// The job.
+        job: JobId,
+    },
+}
+
+/// Control messages (both directions, on the control stream).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// Liveness; any frame counts, this one is sent when nothing else is.
+    Heartbeat,
+    /// The job itself, serialized once by the initiator; the frame payload holds its bytes.
+    /// The receiver deserializes it once into the replica all its fragments share.
+    Replica {
+        /// The job.
+        job: JobId,
+        /// Its type, looked up in the receiver's registry.
+        class: ClassId,
+        /// Its scheduling parameters, read once on the initiator.
+        params: JobParams,
+        /// Number of fragments of the job.
+        count: u64,
+    },
+    /// Run these fragments of a job whose replica was sent before.
+    Dispatch {
+        /// The job.
+        job: JobId,
+        /// Fragment ranges.
+        fragments: Vec<WireRange>,
+    },
+    /// Cancel a job: drop unstarted fragments (answered with `NotStarted`), call `cancel()` on
+    /// the replica, let running fragments see `is_cancelled()`.
+    Cancel {
+        /// The job.
+        job: JobId,
+    },
+    /// The job is over: drop the replica.
+    Release {
+        /// The job.
+        job: JobId,
+    },
+    /// The cluster is shutting down (sent by the primary host).
+    Shutdown,
+}
+
+/// One entry of a [`Results`] batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ResultItem {
+    /// A part of chunk `seq` of `fragment`: `len` bytes of the payload, in item order. A chunk
+    /// larger than one frame travels as several parts; `last` marks its final part.
+    Chunk {
+        /// Fragment index.
+        fragment: u64,
+        /// Chunk sequence number within the fragment.
+        seq: u32,
+        /// Bytes of this part.
+        len: u64,
+        /// Whether this is the chunk's last part.
+        last: bool,
+    },
+    /// The fragment finished after `chunks` chunks.
+    Done {
+        /// Fragment index.
+        fragment: u64,
+        /// Number of chunks it sent.
+        chunks: u32,
+    },
+    /// The fragment failed.
+    Failed {
+        /// Fragment index.
+        fragment: u64,
+        /// Why.
+        reason: FailureReason,
+    },
+    /// Fragments dropped without starting (after a cancel).
+    NotStarted {
+        /// Fragment ranges.
+        ranges: Vec<WireRange>,
+    },
+}
+
+/// A batch of results of one job; the frame payload is the concatenation of the chunk parts'
+/// bytes, in item order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// The entries.
+    pub items: Vec<ResultItem>,
+}
+
+impl Results {
+    /// Total payload bytes the items announce, or `None` on overflow.
+    pub fn payload_len(&self) -> Option<u64> {
+        self.items.iter().try_fold(0u64, |acc, item| match item {
+            ResultItem::Chunk { len, .. } => acc.checked_add(*len),
+            _ => Some(acc),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fragmenta_job::HostId;
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let job = JobId { initiator: HostId(3), seq: 9 };
+        let msgs = vec![
+            Control::Heartbeat,
+            Control::Dispatch { job, fragments: vec![(0, 10), (20, 21)] },
+            Control::Cancel { job },
+            Control::Shutdown,
+        ];
+        for m in msgs {
+            let bytes = crate::encode(&m).unwrap();
+            assert_eq!(crate::decode::<Control>(&bytes, 1 << 20).unwrap(), m);
+        }
+        let r = Results {
+            items: vec![
+                ResultItem::Chunk { fragment: 1, seq: 0, len: 5, last: true },
+                ResultItem::Done { fragment: 1, chunks: 1 },
+                ResultItem::Failed { fragment: 2, reason: FailureReason::Panicked("x".into()) },
+            ],
+        };
+        assert_eq!(r.payload_len(), Some(5));
+        let bytes = crate::encode(&r).unwrap();
+        assert_eq!(crate::decode::<Results>(&bytes, 1 << 20).unwrap(), r);
+        let overflow = Results {
+            items: vec![
+                ResultItem::Chunk { fragment: 0, seq: 0, len: u64::MAX, last: true },
+                ResultItem::Chunk { fragment: 0, seq: 1, len: 1, last: true },
+            ],
+        };
+        assert_eq!(overflow.payload_len(), None);
+    }
+}

@@ -1,0 +1,814 @@
+//! The node's network side: one QUIC connection per host pair, control and result streams,
+//! replicas of other hosts' jobs, heartbeats and failure detection.
+//!
+//! All of it runs on a small tokio runtime owned by the node. Nothing here runs user code on a
+//! reactor thread: deserializing a replica and calling its `cancel()` go to `spawn_blocking`,
+//! fragments run on the worker pool, and deliveries on the node's delivery threads.
+
+use crate::executor::BlockRunner;
+use crate::node::{InitiatedJob, Node, Remote};
+use crate::registry::ErasedJob;
+use fragmenta_config::ClusterConfig;
+use fragmenta_job::{
+    CancelToken, ChunkSink, ExecutionContext, FailureReason, HostId, JobId, JobParams, Transaction,
+};
+use fragmenta_net::handshake::{accept_handshake, close_on_frame_error, connect_handshake};
+use fragmenta_net::{Connection, Endpoint, NetConfig, RecvStream, SendStream, TlsFiles};
+use fragmenta_sched::{Block, HostInfo, WorkKey, WorkSpec};
+use fragmenta_wire::handshake::Hello;
+use fragmenta_wire::messages::{Control, ResultItem, Results, StreamHeader, WireRange};
+use fragmenta_wire::{read_header, read_payload_into, write_frame, FrameLimits};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Largest chunk part sent in one frame; larger chunks travel as several parts.
+const MAX_PART: usize = 16 << 20;
+/// Small chunks are batched into one frame up to this many payload bytes or items.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_ITEMS: usize = 4096;
+/// Close code for a peer that stopped sending heartbeats.
+const CLOSE_TIMEOUT: u32 = 3;
+/// Close code for a normal shutdown.
+const CLOSE_SHUTDOWN: u32 = 4;
+
+/// Why a multi-host node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The configuration is invalid or names no usable host.
+    #[error(transparent)]
+    Config(#[from] fragmenta_config::ConfigError),
+    /// Two job types share a class id.
+    #[error(transparent)]
+    Register(#[from] crate::RegisterError),
+    /// The QUIC endpoint could not be bound (address in use, bad certificate files…).
+    #[error("cannot bind {addr}: {reason}")]
+    Bind {
+        /// The address from the configuration.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Not enough hosts joined in time.
+    #[error("waited {waited:?} for {min} hosts; missing: {missing:?}")]
+    MinHosts {
+        /// Hosts required (this one included).
+        min: usize,
+        /// How long this host waited.
+        waited: Duration,
+        /// Configured hosts that never connected.
+        missing: Vec<HostId>,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the network runtime: {0}")]
+    Runtime(String),
+}
+
+enum Outgoing {
+    Msg(Control),
+    WithPayload(Control, Arc<Vec<u8>>),
+}
+
+struct Link {
+    conn: Connection,
+    control: mpsc::UnboundedSender<Outgoing>,
+    last_seen: Arc<Mutex<Instant>>,
+}
+
+enum RState {
+    Loading { pending: Vec<Range<usize>>, cancelled: bool },
+    Ready { key: WorkKey, replica: Arc<dyn ErasedJob> },
+    Failed(FailureReason),
+}
+
+enum Out {
+    Item(ResultItem),
+    Chunk { fragment: u64, seq: u32, data: Vec<u8> },
+}
+
+/// A job of another host, on this host: its replica and the stream back to its initiator.
+struct RemoteJob {
+    id: JobId,
+    count: usize,
+    params: JobParams,
+    cancel: CancelToken,
+    tx: Transaction,
+    state: Mutex<RState>,
+    out: mpsc::Sender<Out>,
+}
+
+impl RemoteJob {
+    fn send(&self, out: Out) -> bool {
+        self.out.blocking_send(out).is_ok()
+    }
+}
+
+/// Shutdown signalling for `serve()`.
+#[derive(Default)]
+pub(crate) struct Signal {
+    state: Mutex<Option<Result<(), ServeError>>>,
+    cv: Condvar,
+}
+
+/// Why [`Cluster::serve`](crate::Cluster::serve) returned with an error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// The primary host failed without shutting the cluster down.
+    #[error("the primary host {0} was lost")]
+    PrimaryLost(HostId),
+}
+
+impl Signal {
+    fn set(&self, r: Result<(), ServeError>) {
+        let mut s = self.state.lock();
+        if s.is_none() {
+            *s = Some(r);
+        }
+        self.cv.notify_all();
+    }
+    pub(crate) fn wait(&self) -> Result<(), ServeError> {
+        let mut s = self.state.lock();
+        loop {
+            if let Some(r) = s.clone() {
+                return r;
+            }
+            self.cv.wait(&mut s);
+        }
+    }
+}
+
+/// The network side of a node.
+pub(crate) struct Net {
+    node: Weak<Node>,
+    host: HostId,
+    primary: HostId,
+    config: ClusterConfig,
+    endpoint: Endpoint,
+    handle: tokio::runtime::Handle,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    links: Mutex<BTreeMap<HostId, Arc<Link>>>,
+    links_changed: Condvar,
+    remote_jobs: Mutex<HashMap<JobId, Arc<RemoteJob>>>,
+    limits: FrameLimits,
+    pub(crate) shutdown: Signal,
+    me: Weak<Net>,
+}
+
+fn info_of(config: &ClusterConfig, host: HostId) -> HostInfo {
+    config.host(host).map_or(HostInfo { sub_cluster: 0, cores: 1.0, gpus: 0 }, |h| HostInfo {
+        sub_cluster: h.sub_cluster(),
+        cores: h.cores() as f32,
+        gpus: h.gpus(),
+    })
+}
+
+fn to_wire(r: &[Range<usize>]) -> Vec<WireRange> {
+    r.iter().map(|r| (r.start as u64, r.end as u64)).collect()
+}
+
+fn from_wire(r: &[WireRange], count: usize) -> Vec<Range<usize>> {
+    r.iter()
+        .map(|&(a, b)| (a.min(count as u64) as usize)..(b.min(count as u64) as usize))
+        .filter(|r| r.start < r.end)
+        .collect()
+}
+
+impl Net {
+    /// Binds this host's endpoint, connects to the configured hosts and waits for the minimum
+    /// cluster size.
+    pub(crate) fn start(
+        node: &Arc<Node>,
+        config: ClusterConfig,
+        host: HostId,
+    ) -> Result<Arc<Net>, JoinError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("fragmenta-net-{}", host.0))
+            .enable_all()
+            .build()
+            .map_err(|e| JoinError::Runtime(e.to_string()))?;
+        let me = config.host(host).ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let addr = me.socket_addr()?;
+        let tls = TlsFiles {
+            ca: config.ca_cert().to_path_buf(),
+            cert: me.cert().to_path_buf(),
+            key: me.key().to_path_buf(),
+        };
+        let endpoint = {
+            let _guard = runtime.enter();
+            Endpoint::bind_quic(addr, &tls, &NetConfig::default())
+                .map_err(|e| JoinError::Bind { addr, reason: e.to_string() })?
+        };
+        let primary = config.hosts().first().map_or(host, |h| h.id());
+        let mut limits = FrameLimits::default();
+        if let Some(max) = config.max_frame_bytes() {
+            limits.max_payload = max;
+        }
+        let net = Arc::new_cyclic(|me| Net {
+            node: Arc::downgrade(node),
+            host,
+            primary,
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
+            endpoint,
+            config,
+            links: Mutex::new(BTreeMap::new()),
+            links_changed: Condvar::new(),
+            remote_jobs: Mutex::new(HashMap::new()),
+            limits,
+            shutdown: Signal::default(),
+            me: me.clone(),
+        });
+        *node.remote.write() = Some(net.clone());
+        net.handle.spawn(net.clone().accept_loop());
+        for h in net.config.hosts() {
+            if h.id() < host {
+                if let Ok(addr) = h.socket_addr() {
+                    net.handle.spawn(net.clone().connect_loop(h.id(), addr));
+                }
+            }
+        }
+        net.handle.spawn(net.clone().failure_detector());
+        net.wait_min_hosts()?;
+        Ok(net)
+    }
+
+    fn wait_min_hosts(&self) -> Result<(), JoinError> {
+        let min = self.config.min_hosts();
+        let waited = self.config.min_hosts_timeout();
+        let deadline = Instant::now() + waited;
+        let mut links = self.links.lock();
+        while links.len() + 1 < min {
+            if self.links_changed.wait_until(&mut links, deadline).timed_out() {
+                if links.len() + 1 >= min {
+                    break;
+                }
+                let missing = self
+                    .config
+                    .host_ids()
+                    .filter(|h| *h != self.host && !links.contains_key(h))
+                    .collect();
+                return Err(JoinError::MinHosts { min, waited, missing });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_primary(&self) -> bool {
+        self.host == self.primary
+    }
+
+    pub(crate) fn peers(&self) -> Vec<HostId> {
+        self.links.lock().keys().copied().collect()
+    }
+
+    fn hello(&self) -> Hello {
+        Hello::new(self.config.name(), self.host)
+    }
+
+    async fn accept_loop(self: Arc<Self>) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let conn = match incoming {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(host = %self.host, error = %e, "refused an incoming connection");
+                    continue;
+                }
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                match accept_handshake(conn, me.config.name()).await {
+                    Ok((conn, hello)) if me.config.host(hello.host).is_some() => {
+                        me.register_link(conn).await
+                    }
+                    Ok((conn, hello)) => {
+                        tracing::warn!(host = %me.host, peer = %hello.host, "peer is not in the configuration");
+                        conn.close(fragmenta_net::handshake::CLOSE_REJECTED, b"unknown host");
+                    }
+                    Err(e) => tracing::warn!(host = %me.host, error = %e, "handshake failed"),
+                }
+            });
+        }
+    }
+
+    async fn connect_loop(self: Arc<Self>, peer: HostId, addr: std::net::SocketAddr) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.shutdown.state.lock().is_some() || self.links.lock().contains_key(&peer) {
+                return;
+            }
+            match connect_handshake(&self.endpoint, addr, peer, self.hello()).await {
+                Ok(conn) => {
+                    self.register_link(conn).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(host = %self.host, %peer, error = %e, "connect failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn register_link(self: &Arc<Self>, conn: Connection) {
+        let peer = conn.peer();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let last_seen = Arc::new(Mutex::new(Instant::now()));
+        {
+            let mut links = self.links.lock();
+            if links.contains_key(&peer) {
+                conn.close(fragmenta_net::handshake::CLOSE_REJECTED, b"already connected");
+                return;
+            }
+            links.insert(peer, Arc::new(Link { conn: conn.clone(), control: tx, last_seen: last_seen.clone() }));
+        }
+        tracing::info!(host = %self.host, %peer, "link up");
+        tokio::spawn(self.clone().control_writer(conn.clone(), rx));
+        tokio::spawn(self.clone().stream_acceptor(conn.clone(), last_seen));
+        let me = self.clone();
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            me.link_lost(peer, &reason.to_string());
+        });
+        if let Some(node) = self.node.upgrade() {
+            let info = info_of(&self.config, peer);
+            let _ = tokio::task::spawn_blocking(move || node.host_up(peer, info)).await;
+        }
+        self.links_changed.notify_all();
+    }
+
+    /// Declares `peer` gone: its fragments are rescheduled or failed, its jobs here abandoned.
+    fn link_lost(&self, peer: HostId, reason: &str) {
+        let Some(link) = self.links.lock().remove(&peer) else { return };
+        link.conn.close(CLOSE_TIMEOUT, b"link lost");
+        tracing::warn!(host = %self.host, %peer, reason, "host down");
+        let node = self.node.upgrade();
+        let abandoned: Vec<Arc<RemoteJob>> = {
+            let mut jobs = self.remote_jobs.lock();
+            let ids: Vec<JobId> = jobs.keys().filter(|j| j.initiator == peer).copied().collect();
+            ids.into_iter().filter_map(|id| jobs.remove(&id)).collect()
+        };
+        let shutting_down = self.shutdown.state.lock().is_some();
+        let lost_primary = peer == self.primary && !shutting_down;
+        let handle = self.handle.clone();
+        handle.spawn_blocking(move || {
+            if let Some(node) = &node {
+                node.host_down(peer);
+                for job in &abandoned {
+                    job.cancel.cancel();
+                    if let RState::Ready { key, .. } = &*job.state.lock() {
+                        node.exec.remove(*key);
+                    }
+                }
+            }
+        });
+        if lost_primary {
+            self.shutdown.set(Err(ServeError::PrimaryLost(peer)));
+        }
+        self.links_changed.notify_all();
+    }
+
+    async fn failure_detector(self: Arc<Self>) {
+        let timeout = self.config.failure_timeout();
+        let mut tick = tokio::time::interval((self.config.heartbeat_interval() / 2).max(Duration::from_millis(10)));
+        loop {
+            tick.tick().await;
+            let stale: Vec<HostId> = self
+                .links
+                .lock()
+                .iter()
+                .filter(|(_, l)| l.last_seen.lock().elapsed() > timeout)
+                .map(|(h, _)| *h)
+                .collect();
+            for peer in stale {
+                self.link_lost(peer, "no heartbeat within the failure timeout");
+            }
+        }
+    }
+
+    async fn control_writer(self: Arc<Self>, conn: Connection, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+        let mut stream = match conn.open_uni().await {
+            Ok(s) => s,
+            Err(e) => return self.link_lost(conn.peer(), &e.to_string()),
+        };
+        if let Err(e) = write_frame(&mut stream, &StreamHeader::Control, &[]).await {
+            return self.link_lost(conn.peer(), &e.to_string());
+        }
+        let mut beat = tokio::time::interval(self.config.heartbeat_interval());
+        loop {
+            let result = tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Outgoing::Msg(m)) => write_frame(&mut stream, &m, &[]).await,
+                    Some(Outgoing::WithPayload(m, p)) => write_frame(&mut stream, &m, &p).await,
+                    None => break,
+                },
+                _ = beat.tick() => write_frame(&mut stream, &Control::Heartbeat, &[]).await,
+            };
+            if let Err(e) = result {
+                return self.link_lost(conn.peer(), &e.to_string());
+            }
+        }
+        let _ = stream.finish();
+    }
+
+    async fn stream_acceptor(self: Arc<Self>, conn: Connection, last_seen: Arc<Mutex<Instant>>) {
+        while let Ok(mut stream) = conn.accept_uni().await {
+            let me = self.clone();
+            let conn = conn.clone();
+            let last_seen = last_seen.clone();
+            tokio::spawn(async move {
+                match read_header::<_, StreamHeader>(&mut stream, &me.limits).await {
+                    Ok(Some((StreamHeader::Control, 0))) => me.control_reader(conn, stream, last_seen).await,
+                    Ok(Some((StreamHeader::Results { job }, 0))) if job.initiator == me.host => {
+                        me.results_reader(conn, stream, job, last_seen).await
+                    }
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        tracing::error!(host = %me.host, peer = %conn.peer(), "unexpected stream header");
+                        conn.close(fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR, b"bad stream header");
+                    }
+                    Err(e) => close_on_frame_error(&conn, &e),
+                }
+            });
+        }
+    }
+
+    async fn read_payload(&self, stream: &mut RecvStream, len: u64) -> Result<Vec<u8>, fragmenta_wire::FrameError> {
+        let mut payload = vec![0u8; len as usize];
+        read_payload_into(stream, &mut payload).await?;
+        Ok(payload)
+    }
+
+    async fn control_reader(self: Arc<Self>, conn: Connection, mut stream: RecvStream, last_seen: Arc<Mutex<Instant>>) {
+        let peer = conn.peer();
+        loop {
+            let (msg, len) = match read_header::<_, Control>(&mut stream, &self.limits).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => return close_on_frame_error(&conn, &e),
+            };
+            *last_seen.lock() = Instant::now();
+            let payload = match self.read_payload(&mut stream, len).await {
+                Ok(p) => p,
+                Err(e) => return close_on_frame_error(&conn, &e),
+            };
+            match msg {
+                Control::Heartbeat => {}
+                Control::Replica { job, class, params, count } => {
+                    if job.initiator != peer {
+                        tracing::error!(host = %self.host, %peer, %job, "replica for another initiator's job");
+                        continue;
+                    }
+                    self.on_replica(job, class, params, count as usize, payload);
+                }
+                Control::Dispatch { job, fragments } => self.on_dispatch(job, &fragments),
+                Control::Cancel { job } => self.on_cancel(job),
+                Control::Release { job } => self.on_release(job),
+                Control::Shutdown => {
+                    tracing::info!(host = %self.host, %peer, "shutdown requested");
+                    self.shutdown.set(Ok(()));
+                }
+            }
+        }
+    }
+
+    async fn results_reader(self: Arc<Self>, conn: Connection, mut stream: RecvStream, job: JobId, last_seen: Arc<Mutex<Instant>>) {
+        let peer = conn.peer();
+        let mut partial = HashMap::new();
+        loop {
+            let (results, len) = match read_header::<_, Results>(&mut stream, &self.limits).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => return close_on_frame_error(&conn, &e),
+            };
+            if results.payload_len() != Some(len) {
+                tracing::error!(host = %self.host, %peer, %job, "result batch announces a different payload size");
+                conn.close(fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR, b"payload size mismatch");
+                return;
+            }
+            *last_seen.lock() = Instant::now();
+            let payload = match self.read_payload(&mut stream, len).await {
+                Ok(p) => p,
+                Err(e) => return close_on_frame_error(&conn, &e),
+            };
+            if let Some(node) = self.node.upgrade() {
+                node.on_results(job, peer, results.items, payload, &mut partial);
+            }
+        }
+    }
+
+    fn on_replica(&self, job: JobId, class: fragmenta_job::ClassId, params: JobParams, count: usize, bytes: Vec<u8>) {
+        let Some(node) = self.node.upgrade() else { return };
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let cancel = CancelToken::new();
+        let rj = Arc::new(RemoteJob {
+            id: job,
+            count,
+            params,
+            tx: Transaction::new(self.host, job, cancel.clone()),
+            cancel,
+            state: Mutex::new(RState::Loading { pending: Vec::new(), cancelled: false }),
+            out: out_tx,
+        });
+        self.remote_jobs.lock().insert(job, rj.clone());
+        let conn = self.links.lock().get(&job.initiator).map(|l| l.conn.clone());
+        if let (Some(conn), Some(me)) = (conn, self.me.upgrade()) {
+            self.handle.spawn(me.results_writer(conn, job, out_rx));
+        }
+        let host = self.host;
+        self.handle.spawn_blocking(move || {
+            let replica = node.registry.read().replica(class, &bytes);
+            let replica = match replica {
+                None => Err(FailureReason::UnknownClass(class)),
+                Some(Err(e)) => Err(FailureReason::Deserialize(e)),
+                Some(Ok(r)) => Ok(r),
+            };
+            let mut state = rj.state.lock();
+            let RState::Loading { pending, cancelled } = std::mem::replace(&mut *state, RState::Failed(FailureReason::HostFailed(host))) else {
+                return;
+            };
+            match replica {
+                Err(reason) => {
+                    tracing::error!(%host, %job, %reason, "cannot make the replica");
+                    *state = RState::Failed(reason.clone());
+                    drop(state);
+                    for f in pending.into_iter().flatten() {
+                        rj.send(Out::Item(ResultItem::Failed { fragment: f as u64, reason: reason.clone() }));
+                    }
+                }
+                Ok(replica) => {
+                    let key = node.exec.new_key();
+                    *state = RState::Ready { key, replica: replica.clone() };
+                    drop(state);
+                    if cancelled {
+                        replica.cancel();
+                        rj.send(Out::Item(ResultItem::NotStarted { ranges: to_wire(&pending) }));
+                        return;
+                    }
+                    let spec = WorkSpec {
+                        priority: rj.params.priority,
+                        cpu_load: rj.params.cpu_load,
+                        gpu_load: rj.params.gpu_load,
+                        thread_limit: rj.params.thread_limit,
+                    };
+                    let runner = Arc::new(RemoteRunner { job: rj.clone(), replica, host });
+                    if let Err(e) = node.exec.submit(key, spec, runner, pending.clone()) {
+                        let reason = FailureReason::Returned(format!("{host} cannot run the job: {e:?}"));
+                        *rj.state.lock() = RState::Failed(reason.clone());
+                        for f in pending.into_iter().flatten() {
+                            rj.send(Out::Item(ResultItem::Failed { fragment: f as u64, reason: reason.clone() }));
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn on_dispatch(&self, job: JobId, fragments: &[WireRange]) {
+        let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else {
+            tracing::warn!(host = %self.host, %job, "dispatch for an unknown job");
+            return;
+        };
+        let ranges = from_wire(fragments, rj.count);
+        let Some(node) = self.node.upgrade() else { return };
+        let mut state = rj.state.lock();
+        match &mut *state {
+            RState::Loading { pending, .. } => pending.extend(ranges),
+            RState::Ready { key, .. } => {
+                if !node.exec.add(*key, ranges.clone()) {
+                    drop(state);
+                    let _ = rj.out.try_send(Out::Item(ResultItem::NotStarted { ranges: to_wire(&ranges) }));
+                }
+            }
+            RState::Failed(reason) => {
+                let reason = reason.clone();
+                drop(state);
+                let rj = rj.clone();
+                self.handle.spawn(async move {
+                    for f in ranges.into_iter().flatten() {
+                        let item = ResultItem::Failed { fragment: f as u64, reason: reason.clone() };
+                        if rj.out.send(Out::Item(item)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn on_cancel(&self, job: JobId) {
+        let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else { return };
+        let Some(node) = self.node.upgrade() else { return };
+        rj.cancel.cancel();
+        self.handle.spawn_blocking(move || {
+            let mut state = rj.state.lock();
+            match &mut *state {
+                RState::Loading { cancelled, .. } => *cancelled = true,
+                RState::Ready { key, replica } => {
+                    let replica = replica.clone();
+                    let ranges = node.exec.drain_pending(*key);
+                    drop(state);
+                    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replica.cancel())) {
+                        tracing::error!(job = %rj.id, "cancel() panicked: {}", crate::registry::panic_message(&*p));
+                    }
+                    rj.send(Out::Item(ResultItem::NotStarted { ranges: to_wire(&ranges) }));
+                }
+                RState::Failed(_) => {}
+            }
+        });
+    }
+
+    fn on_release(&self, job: JobId) {
+        let Some(rj) = self.remote_jobs.lock().remove(&job) else { return };
+        let key = match &*rj.state.lock() {
+            RState::Ready { key, .. } => Some(*key),
+            _ => None,
+        };
+        if let (Some(node), Some(key)) = (self.node.upgrade(), key) {
+            node.exec.remove(key);
+        }
+    }
+
+    async fn results_writer(self: Arc<Self>, conn: Connection, job: JobId, mut rx: mpsc::Receiver<Out>) {
+        let mut stream: Option<SendStream> = None;
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            let mut bytes = 0usize;
+            while batch.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(o) => {
+                        if let Out::Chunk { data, .. } = &o {
+                            bytes += data.len();
+                        }
+                        batch.push(o);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if stream.is_none() {
+                match conn.open_uni().await {
+                    Ok(mut s) => {
+                        if let Err(e) = write_frame(&mut s, &StreamHeader::Results { job }, &[]).await {
+                            tracing::warn!(%job, error = %e, "cannot open the result stream");
+                            return;
+                        }
+                        stream = Some(s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%job, error = %e, "cannot open the result stream");
+                        return;
+                    }
+                }
+            }
+            let Some(s) = stream.as_mut() else { return };
+            if let Err(e) = write_batch(s, batch).await {
+                tracing::warn!(host = %self.host, %job, error = %e, "result stream failed");
+                return;
+            }
+        }
+        if let Some(mut s) = stream {
+            let _ = s.finish();
+        }
+    }
+
+    /// Tells every peer to stop, then closes the endpoint and stops the runtime.
+    pub(crate) fn shutdown(&self, announce: bool) {
+        if announce {
+            for link in self.links.lock().values() {
+                let _ = link.control.send(Outgoing::Msg(Control::Shutdown));
+            }
+            // Give the control writers a moment to flush the announcement.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.shutdown.set(Ok(()));
+        for link in self.links.lock().values() {
+            link.conn.close(CLOSE_SHUTDOWN, b"shutdown");
+        }
+        self.endpoint.close();
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_timeout(Duration::from_millis(500));
+        }
+    }
+
+    fn link(&self, host: HostId) -> Option<Arc<Link>> {
+        self.links.lock().get(&host).cloned()
+    }
+}
+
+/// Writes a batch: small chunks and items share a frame; a large chunk goes in frames of its
+/// own, straight from its buffer.
+async fn write_batch(s: &mut SendStream, batch: Vec<Out>) -> Result<(), fragmenta_wire::FrameError> {
+    let mut items = Vec::new();
+    let mut payload = Vec::new();
+    for out in batch {
+        match out {
+            Out::Item(i) => items.push(i),
+            Out::Chunk { fragment, seq, data } if data.len() < (64 << 10) => {
+                items.push(ResultItem::Chunk { fragment, seq, len: data.len() as u64, last: true });
+                payload.extend_from_slice(&data);
+            }
+            Out::Chunk { fragment, seq, data } => {
+                if !items.is_empty() {
+                    write_frame(s, &Results { items: std::mem::take(&mut items) }, &payload).await?;
+                    payload.clear();
+                }
+                let mut parts = data.chunks(MAX_PART).peekable();
+                while let Some(part) = parts.next() {
+                    let last = parts.peek().is_none();
+                    let item = ResultItem::Chunk { fragment, seq, len: part.len() as u64, last };
+                    write_frame(s, &Results { items: vec![item] }, part).await?;
+                }
+            }
+        }
+    }
+    if !items.is_empty() {
+        write_frame(s, &Results { items }, &payload).await?;
+    }
+    Ok(())
+}
+
+impl Remote for Net {
+    fn send_replica(&self, job: &InitiatedJob, host: HostId) {
+        let (Some(link), Some(bytes)) = (self.link(host), job.serialized.clone()) else { return };
+        let params = job.params();
+        let msg = Control::Replica {
+            job: job.id,
+            class: job.job.class_id(),
+            params,
+            count: job.count.load(std::sync::atomic::Ordering::Acquire) as u64,
+        };
+        let _ = link.control.send(Outgoing::WithPayload(msg, bytes));
+    }
+
+    fn dispatch(&self, job: &InitiatedJob, host: HostId, fragments: Vec<Range<usize>>) {
+        if let Some(link) = self.link(host) {
+            let _ = link.control.send(Outgoing::Msg(Control::Dispatch { job: job.id, fragments: to_wire(&fragments) }));
+        }
+    }
+
+    fn cancel(&self, job: JobId, host: HostId) {
+        if let Some(link) = self.link(host) {
+            let _ = link.control.send(Outgoing::Msg(Control::Cancel { job }));
+        }
+    }
+
+    fn release(&self, job: JobId, host: HostId) {
+        if let Some(link) = self.link(host) {
+            let _ = link.control.send(Outgoing::Msg(Control::Release { job }));
+        }
+    }
+}
+
+/// Runs blocks of another host's job on its replica, streaming results back.
+struct RemoteRunner {
+    job: Arc<RemoteJob>,
+    replica: Arc<dyn ErasedJob>,
+    host: HostId,
+}
+
+struct ChannelSink<'a> {
+    job: &'a RemoteJob,
+    fragment: u64,
+}
+
+impl ChunkSink for ChannelSink<'_> {
+    fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
+        if self.job.send(Out::Chunk { fragment: self.fragment, seq, data }) {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the job was released or its initiator is gone"))
+        }
+    }
+}
+
+impl BlockRunner for RemoteRunner {
+    fn run(&self, block: &Block, worker: usize) -> Range<usize> {
+        let rj = &self.job;
+        let deadline = Instant::now() + crate::registry::TIME_SLICE;
+        let ctx = ExecutionContext::new(self.host, worker, block.gpus.clone(), rj.cancel.clone());
+        let mut f = block.range.start;
+        while f < block.range.end {
+            if rj.cancel.is_cancelled() {
+                rj.send(Out::Item(ResultItem::NotStarted { ranges: vec![(f as u64, block.range.end as u64)] }));
+                return 0..0;
+            }
+            let mut sink = ChannelSink { job: rj, fragment: f as u64 };
+            let item = match self.replica.run_remote(&rj.tx, f, rj.count, &ctx, &mut sink) {
+                Ok(chunks) => ResultItem::Done { fragment: f as u64, chunks },
+                Err(reason) => ResultItem::Failed { fragment: f as u64, reason },
+            };
+            if !rj.send(Out::Item(item)) {
+                return 0..0;
+            }
+            f += 1;
+            if f < block.range.end && Instant::now() >= deadline {
+                return f..block.range.end;
+            }
+        }
+        0..0
+    }
+}

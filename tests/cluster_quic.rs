@@ -1,0 +1,140 @@
+//! Four real nodes in one process, over QUIC with mutual TLS on loopback: CLUSTER mode across
+//! hosts with per-host replicas and streamed results.
+
+mod common;
+
+use fragmenta::*;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+static REPLICAS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_replica<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    REPLICAS.fetch_add(1, Ordering::SeqCst);
+    u8::deserialize(d)
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Gather {
+    flushes: u32,
+    unordered: bool,
+    panic_on: Option<usize>,
+    #[serde(deserialize_with = "count_replica")]
+    marker: u8,
+    #[serde(skip)]
+    got: Mutex<Vec<(usize, u32, Vec<u8>)>>,
+    #[serde(skip)]
+    local: AtomicUsize,
+}
+
+impl FragmentedJob for Gather {
+    const CLASS_ID: ClassId = ClassId::from_name("test.cluster_quic.gather");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {
+        self.local.fetch_add(1, Ordering::SeqCst);
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+        ctx: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        if self.panic_on == Some(index) {
+            panic!("remote boom {index}");
+        }
+        for k in 0..self.flushes {
+            out.write_all(&(index as u64 * 1000 + k as u64).to_le_bytes())?;
+            out.flush()?;
+        }
+        out.write_all(&ctx.host().0.to_le_bytes())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        self.got.lock().unwrap().push((index, r.seq(), r.bytes().to_vec()));
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::Cluster
+    }
+    fn allow_non_sequential_chunks(&self) -> bool {
+        self.unordered
+    }
+}
+
+fn start(n: usize) -> (tempfile::TempDir, Vec<Cluster>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::loopback_config(dir.path(), n, "");
+    let handles: Vec<_> = (0..n as u32)
+        .map(|h| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                Cluster::builder().register::<Gather>().join_config(config, HostId(h)).unwrap()
+            })
+        })
+        .collect();
+    let clusters = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    (dir, clusters)
+}
+
+#[test]
+fn cluster_jobs_across_four_quic_hosts() {
+    let (_dir, clusters) = start(4);
+    let primary = &clusters[0];
+    assert!(primary.is_primary());
+    assert_eq!(primary.hosts(), vec![HostId(0), HostId(1), HostId(2), HostId(3)]);
+
+    // Ordered: every remote fragment's chunks arrive exactly once, in (fragment, seq) order,
+    // flushes + 1 chunks each; one replica per remote host.
+    REPLICAS.store(0, Ordering::SeqCst);
+    let job = Arc::new(Gather { flushes: 2, ..Gather::default() });
+    let n = 2000;
+    let report = primary.execute(&job, n).unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    let got = job.got.lock().unwrap().clone();
+    let remote_frags = n - job.local.load(Ordering::SeqCst);
+    assert_eq!(got.len(), remote_frags * 3);
+    let keys: Vec<(usize, u32)> = got.iter().map(|g| (g.0, g.1)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(keys, sorted, "ascending (fragment, seq), no duplicates");
+    for (f, seq, bytes) in &got {
+        if *seq < 2 {
+            assert_eq!(bytes, &(*f as u64 * 1000 + *seq as u64).to_le_bytes());
+        } else {
+            let host = u32::from_le_bytes(bytes.as_slice().try_into().unwrap());
+            assert!((1..4).contains(&host), "the last chunk names a remote host");
+        }
+    }
+    let remote_hosts = report.per_host.iter().filter(|(h, n)| *h != HostId(0) && *n > 0).count();
+    assert!(remote_hosts >= 2, "work spread over remote hosts: {:?}", report.per_host);
+    assert_eq!(REPLICAS.load(Ordering::SeqCst), remote_hosts, "one replica per remote host");
+    assert_eq!(report.done_on(HostId(0)), job.local.load(Ordering::SeqCst));
+
+    // Unordered, with a panicking remote fragment: reported failed with its message.
+    let job = Arc::new(Gather { flushes: 0, unordered: true, panic_on: Some(1999), ..Gather::default() });
+    let report = primary.execute(&job, 2000).unwrap();
+    if report.failed.is_empty() {
+        // fragment 1999 ran on the initiator (no remote method called): nothing to check
+        assert!(report.is_complete());
+    } else {
+        assert_eq!(report.failed.to_vec(), vec![1999]);
+        assert_eq!(report.failures[0].reason, FailureReason::Panicked("remote boom 1999".into()));
+        assert_eq!(report.done.len(), 1999);
+    }
+    let got = job.got.lock().unwrap();
+    assert_eq!(got.len(), 2000 - job.local.load(Ordering::SeqCst) - report.failed.len());
+    drop(got);
+
+    // Shutting the primary down releases the others' serve().
+    let mut it = clusters.into_iter();
+    let primary = it.next().unwrap();
+    let others: Vec<_> = it
+        .map(|c| std::thread::spawn(move || c.serve()))
+        .collect();
+    drop(primary);
+    for o in others {
+        assert_eq!(o.join().unwrap(), Ok(()));
+    }
+}
