@@ -78,8 +78,14 @@ fn main() {
             black_box(i);
         })
     });
-    println!("1M no-op LOCAL fragments: fragmenta {:>8.3} ms (best of 20)", ours.as_secs_f64() * 1e3);
-    println!("1M no-op rayon for_each:  rayon     {:>8.3} ms (best of 20)", rayon.as_secs_f64() * 1e3);
+    println!(
+        "1M no-op LOCAL fragments: fragmenta {:>8.3} ms (best of 20)",
+        ours.as_secs_f64() * 1e3
+    );
+    println!(
+        "1M no-op rayon for_each:  rayon     {:>8.3} ms (best of 20)",
+        rayon.as_secs_f64() * 1e3
+    );
     println!(
         "ratio fragmenta/rayon: {:.2}x (target <= 1.5x); {:.1} ns per fragment",
         ours.as_secs_f64() / rayon.as_secs_f64(),
@@ -89,7 +95,10 @@ fn main() {
         let t = best_of(50, || {
             cluster.execute(&job, small).expect("runs");
         });
-        println!("{small:>8} fragments: {:>8.1} us (best of 50)", t.as_secs_f64() * 1e6);
+        println!(
+            "{small:>8} fragments: {:>8.1} us (best of 50)",
+            t.as_secs_f64() * 1e6
+        );
     }
     for count in [1_000_000usize, 10_000_000] {
         let base = LIVE.load(Ordering::Relaxed);

@@ -40,7 +40,11 @@ impl Mandelbrot {
                     (re, im) = (re * re - im * im + c_re, 2.0 * re * im + c_im);
                     n += 1;
                 }
-                let shade = if n == self.max_iter { 0 } else { 255 - (n * 255 / self.max_iter) as u8 };
+                let shade = if n == self.max_iter {
+                    0
+                } else {
+                    (255.0 * (1.0 - (n as f64).ln_1p() / (self.max_iter as f64).ln_1p())) as u8
+                };
                 out.push(shade);
             }
         }
@@ -76,7 +80,13 @@ impl FragmentedJob for Mandelbrot {
         out.write_all(&rows)
     }
 
-    fn receive_remote_result(&self, result: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+    fn receive_remote_result(
+        &self,
+        result: &mut ResultReader,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+    ) {
         self.place(index, result.bytes());
     }
 
@@ -90,23 +100,43 @@ impl FragmentedJob for Mandelbrot {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cluster = Cluster::builder().register::<Mandelbrot>().embedded()?;
-    let (width, height, rows) = (1200, 800, 8);
+    // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
+    let cluster = Cluster::builder().register::<Mandelbrot>().join()?;
+    if !cluster.is_primary() {
+        // Every host runs this program; all but the primary serve fragments until it is done.
+        cluster.serve()?;
+        return Ok(());
+    }
+    let (width, height, rows) = (1200, 800, 4);
     let job = Arc::new(Mandelbrot {
         width,
         height,
         rows_per_fragment: rows,
-        max_iter: 200,
+        max_iter: 500,
         image: Mutex::new(vec![0; width * height]),
     });
     let fragments = height.div_ceil(rows);
-    let report = cluster.execute(&job, fragments)?;
+    let handle = cluster.submit(&job, fragments)?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let bar = indicatif::ProgressBar::new(fragments as u64);
+        while !handle.is_finished() {
+            bar.set_position(handle.progress().0 as u64);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bar.finish_and_clear();
+    }
+    let report = handle.wait()?;
     println!(
-        "{} of {} fragments done in {:.1} ms; per host: {:?}",
+        "{} of {} fragments done on {} host(s) in {:.1} ms; per host: {:?}",
         report.done.len(),
         report.count,
+        cluster.hosts().len(),
         report.elapsed.as_secs_f64() * 1e3,
-        report.per_host
+        report
+            .per_host
+            .iter()
+            .map(|(h, n)| format!("{h}: {n}"))
+            .collect::<Vec<_>>()
     );
     let image = job.image.lock().unwrap_or_else(|e| e.into_inner());
     let file = std::fs::File::create("mandelbrot.png")?;

@@ -52,7 +52,10 @@ impl FragmentedJob for Gather {
         out.write_all(&ctx.host().0.to_le_bytes())
     }
     fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
-        self.got.lock().unwrap().push((index, r.seq(), r.bytes().to_vec()));
+        self.got
+            .lock()
+            .unwrap()
+            .push((index, r.seq(), r.bytes().to_vec()));
     }
     fn scheduling_mode(&self) -> SchedulingMode {
         SchedulingMode::Cluster
@@ -69,7 +72,10 @@ fn start(n: usize) -> (tempfile::TempDir, Vec<Cluster>) {
         .map(|h| {
             let config = config.clone();
             std::thread::spawn(move || {
-                Cluster::builder().register::<Gather>().join_config(config, HostId(h)).unwrap()
+                Cluster::builder()
+                    .register::<Gather>()
+                    .join_config(config, HostId(h))
+                    .unwrap()
             })
         })
         .collect();
@@ -82,12 +88,18 @@ fn cluster_jobs_across_four_quic_hosts() {
     let (_dir, clusters) = start(4);
     let primary = &clusters[0];
     assert!(primary.is_primary());
-    assert_eq!(primary.hosts(), vec![HostId(0), HostId(1), HostId(2), HostId(3)]);
+    assert_eq!(
+        primary.hosts(),
+        vec![HostId(0), HostId(1), HostId(2), HostId(3)]
+    );
 
     // Ordered: every remote fragment's chunks arrive exactly once, in (fragment, seq) order,
     // flushes + 1 chunks each; one replica per remote host.
     REPLICAS.store(0, Ordering::SeqCst);
-    let job = Arc::new(Gather { flushes: 2, ..Gather::default() });
+    let job = Arc::new(Gather {
+        flushes: 2,
+        ..Gather::default()
+    });
     let n = 2000;
     let report = primary.execute(&job, n).unwrap();
     assert!(report.is_complete(), "{report:?}");
@@ -107,32 +119,53 @@ fn cluster_jobs_across_four_quic_hosts() {
             assert!((1..4).contains(&host), "the last chunk names a remote host");
         }
     }
-    let remote_hosts = report.per_host.iter().filter(|(h, n)| *h != HostId(0) && *n > 0).count();
-    assert!(remote_hosts >= 2, "work spread over remote hosts: {:?}", report.per_host);
-    assert_eq!(REPLICAS.load(Ordering::SeqCst), remote_hosts, "one replica per remote host");
+    let remote_hosts = report
+        .per_host
+        .iter()
+        .filter(|(h, n)| *h != HostId(0) && *n > 0)
+        .count();
+    assert!(
+        remote_hosts >= 2,
+        "work spread over remote hosts: {:?}",
+        report.per_host
+    );
+    assert_eq!(
+        REPLICAS.load(Ordering::SeqCst),
+        remote_hosts,
+        "one replica per remote host"
+    );
     assert_eq!(report.done_on(HostId(0)), job.local.load(Ordering::SeqCst));
 
     // Unordered, with a panicking remote fragment: reported failed with its message.
-    let job = Arc::new(Gather { flushes: 0, unordered: true, panic_on: Some(1999), ..Gather::default() });
+    let job = Arc::new(Gather {
+        flushes: 0,
+        unordered: true,
+        panic_on: Some(1999),
+        ..Gather::default()
+    });
     let report = primary.execute(&job, 2000).unwrap();
     if report.failed.is_empty() {
         // fragment 1999 ran on the initiator (no remote method called): nothing to check
         assert!(report.is_complete());
     } else {
         assert_eq!(report.failed.to_vec(), vec![1999]);
-        assert_eq!(report.failures[0].reason, FailureReason::Panicked("remote boom 1999".into()));
+        assert_eq!(
+            report.failures[0].reason,
+            FailureReason::Panicked("remote boom 1999".into())
+        );
         assert_eq!(report.done.len(), 1999);
     }
     let got = job.got.lock().unwrap();
-    assert_eq!(got.len(), 2000 - job.local.load(Ordering::SeqCst) - report.failed.len());
+    assert_eq!(
+        got.len(),
+        2000 - job.local.load(Ordering::SeqCst) - report.failed.len()
+    );
     drop(got);
 
     // Shutting the primary down releases the others' serve().
     let mut it = clusters.into_iter();
     let primary = it.next().unwrap();
-    let others: Vec<_> = it
-        .map(|c| std::thread::spawn(move || c.serve()))
-        .collect();
+    let others: Vec<_> = it.map(|c| std::thread::spawn(move || c.serve())).collect();
     drop(primary);
     for o in others {
         assert_eq!(o.join().unwrap(), Ok(()));

@@ -6,9 +6,13 @@ use std::path::Path;
 
 /// Free UDP ports on 127.0.0.1.
 pub(crate) fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<std::net::UdpSocket> =
-        (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind")).collect();
-    sockets.iter().map(|s| s.local_addr().expect("addr").port()).collect()
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("addr").port())
+        .collect()
 }
 
 /// Writes certificates and a config for `n` hosts (ids 0..n) into `dir`.

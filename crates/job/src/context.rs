@@ -46,7 +46,12 @@ impl ExecutionContext {
     /// A context for a fragment running on `host` in worker thread `worker`, given `gpus`
     /// (ordinals, empty for CPU jobs). Made by the runtime; tests may make their own.
     pub fn new(host: HostId, worker: usize, gpus: Vec<u32>, cancel: CancelToken) -> Self {
-        ExecutionContext { host, worker, gpus, cancel }
+        ExecutionContext {
+            host,
+            worker,
+            gpus,
+            cancel,
+        }
     }
 
     /// The host the fragment runs on.
@@ -108,7 +113,12 @@ impl std::fmt::Debug for Transaction {
 impl Transaction {
     /// A transaction for `job` on `host`. Made by the runtime; tests may make their own.
     pub fn new(host: HostId, job: JobId, cancel: CancelToken) -> Self {
-        Transaction { host, job, cancel, services: None }
+        Transaction {
+            host,
+            job,
+            cancel,
+            services: None,
+        }
     }
 
     /// The same transaction with host services attached (see [`service`](Self::service)).

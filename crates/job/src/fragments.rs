@@ -182,7 +182,9 @@ impl FragmentSet {
     pub fn take_front(&mut self, mut n: usize) -> Vec<Range<usize>> {
         let mut out = Vec::new();
         while n > 0 {
-            let Some(first) = self.ranges.first_mut() else { break };
+            let Some(first) = self.ranges.first_mut() else {
+                break;
+            };
             let len = first.end - first.start;
             if len <= n {
                 n -= len;

@@ -61,9 +61,7 @@ pub use fragments::FragmentSet;
 pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;
 pub use rdma::{RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite};
-pub use report::{
-    ExecuteError, FailureReason, FragmentFailure, InvalidArgument, JobReport,
-};
+pub use report::{ExecuteError, FailureReason, FragmentFailure, InvalidArgument, JobReport};
 pub use results::{ChunkSink, ResultReader, ResultWriter};
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -306,7 +304,9 @@ mod tests {
             }
         );
         assert_eq!(p.validate(), Ok(()));
-        assert!(Plain.get_rdma_result_buffer(&RdmaContext::default(), 0).is_none());
+        assert!(Plain
+            .get_rdma_result_buffer(&RdmaContext::default(), 0)
+            .is_none());
     }
 
     #[test]
@@ -317,9 +317,18 @@ mod tests {
             f(&mut p);
             p.validate().unwrap_err()
         };
-        assert_eq!(bad(|p| p.priority = -1), InvalidArgument::NegativePriority(-1));
-        assert!(matches!(bad(|p| p.cpu_load = f32::NAN), InvalidArgument::InvalidCpuLoad(_)));
-        assert_eq!(bad(|p| p.gpu_load = -1.0), InvalidArgument::InvalidGpuLoad(-1.0));
+        assert_eq!(
+            bad(|p| p.priority = -1),
+            InvalidArgument::NegativePriority(-1)
+        );
+        assert!(matches!(
+            bad(|p| p.cpu_load = f32::NAN),
+            InvalidArgument::InvalidCpuLoad(_)
+        ));
+        assert_eq!(
+            bad(|p| p.gpu_load = -1.0),
+            InvalidArgument::InvalidGpuLoad(-1.0)
+        );
         assert_eq!(
             bad(|p| {
                 p.mode = SchedulingMode::OncePerHost;
@@ -334,6 +343,9 @@ mod tests {
         assert_eq!(ClassId::from_name("a"), ClassId::from_name("a"));
         assert_ne!(ClassId::from_name("a"), ClassId::from_name("b"));
         // FNV-1a 128 of "a", fixed forever: changing the hash would break mixed-version clusters.
-        assert_eq!(ClassId::from_name("a").0, 0xd228cb696f1a8caf78912b704e4a8964);
+        assert_eq!(
+            ClassId::from_name("a").0,
+            0xd228cb696f1a8caf78912b704e4a8964
+        );
     }
 }

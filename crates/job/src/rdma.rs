@@ -17,7 +17,9 @@ pub enum RdmaError {
         receiver: usize,
     },
     /// The context's registered memory would exceed its limit.
-    #[error("RDMA context limit of {limit} bytes exceeded ({in_use} in use, {requested} requested)")]
+    #[error(
+        "RDMA context limit of {limit} bytes exceeded ({in_use} in use, {requested} requested)"
+    )]
     LimitExceeded {
         /// Bytes requested.
         requested: usize,
@@ -79,7 +81,10 @@ impl RdmaContext {
     /// A context whose buffers in use may total at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         RdmaContext {
-            pool: Arc::new(Pool { limit, ..Pool::default() }),
+            pool: Arc::new(Pool {
+                limit,
+                ..Pool::default()
+            }),
             receiver_limit: None,
         }
     }
@@ -88,7 +93,10 @@ impl RdmaContext {
     /// `receiver_size` bytes: larger allocations fail with
     /// [`RdmaError::ExceedsReceiverBuffer`].
     pub fn for_receiver(&self, receiver_size: usize) -> RdmaContext {
-        RdmaContext { pool: self.pool.clone(), receiver_limit: Some(receiver_size) }
+        RdmaContext {
+            pool: self.pool.clone(),
+            receiver_limit: Some(receiver_size),
+        }
     }
 
     /// The receiver's buffer size this view is limited to, if any.
@@ -100,7 +108,10 @@ impl RdmaContext {
     pub fn allocate(&self, size: usize) -> Result<RdmaBuffer, RdmaError> {
         if let Some(receiver) = self.receiver_limit {
             if size > receiver {
-                return Err(RdmaError::ExceedsReceiverBuffer { requested: size, receiver });
+                return Err(RdmaError::ExceedsReceiverBuffer {
+                    requested: size,
+                    receiver,
+                });
             }
         }
         {
@@ -185,7 +196,9 @@ pub struct RdmaBuffer {
 
 impl std::fmt::Debug for RdmaBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RdmaBuffer").field("size", &self.inner.size).finish()
+        f.debug_struct("RdmaBuffer")
+            .field("size", &self.inner.size)
+            .finish()
     }
 }
 
@@ -269,12 +282,19 @@ mod tests {
         let view = ctx.for_receiver(64);
         assert_eq!(
             view.allocate(65).unwrap_err(),
-            RdmaError::ExceedsReceiverBuffer { requested: 65, receiver: 64 }
+            RdmaError::ExceedsReceiverBuffer {
+                requested: 65,
+                receiver: 64
+            }
         );
         let _held = view.allocate(64).unwrap();
         assert_eq!(
             ctx.allocate(40).unwrap_err(),
-            RdmaError::LimitExceeded { requested: 40, in_use: 64, limit: 100 }
+            RdmaError::LimitExceeded {
+                requested: 40,
+                in_use: 64,
+                limit: 100
+            }
         );
     }
 }

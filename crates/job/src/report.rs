@@ -72,7 +72,10 @@ impl JobReport {
 
     /// Fragments done on `host`.
     pub fn done_on(&self, host: HostId) -> usize {
-        self.per_host.iter().find(|(h, _)| *h == host).map_or(0, |(_, n)| *n)
+        self.per_host
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map_or(0, |(_, n)| *n)
     }
 }
 

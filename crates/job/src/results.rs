@@ -36,7 +36,11 @@ pub struct ResultWriter<'a> {
 impl<'a> ResultWriter<'a> {
     /// A writer sending its chunks to `sink`, starting at chunk 0.
     pub fn new(sink: &'a mut dyn ChunkSink) -> Self {
-        ResultWriter { buf: Vec::new(), seq: 0, sink }
+        ResultWriter {
+            buf: Vec::new(),
+            seq: 0,
+            sink,
+        }
     }
 
     /// Appends `value` encoded with bincode (standard configuration); read it back with

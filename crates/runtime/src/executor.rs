@@ -102,11 +102,6 @@ impl Executor {
         st.queue.remove(key)
     }
 
-    /// Whether the work has nothing waiting and nothing running.
-    pub(crate) fn is_idle(&self, key: WorkKey) -> bool {
-        self.inner.state.lock().queue.is_idle(key)
-    }
-
     pub(crate) fn shutdown(&self) {
         let mut st = self.inner.state.lock();
         st.shutdown = true;

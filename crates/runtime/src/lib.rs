@@ -18,10 +18,10 @@ mod net;
 mod node;
 mod registry;
 
+pub use fragmenta_config::ClusterConfig;
 pub use net::{JoinError, ServeError};
 pub use node::{JobHandle, NodeConfig};
 pub use registry::{RegisterError, Registry};
-pub use fragmenta_config::ClusterConfig;
 
 use fragmenta_job::{ExecuteError, FragmentedJob, HostId, JobReport};
 use node::Node;
@@ -36,7 +36,9 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("host", &self.node.host()).finish()
+        f.debug_struct("Cluster")
+            .field("host", &self.node.host())
+            .finish()
     }
 }
 
@@ -89,7 +91,10 @@ impl ClusterBuilder {
         }
         config.gpus = self.gpus;
         config.max_workers = self.max_workers;
-        Ok(Cluster { node: Node::new(config, self.registry), net: None })
+        Ok(Cluster {
+            node: Node::new(config, self.registry),
+            net: None,
+        })
     }
 
     /// Joins the cluster the environment describes: the configuration named by
@@ -113,7 +118,9 @@ impl ClusterBuilder {
         if let Some(e) = self.register_error {
             return Err(e.into());
         }
-        let me = config.host(host).ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let me = config
+            .host(host)
+            .ok_or(fragmenta_config::ConfigError::NoHostId)?;
         let node_config = NodeConfig {
             host,
             cores: self.cores.unwrap_or(me.cores() as f32),
@@ -123,7 +130,10 @@ impl ClusterBuilder {
         };
         let node = Node::new(node_config, self.registry);
         match net::Net::start(&node, config, host) {
-            Ok(net) => Ok(Cluster { node, net: Some(net) }),
+            Ok(net) => Ok(Cluster {
+                node,
+                net: Some(net),
+            }),
             Err(e) => {
                 node.shutdown();
                 Err(e)
@@ -135,7 +145,10 @@ impl ClusterBuilder {
 impl Cluster {
     /// The embedded one-host cluster with this machine's cores.
     pub fn embedded() -> Cluster {
-        Cluster { node: Node::new(NodeConfig::single_host(), Registry::default()), net: None }
+        Cluster {
+            node: Node::new(NodeConfig::single_host(), Registry::default()),
+            net: None,
+        }
     }
 
     /// Whether this host is the primary one (the first host of the configuration, rank 0):
@@ -188,13 +201,21 @@ impl Cluster {
     /// Runs `job` split into `count` fragments and waits for its report (DiCE
     /// `execute_fragmented`). `job` stays the caller's: local fragments and
     /// `receive_remote_result` run on it.
-    pub fn execute<J: FragmentedJob>(&self, job: &Arc<J>, count: usize) -> Result<JobReport, ExecuteError> {
+    pub fn execute<J: FragmentedJob>(
+        &self,
+        job: &Arc<J>,
+        count: usize,
+    ) -> Result<JobReport, ExecuteError> {
         self.submit(job, count)?.wait()
     }
 
     /// Starts `job` and returns at once with a handle for progress, cancel and the report (DiCE
     /// `execute_fragmented_async`).
-    pub fn submit<J: FragmentedJob>(&self, job: &Arc<J>, count: usize) -> Result<JobHandle, ExecuteError> {
+    pub fn submit<J: FragmentedJob>(
+        &self,
+        job: &Arc<J>,
+        count: usize,
+    ) -> Result<JobHandle, ExecuteError> {
         let ij = self.node.submit(job, count)?;
         Ok(JobHandle::new(self.node.clone(), ij))
     }

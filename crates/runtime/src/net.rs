@@ -79,14 +79,24 @@ struct Link {
 }
 
 enum RState {
-    Loading { pending: Vec<Range<usize>>, cancelled: bool },
-    Ready { key: WorkKey, replica: Arc<dyn ErasedJob> },
+    Loading {
+        pending: Vec<Range<usize>>,
+        cancelled: bool,
+    },
+    Ready {
+        key: WorkKey,
+        replica: Arc<dyn ErasedJob>,
+    },
     Failed(FailureReason),
 }
 
 enum Out {
     Item(ResultItem),
-    Chunk { fragment: u64, seq: u32, data: Vec<u8> },
+    Chunk {
+        fragment: u64,
+        seq: u32,
+        data: Vec<u8>,
+    },
 }
 
 /// A job of another host, on this host: its replica and the stream back to its initiator.
@@ -158,11 +168,18 @@ pub(crate) struct Net {
 }
 
 fn info_of(config: &ClusterConfig, host: HostId) -> HostInfo {
-    config.host(host).map_or(HostInfo { sub_cluster: 0, cores: 1.0, gpus: 0 }, |h| HostInfo {
-        sub_cluster: h.sub_cluster(),
-        cores: h.cores() as f32,
-        gpus: h.gpus(),
-    })
+    config.host(host).map_or(
+        HostInfo {
+            sub_cluster: 0,
+            cores: 1.0,
+            gpus: 0,
+        },
+        |h| HostInfo {
+            sub_cluster: h.sub_cluster(),
+            cores: h.cores() as f32,
+            gpus: h.gpus(),
+        },
+    )
 }
 
 fn to_wire(r: &[Range<usize>]) -> Vec<WireRange> {
@@ -190,7 +207,9 @@ impl Net {
             .enable_all()
             .build()
             .map_err(|e| JoinError::Runtime(e.to_string()))?;
-        let me = config.host(host).ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let me = config
+            .host(host)
+            .ok_or(fragmenta_config::ConfigError::NoHostId)?;
         let addr = me.socket_addr()?;
         let tls = TlsFiles {
             ca: config.ca_cert().to_path_buf(),
@@ -199,8 +218,10 @@ impl Net {
         };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic(addr, &tls, &NetConfig::default())
-                .map_err(|e| JoinError::Bind { addr, reason: e.to_string() })?
+            Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
+                addr,
+                reason: e.to_string(),
+            })?
         };
         let primary = config.hosts().first().map_or(host, |h| h.id());
         let mut limits = FrameLimits::default();
@@ -242,7 +263,11 @@ impl Net {
         let deadline = Instant::now() + waited;
         let mut links = self.links.lock();
         while links.len() + 1 < min {
-            if self.links_changed.wait_until(&mut links, deadline).timed_out() {
+            if self
+                .links_changed
+                .wait_until(&mut links, deadline)
+                .timed_out()
+            {
                 if links.len() + 1 >= min {
                     break;
                 }
@@ -251,7 +276,11 @@ impl Net {
                     .host_ids()
                     .filter(|h| *h != self.host && !links.contains_key(h))
                     .collect();
-                return Err(JoinError::MinHosts { min, waited, missing });
+                return Err(JoinError::MinHosts {
+                    min,
+                    waited,
+                    missing,
+                });
             }
         }
         Ok(())
@@ -321,10 +350,20 @@ impl Net {
         {
             let mut links = self.links.lock();
             if links.contains_key(&peer) {
-                conn.close(fragmenta_net::handshake::CLOSE_REJECTED, b"already connected");
+                conn.close(
+                    fragmenta_net::handshake::CLOSE_REJECTED,
+                    b"already connected",
+                );
                 return;
             }
-            links.insert(peer, Arc::new(Link { conn: conn.clone(), control: tx, last_seen: last_seen.clone() }));
+            links.insert(
+                peer,
+                Arc::new(Link {
+                    conn: conn.clone(),
+                    control: tx,
+                    last_seen: last_seen.clone(),
+                }),
+            );
         }
         tracing::info!(host = %self.host, %peer, "link up");
         tokio::spawn(self.clone().control_writer(conn.clone(), rx));
@@ -343,13 +382,19 @@ impl Net {
 
     /// Declares `peer` gone: its fragments are rescheduled or failed, its jobs here abandoned.
     fn link_lost(&self, peer: HostId, reason: &str) {
-        let Some(link) = self.links.lock().remove(&peer) else { return };
+        let Some(link) = self.links.lock().remove(&peer) else {
+            return;
+        };
         link.conn.close(CLOSE_TIMEOUT, b"link lost");
         tracing::warn!(host = %self.host, %peer, reason, "host down");
         let node = self.node.upgrade();
         let abandoned: Vec<Arc<RemoteJob>> = {
             let mut jobs = self.remote_jobs.lock();
-            let ids: Vec<JobId> = jobs.keys().filter(|j| j.initiator == peer).copied().collect();
+            let ids: Vec<JobId> = jobs
+                .keys()
+                .filter(|j| j.initiator == peer)
+                .copied()
+                .collect();
             ids.into_iter().filter_map(|id| jobs.remove(&id)).collect()
         };
         let shutting_down = self.shutdown.state.lock().is_some();
@@ -374,7 +419,9 @@ impl Net {
 
     async fn failure_detector(self: Arc<Self>) {
         let timeout = self.config.failure_timeout();
-        let mut tick = tokio::time::interval((self.config.heartbeat_interval() / 2).max(Duration::from_millis(10)));
+        let mut tick = tokio::time::interval(
+            (self.config.heartbeat_interval() / 2).max(Duration::from_millis(10)),
+        );
         loop {
             tick.tick().await;
             let stale: Vec<HostId> = self
@@ -390,7 +437,11 @@ impl Net {
         }
     }
 
-    async fn control_writer(self: Arc<Self>, conn: Connection, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    async fn control_writer(
+        self: Arc<Self>,
+        conn: Connection,
+        mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    ) {
         let mut stream = match conn.open_uni().await {
             Ok(s) => s,
             Err(e) => return self.link_lost(conn.peer(), &e.to_string()),
@@ -422,14 +473,19 @@ impl Net {
             let last_seen = last_seen.clone();
             tokio::spawn(async move {
                 match read_header::<_, StreamHeader>(&mut stream, &me.limits).await {
-                    Ok(Some((StreamHeader::Control, 0))) => me.control_reader(conn, stream, last_seen).await,
+                    Ok(Some((StreamHeader::Control, 0))) => {
+                        me.control_reader(conn, stream, last_seen).await
+                    }
                     Ok(Some((StreamHeader::Results { job }, 0))) if job.initiator == me.host => {
                         me.results_reader(conn, stream, job, last_seen).await
                     }
                     Ok(None) => {}
                     Ok(Some(_)) => {
                         tracing::error!(host = %me.host, peer = %conn.peer(), "unexpected stream header");
-                        conn.close(fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR, b"bad stream header");
+                        conn.close(
+                            fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR,
+                            b"bad stream header",
+                        );
                     }
                     Err(e) => close_on_frame_error(&conn, &e),
                 }
@@ -437,13 +493,22 @@ impl Net {
         }
     }
 
-    async fn read_payload(&self, stream: &mut RecvStream, len: u64) -> Result<Vec<u8>, fragmenta_wire::FrameError> {
+    async fn read_payload(
+        &self,
+        stream: &mut RecvStream,
+        len: u64,
+    ) -> Result<Vec<u8>, fragmenta_wire::FrameError> {
         let mut payload = vec![0u8; len as usize];
         read_payload_into(stream, &mut payload).await?;
         Ok(payload)
     }
 
-    async fn control_reader(self: Arc<Self>, conn: Connection, mut stream: RecvStream, last_seen: Arc<Mutex<Instant>>) {
+    async fn control_reader(
+        self: Arc<Self>,
+        conn: Connection,
+        mut stream: RecvStream,
+        last_seen: Arc<Mutex<Instant>>,
+    ) {
         let peer = conn.peer();
         loop {
             let (msg, len) = match read_header::<_, Control>(&mut stream, &self.limits).await {
@@ -458,7 +523,12 @@ impl Net {
             };
             match msg {
                 Control::Heartbeat => {}
-                Control::Replica { job, class, params, count } => {
+                Control::Replica {
+                    job,
+                    class,
+                    params,
+                    count,
+                } => {
                     if job.initiator != peer {
                         tracing::error!(host = %self.host, %peer, %job, "replica for another initiator's job");
                         continue;
@@ -476,7 +546,13 @@ impl Net {
         }
     }
 
-    async fn results_reader(self: Arc<Self>, conn: Connection, mut stream: RecvStream, job: JobId, last_seen: Arc<Mutex<Instant>>) {
+    async fn results_reader(
+        self: Arc<Self>,
+        conn: Connection,
+        mut stream: RecvStream,
+        job: JobId,
+        last_seen: Arc<Mutex<Instant>>,
+    ) {
         let peer = conn.peer();
         let mut partial = HashMap::new();
         loop {
@@ -487,7 +563,10 @@ impl Net {
             };
             if results.payload_len() != Some(len) {
                 tracing::error!(host = %self.host, %peer, %job, "result batch announces a different payload size");
-                conn.close(fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR, b"payload size mismatch");
+                conn.close(
+                    fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR,
+                    b"payload size mismatch",
+                );
                 return;
             }
             *last_seen.lock() = Instant::now();
@@ -501,8 +580,17 @@ impl Net {
         }
     }
 
-    fn on_replica(&self, job: JobId, class: fragmenta_job::ClassId, params: JobParams, count: usize, bytes: Vec<u8>) {
-        let Some(node) = self.node.upgrade() else { return };
+    fn on_replica(
+        &self,
+        job: JobId,
+        class: fragmenta_job::ClassId,
+        params: JobParams,
+        count: usize,
+        bytes: Vec<u8>,
+    ) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
         let (out_tx, out_rx) = mpsc::channel(256);
         let cancel = CancelToken::new();
         let rj = Arc::new(RemoteJob {
@@ -511,11 +599,18 @@ impl Net {
             params,
             tx: Transaction::new(self.host, job, cancel.clone()),
             cancel,
-            state: Mutex::new(RState::Loading { pending: Vec::new(), cancelled: false }),
+            state: Mutex::new(RState::Loading {
+                pending: Vec::new(),
+                cancelled: false,
+            }),
             out: out_tx,
         });
         self.remote_jobs.lock().insert(job, rj.clone());
-        let conn = self.links.lock().get(&job.initiator).map(|l| l.conn.clone());
+        let conn = self
+            .links
+            .lock()
+            .get(&job.initiator)
+            .map(|l| l.conn.clone());
         if let (Some(conn), Some(me)) = (conn, self.me.upgrade()) {
             self.handle.spawn(me.results_writer(conn, job, out_rx));
         }
@@ -528,7 +623,9 @@ impl Net {
                 Some(Ok(r)) => Ok(r),
             };
             let mut state = rj.state.lock();
-            let RState::Loading { pending, cancelled } = std::mem::replace(&mut *state, RState::Failed(FailureReason::HostFailed(host))) else {
+            let RState::Loading { pending, cancelled } =
+                std::mem::replace(&mut *state, RState::Failed(FailureReason::HostFailed(host)))
+            else {
                 return;
             };
             match replica {
@@ -537,16 +634,24 @@ impl Net {
                     *state = RState::Failed(reason.clone());
                     drop(state);
                     for f in pending.into_iter().flatten() {
-                        rj.send(Out::Item(ResultItem::Failed { fragment: f as u64, reason: reason.clone() }));
+                        rj.send(Out::Item(ResultItem::Failed {
+                            fragment: f as u64,
+                            reason: reason.clone(),
+                        }));
                     }
                 }
                 Ok(replica) => {
                     let key = node.exec.new_key();
-                    *state = RState::Ready { key, replica: replica.clone() };
+                    *state = RState::Ready {
+                        key,
+                        replica: replica.clone(),
+                    };
                     drop(state);
                     if cancelled {
                         replica.cancel();
-                        rj.send(Out::Item(ResultItem::NotStarted { ranges: to_wire(&pending) }));
+                        rj.send(Out::Item(ResultItem::NotStarted {
+                            ranges: to_wire(&pending),
+                        }));
                         return;
                     }
                     let spec = WorkSpec {
@@ -555,12 +660,20 @@ impl Net {
                         gpu_load: rj.params.gpu_load,
                         thread_limit: rj.params.thread_limit,
                     };
-                    let runner = Arc::new(RemoteRunner { job: rj.clone(), replica, host });
+                    let runner = Arc::new(RemoteRunner {
+                        job: rj.clone(),
+                        replica,
+                        host,
+                    });
                     if let Err(e) = node.exec.submit(key, spec, runner, pending.clone()) {
-                        let reason = FailureReason::Returned(format!("{host} cannot run the job: {e:?}"));
+                        let reason =
+                            FailureReason::Returned(format!("{host} cannot run the job: {e:?}"));
                         *rj.state.lock() = RState::Failed(reason.clone());
                         for f in pending.into_iter().flatten() {
-                            rj.send(Out::Item(ResultItem::Failed { fragment: f as u64, reason: reason.clone() }));
+                            rj.send(Out::Item(ResultItem::Failed {
+                                fragment: f as u64,
+                                reason: reason.clone(),
+                            }));
                         }
                     }
                 }
@@ -574,14 +687,18 @@ impl Net {
             return;
         };
         let ranges = from_wire(fragments, rj.count);
-        let Some(node) = self.node.upgrade() else { return };
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
         let mut state = rj.state.lock();
         match &mut *state {
             RState::Loading { pending, .. } => pending.extend(ranges),
             RState::Ready { key, .. } => {
                 if !node.exec.add(*key, ranges.clone()) {
                     drop(state);
-                    let _ = rj.out.try_send(Out::Item(ResultItem::NotStarted { ranges: to_wire(&ranges) }));
+                    let _ = rj.out.try_send(Out::Item(ResultItem::NotStarted {
+                        ranges: to_wire(&ranges),
+                    }));
                 }
             }
             RState::Failed(reason) => {
@@ -590,7 +707,10 @@ impl Net {
                 let rj = rj.clone();
                 self.handle.spawn(async move {
                     for f in ranges.into_iter().flatten() {
-                        let item = ResultItem::Failed { fragment: f as u64, reason: reason.clone() };
+                        let item = ResultItem::Failed {
+                            fragment: f as u64,
+                            reason: reason.clone(),
+                        };
                         if rj.out.send(Out::Item(item)).await.is_err() {
                             return;
                         }
@@ -601,8 +721,12 @@ impl Net {
     }
 
     fn on_cancel(&self, job: JobId) {
-        let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else { return };
-        let Some(node) = self.node.upgrade() else { return };
+        let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else {
+            return;
+        };
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
         rj.cancel.cancel();
         self.handle.spawn_blocking(move || {
             let mut state = rj.state.lock();
@@ -623,7 +747,9 @@ impl Net {
     }
 
     fn on_release(&self, job: JobId) {
-        let Some(rj) = self.remote_jobs.lock().remove(&job) else { return };
+        let Some(rj) = self.remote_jobs.lock().remove(&job) else {
+            return;
+        };
         let key = match &*rj.state.lock() {
             RState::Ready { key, .. } => Some(*key),
             _ => None,
@@ -633,7 +759,12 @@ impl Net {
         }
     }
 
-    async fn results_writer(self: Arc<Self>, conn: Connection, job: JobId, mut rx: mpsc::Receiver<Out>) {
+    async fn results_writer(
+        self: Arc<Self>,
+        conn: Connection,
+        job: JobId,
+        mut rx: mpsc::Receiver<Out>,
+    ) {
         let mut stream: Option<SendStream> = None;
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -652,7 +783,9 @@ impl Net {
             if stream.is_none() {
                 match conn.open_uni().await {
                     Ok(mut s) => {
-                        if let Err(e) = write_frame(&mut s, &StreamHeader::Results { job }, &[]).await {
+                        if let Err(e) =
+                            write_frame(&mut s, &StreamHeader::Results { job }, &[]).await
+                        {
                             tracing::warn!(%job, error = %e, "cannot open the result stream");
                             return;
                         }
@@ -701,25 +834,53 @@ impl Net {
 
 /// Writes a batch: small chunks and items share a frame; a large chunk goes in frames of its
 /// own, straight from its buffer.
-async fn write_batch(s: &mut SendStream, batch: Vec<Out>) -> Result<(), fragmenta_wire::FrameError> {
+async fn write_batch(
+    s: &mut SendStream,
+    batch: Vec<Out>,
+) -> Result<(), fragmenta_wire::FrameError> {
     let mut items = Vec::new();
     let mut payload = Vec::new();
     for out in batch {
         match out {
             Out::Item(i) => items.push(i),
-            Out::Chunk { fragment, seq, data } if data.len() < (64 << 10) => {
-                items.push(ResultItem::Chunk { fragment, seq, len: data.len() as u64, last: true });
+            Out::Chunk {
+                fragment,
+                seq,
+                data,
+            } if data.len() < (64 << 10) => {
+                items.push(ResultItem::Chunk {
+                    fragment,
+                    seq,
+                    len: data.len() as u64,
+                    last: true,
+                });
                 payload.extend_from_slice(&data);
             }
-            Out::Chunk { fragment, seq, data } => {
+            Out::Chunk {
+                fragment,
+                seq,
+                data,
+            } => {
                 if !items.is_empty() {
-                    write_frame(s, &Results { items: std::mem::take(&mut items) }, &payload).await?;
+                    write_frame(
+                        s,
+                        &Results {
+                            items: std::mem::take(&mut items),
+                        },
+                        &payload,
+                    )
+                    .await?;
                     payload.clear();
                 }
                 let mut parts = data.chunks(MAX_PART).peekable();
                 while let Some(part) = parts.next() {
                     let last = parts.peek().is_none();
-                    let item = ResultItem::Chunk { fragment, seq, len: part.len() as u64, last };
+                    let item = ResultItem::Chunk {
+                        fragment,
+                        seq,
+                        len: part.len() as u64,
+                        last,
+                    };
                     write_frame(s, &Results { items: vec![item] }, part).await?;
                 }
             }
@@ -733,7 +894,9 @@ async fn write_batch(s: &mut SendStream, batch: Vec<Out>) -> Result<(), fragment
 
 impl Remote for Net {
     fn send_replica(&self, job: &InitiatedJob, host: HostId) {
-        let (Some(link), Some(bytes)) = (self.link(host), job.serialized.clone()) else { return };
+        let (Some(link), Some(bytes)) = (self.link(host), job.serialized.clone()) else {
+            return;
+        };
         let params = job.params();
         let msg = Control::Replica {
             job: job.id,
@@ -746,7 +909,10 @@ impl Remote for Net {
 
     fn dispatch(&self, job: &InitiatedJob, host: HostId, fragments: Vec<Range<usize>>) {
         if let Some(link) = self.link(host) {
-            let _ = link.control.send(Outgoing::Msg(Control::Dispatch { job: job.id, fragments: to_wire(&fragments) }));
+            let _ = link.control.send(Outgoing::Msg(Control::Dispatch {
+                job: job.id,
+                fragments: to_wire(&fragments),
+            }));
         }
     }
 
@@ -777,10 +943,17 @@ struct ChannelSink<'a> {
 
 impl ChunkSink for ChannelSink<'_> {
     fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
-        if self.job.send(Out::Chunk { fragment: self.fragment, seq, data }) {
+        if self.job.send(Out::Chunk {
+            fragment: self.fragment,
+            seq,
+            data,
+        }) {
             Ok(())
         } else {
-            Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the job was released or its initiator is gone"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the job was released or its initiator is gone",
+            ))
         }
     }
 }
@@ -793,13 +966,27 @@ impl BlockRunner for RemoteRunner {
         let mut f = block.range.start;
         while f < block.range.end {
             if rj.cancel.is_cancelled() {
-                rj.send(Out::Item(ResultItem::NotStarted { ranges: vec![(f as u64, block.range.end as u64)] }));
+                rj.send(Out::Item(ResultItem::NotStarted {
+                    ranges: vec![(f as u64, block.range.end as u64)],
+                }));
                 return 0..0;
             }
-            let mut sink = ChannelSink { job: rj, fragment: f as u64 };
-            let item = match self.replica.run_remote(&rj.tx, f, rj.count, &ctx, &mut sink) {
-                Ok(chunks) => ResultItem::Done { fragment: f as u64, chunks },
-                Err(reason) => ResultItem::Failed { fragment: f as u64, reason },
+            let mut sink = ChannelSink {
+                job: rj,
+                fragment: f as u64,
+            };
+            let item = match self
+                .replica
+                .run_remote(&rj.tx, f, rj.count, &ctx, &mut sink)
+            {
+                Ok(chunks) => ResultItem::Done {
+                    fragment: f as u64,
+                    chunks,
+                },
+                Err(reason) => ResultItem::Failed {
+                    fragment: f as u64,
+                    reason,
+                },
             };
             if !rj.send(Out::Item(item)) {
                 return 0..0;

@@ -3,10 +3,10 @@
 //! multi-host cluster) talks to peers through the network layer.
 
 use crate::executor::{BlockRunner, Executor};
-use crate::registry::{panic_message, ErasedJob, Erased, Registry};
+use crate::registry::{panic_message, Erased, ErasedJob, Registry};
 use fragmenta_job::{
     CancelToken, ExecuteError, ExecutionContext, FailureReason, FragmentedJob, HostId, JobId,
-    JobReport, RdmaBuffer, ResultReader, Transaction,
+    JobReport, ResultReader, Transaction,
 };
 use fragmenta_sched::{Action, Block, HostInfo, JobSpec, Outcome, Scheduler, WorkKey, WorkSpec};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -22,8 +22,6 @@ use std::time::Instant;
 pub(crate) enum Payload {
     /// Bytes of one `flush()`.
     Bytes(Vec<u8>),
-    /// The RDMA buffer the result landed in.
-    Rdma(RdmaBuffer),
 }
 
 /// Sends the scheduler's remote actions to peers. Implemented by the network layer.
@@ -39,7 +37,11 @@ pub(crate) trait Remote: Send + Sync + 'static {
 }
 
 enum Delivery {
-    Chunk { fragment: usize, seq: u32, payload: Payload },
+    Chunk {
+        fragment: usize,
+        seq: u32,
+        payload: Payload,
+    },
     Finish(JobReport),
 }
 
@@ -100,7 +102,13 @@ impl NodeConfig {
     /// One host with this machine's cores, no GPU.
     pub fn single_host() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        NodeConfig { host: HostId(0), cores: cores as f32, gpus: 0, sub_cluster: 0, max_workers: 0 }
+        NodeConfig {
+            host: HostId(0),
+            cores: cores as f32,
+            gpus: 0,
+            sub_cluster: 0,
+            max_workers: 0,
+        }
     }
 
     pub(crate) fn workers_cap(&self) -> usize {
@@ -128,8 +136,17 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn new(config: NodeConfig, registry: Registry) -> Arc<Node> {
-        let exec = Executor::new(config.host, config.cores, config.gpus as usize, config.workers_cap());
-        let info = HostInfo { sub_cluster: config.sub_cluster, cores: config.cores, gpus: config.gpus };
+        let exec = Executor::new(
+            config.host,
+            config.cores,
+            config.gpus as usize,
+            config.workers_cap(),
+        );
+        let info = HostInfo {
+            sub_cluster: config.sub_cluster,
+            cores: config.cores,
+            gpus: config.gpus,
+        };
         let (delivery_tx, delivery_rx) = crossbeam_channel::unbounded::<Arc<InitiatedJob>>();
         let node = Arc::new_cyclic(|weak| Node {
             weak: weak.clone(),
@@ -187,11 +204,16 @@ impl Node {
         });
         let multi_host = self.remote.read().is_some();
         let serialized = if multi_host && params.mode != fragmenta_job::SchedulingMode::Local {
-            Some(Arc::new(erased.serialize().map_err(ExecuteError::Serialize)?))
+            Some(Arc::new(
+                erased.serialize().map_err(ExecuteError::Serialize)?,
+            ))
         } else {
             None
         };
-        let id = JobId { initiator: self.host(), seq: self.next_job.fetch_add(1, Ordering::Relaxed) };
+        let id = JobId {
+            initiator: self.host(),
+            seq: self.next_job.fetch_add(1, Ordering::Relaxed),
+        };
         let cancel = CancelToken::new();
         let ij = Arc::new(InitiatedJob {
             id,
@@ -210,7 +232,14 @@ impl Node {
         });
         self.jobs.lock().insert(id, ij.clone());
         let mut sched = self.sched.lock();
-        match sched.submit(id, JobSpec { params, count, assignment }) {
+        match sched.submit(
+            id,
+            JobSpec {
+                params,
+                count,
+                assignment,
+            },
+        ) {
             Ok(resolved) => {
                 ij.count.store(resolved, Ordering::Release);
                 self.process(&mut sched);
@@ -279,18 +308,30 @@ impl Node {
         use fragmenta_wire::messages::ResultItem;
         let whole = payload.len();
         let single = items.len() <= 2
-            && items.iter().filter(|i| matches!(i, ResultItem::Chunk { .. })).count() == 1;
+            && items
+                .iter()
+                .filter(|i| matches!(i, ResultItem::Chunk { .. }))
+                .count()
+                == 1;
         let mut offset = 0usize;
         let mut done = 0usize;
         self.with_sched(|s| {
             for item in items {
                 match item {
-                    ResultItem::Chunk { fragment, seq, len, last } => {
+                    ResultItem::Chunk {
+                        fragment,
+                        seq,
+                        len,
+                        last,
+                    } => {
                         let len = len as usize;
                         let data = if single && len == whole && offset == 0 {
                             std::mem::take(&mut payload)
                         } else {
-                            payload.get(offset..offset + len).map(<[u8]>::to_vec).unwrap_or_default()
+                            payload
+                                .get(offset..offset + len)
+                                .map(<[u8]>::to_vec)
+                                .unwrap_or_default()
                         };
                         offset += len;
                         let data = match partial.remove(&(fragment, seq)) {
@@ -307,7 +348,9 @@ impl Node {
                         }
                     }
                     ResultItem::Done { fragment, chunks } => {
-                        if s.on_fragment_done(job, host, fragment as usize, chunks) == Outcome::Applied {
+                        if s.on_fragment_done(job, host, fragment as usize, chunks)
+                            == Outcome::Applied
+                        {
                             done += 1;
                         }
                     }
@@ -315,8 +358,10 @@ impl Node {
                         s.on_fragment_failed(job, host, fragment as usize, reason);
                     }
                     ResultItem::NotStarted { ranges } => {
-                        let ranges: Vec<Range<usize>> =
-                            ranges.into_iter().map(|(a, b)| a as usize..b as usize).collect();
+                        let ranges: Vec<Range<usize>> = ranges
+                            .into_iter()
+                            .map(|(a, b)| a as usize..b as usize)
+                            .collect();
                         s.on_not_started(job, host, &ranges);
                     }
                 }
@@ -335,15 +380,21 @@ impl Node {
     fn process(&self, sched: &mut Scheduler<Payload>) {
         while let Some(action) = sched.poll_action() {
             match action {
-                Action::Dispatch { job, host, fragments } if host == self.host() => {
+                Action::Dispatch {
+                    job,
+                    host,
+                    fragments,
+                } if host == self.host() => {
                     self.dispatch_local(sched, job, fragments);
                 }
-                Action::Dispatch { job, host, fragments } => {
-                    match (self.job(job), self.remote.read().clone()) {
-                        (Some(ij), Some(remote)) => remote.dispatch(&ij, host, fragments),
-                        _ => tracing::error!(%job, %host, "no network for a remote dispatch"),
-                    }
-                }
+                Action::Dispatch {
+                    job,
+                    host,
+                    fragments,
+                } => match (self.job(job), self.remote.read().clone()) {
+                    (Some(ij), Some(remote)) => remote.dispatch(&ij, host, fragments),
+                    _ => tracing::error!(%job, %host, "no network for a remote dispatch"),
+                },
                 Action::SendReplica { job, host } => {
                     if let (Some(ij), Some(remote)) = (self.job(job), self.remote.read().clone()) {
                         remote.send_replica(&ij, host);
@@ -366,9 +417,21 @@ impl Node {
                         remote.release(job, host);
                     }
                 }
-                Action::Deliver { job, fragment, seq, payload } => {
+                Action::Deliver {
+                    job,
+                    fragment,
+                    seq,
+                    payload,
+                } => {
                     if let Some(ij) = self.job(job) {
-                        self.enqueue(&ij, Delivery::Chunk { fragment, seq, payload });
+                        self.enqueue(
+                            &ij,
+                            Delivery::Chunk {
+                                fragment,
+                                seq,
+                                payload,
+                            },
+                        );
                     }
                 }
                 Action::Finished(mut report) => {
@@ -384,7 +447,12 @@ impl Node {
         }
     }
 
-    fn dispatch_local(self: &Node, sched: &mut Scheduler<Payload>, job: JobId, fragments: Vec<Range<usize>>) {
+    fn dispatch_local(
+        self: &Node,
+        sched: &mut Scheduler<Payload>,
+        job: JobId,
+        fragments: Vec<Range<usize>>,
+    ) {
         let Some(ij) = self.job(job) else { return };
         let mut work = ij.work.lock();
         if let Some(key) = *work {
@@ -408,7 +476,8 @@ impl Node {
             Ok(()) => *work = Some(key),
             Err(e) => {
                 drop(work);
-                let reason = FailureReason::Returned(format!("{} cannot run the job: {e:?}", self.host()));
+                let reason =
+                    FailureReason::Returned(format!("{} cannot run the job: {e:?}", self.host()));
                 for f in fragments.into_iter().flatten() {
                     sched.on_fragment_failed(job, self.host(), f, reason.clone());
                 }
@@ -453,10 +522,14 @@ struct LocalRunner {
 impl BlockRunner for LocalRunner {
     fn run(&self, block: &Block, worker: usize) -> Range<usize> {
         let ij = &self.job;
-        let Some(node) = self.node.upgrade() else { return 0..0 };
+        let Some(node) = self.node.upgrade() else {
+            return 0..0;
+        };
         let count = ij.count.load(Ordering::Acquire);
         let ctx = ExecutionContext::new(node.host(), worker, block.gpus.clone(), ij.cancel.clone());
-        let out = ij.job.run_local_block(&ij.tx, block.range.clone(), count, &ctx);
+        let out = ij
+            .job
+            .run_local_block(&ij.tx, block.range.clone(), count, &ctx);
         let done: usize = out.done.iter().map(|r| r.len()).sum();
         let host = node.host();
         node.with_sched(|s| {
@@ -467,7 +540,7 @@ impl BlockRunner for LocalRunner {
                 s.on_fragment_failed(ij.id, host, i, FailureReason::Panicked(msg));
             }
             if !out.not_started.is_empty() {
-                s.on_not_started(ij.id, host, &[out.not_started.clone()]);
+                s.on_not_started(ij.id, host, std::slice::from_ref(&out.not_started));
             }
         });
         ij.done.fetch_add(done, Ordering::Relaxed);
@@ -490,14 +563,17 @@ fn drain_deliveries(ij: &Arc<InitiatedJob>) {
             }
         };
         match item {
-            Delivery::Chunk { fragment, seq, payload } => {
+            Delivery::Chunk {
+                fragment,
+                seq,
+                payload,
+            } => {
                 let job = &ij.job;
                 let r = catch_unwind(AssertUnwindSafe(|| match payload {
                     Payload::Bytes(bytes) => {
                         let mut reader = ResultReader::new(seq, bytes);
                         job.receive(&mut reader, &ij.tx, fragment, count);
                     }
-                    Payload::Rdma(buffer) => job.receive_rdma(buffer, &ij.tx, fragment, count),
                 }));
                 if let Err(p) = r {
                     tracing::error!(job = %ij.id, fragment, "receive_remote_result panicked: {}", panic_message(&*p));
@@ -527,7 +603,10 @@ impl JobHandle {
 
     /// (fragments done, fragments in the job).
     pub fn progress(&self) -> (usize, usize) {
-        (self.job.done.load(Ordering::Relaxed), self.job.count.load(Ordering::Acquire))
+        (
+            self.job.done.load(Ordering::Relaxed),
+            self.job.count.load(Ordering::Acquire),
+        )
     }
 
     /// Cancels the job: unstarted fragments are skipped, `cancel()` is called on the original
@@ -554,7 +633,10 @@ impl JobHandle {
     }
 
     /// Waits at most `timeout`; `None` if the job has not finished by then.
-    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<Result<JobReport, ExecuteError>> {
+    pub fn wait_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<Result<JobReport, ExecuteError>> {
         let deadline = Instant::now() + timeout;
         let mut r = self.job.result.lock();
         loop {

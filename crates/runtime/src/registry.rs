@@ -1,8 +1,8 @@
 //! Job types by class id, and the type-erased view of a job the runtime works with.
 
 use fragmenta_job::{
-    ChunkSink, ClassId, FailureReason, ExecutionContext, FragmentedJob, HostId, JobParams, RdmaBuffer,
-    RdmaContext, ResultReader, ResultWriter, Transaction,
+    ChunkSink, ClassId, ExecutionContext, FailureReason, FragmentedJob, HostId, JobParams,
+    ResultReader, ResultWriter, Transaction,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -27,7 +27,6 @@ pub(crate) struct BlockOutcome {
 /// cancellation and priorities stay responsive when fragments are slow.
 pub(crate) const TIME_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
-
 /// A job behind a vtable: one virtual call per block, a monomorphized loop inside.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
     fn class_id(&self) -> ClassId;
@@ -47,17 +46,7 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
         ctx: &ExecutionContext,
         sink: &mut dyn ChunkSink,
     ) -> Result<u32, FailureReason>;
-    fn run_remote_rdma(
-        &self,
-        tx: &Transaction,
-        index: usize,
-        count: usize,
-        rdma: &RdmaContext,
-        ctx: &ExecutionContext,
-    ) -> Result<Option<RdmaBuffer>, String>;
     fn receive(&self, reader: &mut ResultReader, tx: &Transaction, index: usize, count: usize);
-    fn rdma_result_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer>;
-    fn receive_rdma(&self, buffer: RdmaBuffer, tx: &Transaction, index: usize, count: usize);
     fn assign(&self, slots: &mut [HostId]);
     fn cancel(&self);
     fn serialize(&self) -> Result<Vec<u8>, String>;
@@ -167,35 +156,16 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
         match catch_unwind(AssertUnwindSafe(|| {
             job.execute_fragment_remote(&mut writer, tx, index, count, ctx)
         })) {
-            Ok(Ok(())) => writer.finish().map_err(|e| FailureReason::Returned(e.to_string())),
+            Ok(Ok(())) => writer
+                .finish()
+                .map_err(|e| FailureReason::Returned(e.to_string())),
             Ok(Err(e)) => Err(FailureReason::Returned(e.to_string())),
             Err(p) => Err(FailureReason::Panicked(panic_message(&*p))),
         }
     }
 
-    fn run_remote_rdma(
-        &self,
-        tx: &Transaction,
-        index: usize,
-        count: usize,
-        rdma: &RdmaContext,
-        ctx: &ExecutionContext,
-    ) -> Result<Option<RdmaBuffer>, String> {
-        let job = &*self.0;
-        catch_unwind(AssertUnwindSafe(|| job.execute_fragment_remote_rdma(tx, index, count, rdma, ctx)))
-            .map_err(|p| format!("panicked: {}", panic_message(&*p)))
-    }
-
     fn receive(&self, reader: &mut ResultReader, tx: &Transaction, index: usize, count: usize) {
         self.0.receive_remote_result(reader, tx, index, count);
-    }
-
-    fn rdma_result_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer> {
-        self.0.get_rdma_result_buffer(rdma, index)
-    }
-
-    fn receive_rdma(&self, buffer: RdmaBuffer, tx: &Transaction, index: usize, count: usize) {
-        self.0.receive_remote_result_rdma(buffer, tx, index, count);
     }
 
     fn assign(&self, slots: &mut [HostId]) {
@@ -221,7 +191,10 @@ fn deserialize_replica<J: FragmentedJob>(bytes: &[u8]) -> Result<Arc<dyn ErasedJ
     )
     .map_err(|e| e.to_string())?;
     if used != bytes.len() {
-        return Err(format!("{} trailing bytes after the job", bytes.len() - used));
+        return Err(format!(
+            "{} trailing bytes after the job",
+            bytes.len() - used
+        ));
     }
     Ok(Arc::new(Erased(Arc::new(job))))
 }
@@ -251,11 +224,14 @@ impl Registry {
     pub fn register<J: FragmentedJob>(&mut self) -> Result<(), RegisterError> {
         let name = std::any::type_name::<J>();
         match self.types.get(&J::CLASS_ID) {
-            Some((existing, _)) if *existing != name => {
-                Err(RegisterError { class: J::CLASS_ID, existing, new: name })
-            }
+            Some((existing, _)) if *existing != name => Err(RegisterError {
+                class: J::CLASS_ID,
+                existing,
+                new: name,
+            }),
             _ => {
-                self.types.insert(J::CLASS_ID, (name, deserialize_replica::<J>));
+                self.types
+                    .insert(J::CLASS_ID, (name, deserialize_replica::<J>));
                 Ok(())
             }
         }
@@ -266,7 +242,11 @@ impl Registry {
         self.types.contains_key(&class)
     }
 
-    pub(crate) fn replica(&self, class: ClassId, bytes: &[u8]) -> Option<Result<Arc<dyn ErasedJob>, String>> {
+    pub(crate) fn replica(
+        &self,
+        class: ClassId,
+        bytes: &[u8],
+    ) -> Option<Result<Arc<dyn ErasedJob>, String>> {
         self.types.get(&class).map(|(_, f)| f(bytes))
     }
 }

@@ -241,7 +241,9 @@ impl<P> Scheduler<P> {
         }
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         for id in ids {
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             job.replicas.remove(&host);
             job.window.remove(&host);
             let lost = job.assigned.remove(&host).unwrap_or_default();
@@ -333,7 +335,11 @@ impl<P> Scheduler<P> {
         };
         match state.params.mode {
             SchedulingMode::Local => {
-                state.assigned.entry(self.local).or_default().insert_range(0..count);
+                state
+                    .assigned
+                    .entry(self.local)
+                    .or_default()
+                    .insert_range(0..count);
             }
             SchedulingMode::Cluster => state.unassigned.insert_range(0..count),
             SchedulingMode::OncePerHost => {
@@ -379,7 +385,11 @@ impl<P> Scheduler<P> {
                 state.replicas.insert(host);
                 self.actions.push_back(Action::SendReplica { job, host });
             }
-            self.actions.push_back(Action::Dispatch { job, host, fragments });
+            self.actions.push_back(Action::Dispatch {
+                job,
+                host,
+                fragments,
+            });
         }
         self.jobs.insert(job, state);
         self.pump(job);
@@ -389,7 +399,9 @@ impl<P> Scheduler<P> {
 
     /// Parallel slots of `host` for the job.
     fn slots(&self, host: HostId, params: &JobParams) -> usize {
-        let Some(info) = self.hosts.get(&host) else { return 0 };
+        let Some(info) = self.hosts.get(&host) else {
+            return 0;
+        };
         let mut s = if params.cpu_load > 0.0 {
             ((info.cores / params.cpu_load).floor() as usize).max(1)
         } else {
@@ -399,8 +411,11 @@ impl<P> Scheduler<P> {
             if info.gpus == 0 {
                 return 0;
             }
-            let per_gpu =
-                if params.gpu_load <= 1.0 { (1.0 / params.gpu_load).floor() as usize } else { 1 };
+            let per_gpu = if params.gpu_load <= 1.0 {
+                (1.0 / params.gpu_load).floor() as usize
+            } else {
+                1
+            };
             s = s.min((per_gpu * info.gpus as usize).max(1));
         }
         if params.thread_limit > 0 {
@@ -411,7 +426,9 @@ impl<P> Scheduler<P> {
 
     /// CLUSTER: hand out unassigned fragments to hosts with room in their window.
     fn pump(&mut self, id: JobId) {
-        let Some(job) = self.jobs.get(&id) else { return };
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
         if !job.reassign || job.cancelling || job.unassigned.is_empty() {
             return;
         }
@@ -424,14 +441,18 @@ impl<P> Scheduler<P> {
             .collect();
         let total: usize = slots.iter().map(|(_, s)| s).sum::<usize>().max(1);
         let (max_batch, max_window, local) = (self.max_batch, self.max_window, self.local);
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         for (host, s) in slots {
             let window = *job.window.entry(host).or_insert((2 * s).min(max_window));
             let outstanding = job.outstanding(host);
             if outstanding >= window || job.unassigned.is_empty() {
                 continue;
             }
-            let guided = (job.unassigned.len() * s).div_ceil(2 * total).clamp(1, max_batch);
+            let guided = (job.unassigned.len() * s)
+                .div_ceil(2 * total)
+                .clamp(1, max_batch);
             let n = guided.min(window - outstanding);
             let fragments = job.unassigned.take_front(n);
             let set = job.assigned.entry(host).or_default();
@@ -439,9 +460,14 @@ impl<P> Scheduler<P> {
                 set.insert_range(r.clone());
             }
             if host != local && job.replicas.insert(host) {
-                self.actions.push_back(Action::SendReplica { job: id, host });
+                self.actions
+                    .push_back(Action::SendReplica { job: id, host });
             }
-            self.actions.push_back(Action::Dispatch { job: id, host, fragments });
+            self.actions.push_back(Action::Dispatch {
+                job: id,
+                host,
+                fragments,
+            });
         }
     }
 
@@ -477,14 +503,21 @@ impl<P> Scheduler<P> {
         if !self.accepts(id, host, fragment) {
             return Outcome::Stale;
         }
-        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Outcome::Stale;
+        };
         let next = job.next_seq.entry(fragment).or_insert(0);
         if seq < *next {
             return Outcome::Stale; // delivered by an earlier attempt
         }
         if (!job.ordered || fragment == job.cursor) && seq == *next {
             *next += 1;
-            self.actions.push_back(Action::Deliver { job: id, fragment, seq, payload });
+            self.actions.push_back(Action::Deliver {
+                job: id,
+                fragment,
+                seq,
+                payload,
+            });
         } else {
             job.buffered.entry((fragment, seq)).or_insert(payload);
         }
@@ -493,11 +526,19 @@ impl<P> Scheduler<P> {
 
     /// Remote fragment `fragment` finished on `host` after sending `chunks` chunks (all of them
     /// reported before this event).
-    pub fn on_fragment_done(&mut self, id: JobId, host: HostId, fragment: usize, chunks: u32) -> Outcome {
+    pub fn on_fragment_done(
+        &mut self,
+        id: JobId,
+        host: HostId,
+        fragment: usize,
+        chunks: u32,
+    ) -> Outcome {
         if !self.accepts(id, host, fragment) {
             return Outcome::Stale;
         }
-        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Outcome::Stale;
+        };
         let _ = chunks;
         job.unassign(host, fragment..fragment + 1);
         job.done.insert(fragment);
@@ -514,7 +555,9 @@ impl<P> Scheduler<P> {
     /// Fragments that ran on the initiator itself (no chunks) finished.
     pub fn on_local_done(&mut self, id: JobId, range: Range<usize>) -> Outcome {
         let local = self.local;
-        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Outcome::Stale;
+        };
         let taken = job.unassign(local, range);
         if taken.is_empty() {
             return Outcome::Stale;
@@ -539,11 +582,20 @@ impl<P> Scheduler<P> {
         if !self.accepts(id, host, fragment) {
             return Outcome::Stale;
         }
-        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Outcome::Stale;
+        };
         job.unassign(host, fragment..fragment + 1);
         job.failed.insert(fragment);
         let at = job.failures.partition_point(|f| f.index < fragment);
-        job.failures.insert(at, FragmentFailure { index: fragment, host, reason });
+        job.failures.insert(
+            at,
+            FragmentFailure {
+                index: fragment,
+                host,
+                reason,
+            },
+        );
         self.pump(id);
         self.advance(id);
         Outcome::Applied
@@ -554,7 +606,9 @@ impl<P> Scheduler<P> {
         if !self.hosts.contains_key(&host) {
             return Outcome::Stale;
         }
-        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Outcome::Stale;
+        };
         let mut any = false;
         for r in ranges {
             let taken = job.unassign(host, r.clone());
@@ -579,7 +633,9 @@ impl<P> Scheduler<P> {
     /// Cancels a job: unassigned fragments are cancelled now, hosts holding fragments are told
     /// to drop the unstarted ones. The job finishes once every host has answered.
     pub fn cancel(&mut self, id: JobId) -> Outcome {
-        let Some(job) = self.jobs.get_mut(&id) else { return Outcome::Stale };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Outcome::Stale;
+        };
         if job.cancelling {
             return Outcome::Stale;
         }
@@ -601,7 +657,9 @@ impl<P> Scheduler<P> {
 
     /// Delivers what order now allows and finishes the job when everything is accounted for.
     fn advance(&mut self, id: JobId) {
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         if job.ordered {
             loop {
                 // Stream the cursor fragment's buffered chunks that are next in sequence.
@@ -624,17 +682,26 @@ impl<P> Scheduler<P> {
                 if cur >= job.count {
                     break;
                 }
-                let Some(end) = job.terminal_run_end(cur) else { break };
+                let Some(end) = job.terminal_run_end(cur) else {
+                    break;
+                };
                 // Deliver buffered chunks of terminal fragments in [cur, end), in order.
                 while let Some((&(f, s), _)) = job.buffered.first_key_value() {
                     if f >= end {
                         break;
                     }
-                    let Some(payload) = job.buffered.remove(&(f, s)) else { break };
+                    let Some(payload) = job.buffered.remove(&(f, s)) else {
+                        break;
+                    };
                     let next = job.next_seq.entry(f).or_insert(0);
                     if s == *next {
                         *next += 1;
-                        self.actions.push_back(Action::Deliver { job: id, fragment: f, seq: s, payload });
+                        self.actions.push_back(Action::Deliver {
+                            job: id,
+                            fragment: f,
+                            seq: s,
+                            payload,
+                        });
                     }
                 }
                 let stale: Vec<usize> = job.next_seq.range(..end).map(|(f, _)| *f).collect();
@@ -650,9 +717,14 @@ impl<P> Scheduler<P> {
         if !(all_terminal && delivered && nothing_out) {
             return;
         }
-        let Some(job) = self.jobs.remove(&id) else { return };
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
         for host in &job.replicas {
-            self.actions.push_back(Action::Release { job: id, host: *host });
+            self.actions.push_back(Action::Release {
+                job: id,
+                host: *host,
+            });
         }
         self.actions.push_back(Action::Finished(JobReport {
             job: id,

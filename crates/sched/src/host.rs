@@ -127,7 +127,13 @@ impl HostQueue {
         self.next_order += 1;
         self.works.insert(
             key,
-            Work { spec, order, pending: VecDeque::new(), pending_len: 0, running: 0 },
+            Work {
+                spec,
+                order,
+                pending: VecDeque::new(),
+                pending_len: 0,
+                running: 0,
+            },
         );
         self.add(key, fragments);
         Ok(())
@@ -135,7 +141,9 @@ impl HostQueue {
 
     /// Adds fragments to a registered work; returns false if the key is unknown.
     pub fn add(&mut self, key: WorkKey, fragments: impl IntoIterator<Item = Range<usize>>) -> bool {
-        let Some(w) = self.works.get_mut(&key) else { return false };
+        let Some(w) = self.works.get_mut(&key) else {
+            return false;
+        };
         for r in fragments {
             if r.start < r.end {
                 w.pending_len += r.end - r.start;
@@ -151,7 +159,9 @@ impl HostQueue {
     /// Puts fragments of a block that stopped early (without being cancelled) back at the front
     /// of the work's queue, so they run next; returns false if the key is unknown.
     pub fn requeue_front(&mut self, key: WorkKey, range: Range<usize>) -> bool {
-        let Some(w) = self.works.get_mut(&key) else { return false };
+        let Some(w) = self.works.get_mut(&key) else {
+            return false;
+        };
         if range.start < range.end {
             w.pending_len += range.end - range.start;
             w.pending.push_front(range);
@@ -163,7 +173,9 @@ impl HostQueue {
     /// Drops the work's fragments that have not started and returns them. Running blocks
     /// continue; the work stays registered until [`remove`](Self::remove).
     pub fn drain_pending(&mut self, key: WorkKey) -> Vec<Range<usize>> {
-        let Some(w) = self.works.get_mut(&key) else { return Vec::new() };
+        let Some(w) = self.works.get_mut(&key) else {
+            return Vec::new();
+        };
         self.waiting.remove(&(w.spec.priority, w.order, key));
         w.pending_len = 0;
         w.pending.drain(..).collect()
@@ -178,7 +190,9 @@ impl HostQueue {
 
     /// Whether the work has no waiting and no running fragments.
     pub fn is_idle(&self, key: WorkKey) -> bool {
-        self.works.get(&key).is_none_or(|w| w.pending_len == 0 && w.running == 0)
+        self.works
+            .get(&key)
+            .is_none_or(|w| w.pending_len == 0 && w.running == 0)
     }
 
     /// Fragments of the work waiting to start.
@@ -219,7 +233,11 @@ impl HostQueue {
             let cpu_ok = !needs_cpu
                 || self.cpu_used + s.cpu_load <= self.cores + EPS
                 || self.cpu_used <= EPS; // an oversized fragment runs alone
-            let gpus = if needs_gpu { self.find_gpus(s.gpu_load) } else { Some(Vec::new()) };
+            let gpus = if needs_gpu {
+                self.find_gpus(s.gpu_load)
+            } else {
+                Some(Vec::new())
+            };
             match (cpu_ok, gpus) {
                 (true, Some(gpus)) => {
                     chosen = Some((prio, order, key, gpus));
@@ -252,7 +270,13 @@ impl HostQueue {
         self.running += 1;
         self.cpu_used += cpu;
         self.reserve_gpus(&gpus, gpu);
-        Some(Block { work: key, range, gpus, cpu_load: cpu, gpu_load: gpu })
+        Some(Block {
+            work: key,
+            range,
+            gpus,
+            cpu_load: cpu,
+            gpu_load: gpu,
+        })
     }
 
     /// Returns a block's resources after its last fragment finished (or it stopped early).
@@ -283,7 +307,11 @@ impl HostQueue {
             p = p.min(((self.cores / s.cpu_load).floor() as usize).max(1));
         }
         if s.gpu_load > 0.0 {
-            let per_gpu = if s.gpu_load <= 1.0 { (1.0 / s.gpu_load).floor() as usize } else { 1 };
+            let per_gpu = if s.gpu_load <= 1.0 {
+                (1.0 / s.gpu_load).floor() as usize
+            } else {
+                1
+            };
             p = p.min((per_gpu * self.gpu_used.len()).max(1));
         }
         if s.thread_limit > 0 {
@@ -341,16 +369,25 @@ mod tests {
     use super::*;
 
     fn spec(priority: i8, cpu: f32, gpu: f32, limit: usize) -> WorkSpec {
-        WorkSpec { priority, cpu_load: cpu, gpu_load: gpu, thread_limit: limit }
+        WorkSpec {
+            priority,
+            cpu_load: cpu,
+            gpu_load: gpu,
+            thread_limit: limit,
+        }
     }
 
     #[test]
     fn cpu_load_caps_concurrency() {
         let mut q = HostQueue::new(2.0, 0, 64);
-        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..100]).unwrap();
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..100])
+            .unwrap();
         let a = q.next_block().unwrap();
         let b = q.next_block().unwrap();
-        assert!(q.next_block().is_none(), "two cores, load 1.0: two blocks at most");
+        assert!(
+            q.next_block().is_none(),
+            "two cores, load 1.0: two blocks at most"
+        );
         assert_eq!(a.range, 0..25, "guided: 100 / (2*2)");
         assert_eq!(b.range, 25..44);
         q.finish(&a);
@@ -360,7 +397,8 @@ mod tests {
     #[test]
     fn fractional_loads_run_more_fragments_and_oversized_runs_alone() {
         let mut q = HostQueue::new(2.0, 0, 64);
-        q.submit(WorkKey(1), spec(0, 0.5, 0.0, 0), [0..100]).unwrap();
+        q.submit(WorkKey(1), spec(0, 0.5, 0.0, 0), [0..100])
+            .unwrap();
         let blocks: Vec<_> = std::iter::from_fn(|| q.next_block()).collect();
         assert_eq!(blocks.len(), 4);
         let mut q = HostQueue::new(2.0, 0, 64);
@@ -403,14 +441,15 @@ mod tests {
     #[test]
     fn gpu_fragments_get_distinct_gpus_within_capacity() {
         let mut q = HostQueue::new(16.0, 2, 64);
-        assert_eq!(
-            q.submit(WorkKey(9), spec(0, 1.0, 1.0, 0), [0..1]),
-            Ok(()),
-        );
+        assert_eq!(q.submit(WorkKey(9), spec(0, 1.0, 1.0, 0), [0..1]), Ok(()),);
         let mut none = HostQueue::new(4.0, 0, 64);
-        assert_eq!(none.submit(WorkKey(1), spec(0, 0.0, 0.5, 0), [0..1]), Err(SubmitError::NoGpu));
+        assert_eq!(
+            none.submit(WorkKey(1), spec(0, 0.0, 0.5, 0), [0..1]),
+            Err(SubmitError::NoGpu)
+        );
         let mut q = HostQueue::new(16.0, 2, 64);
-        q.submit(WorkKey(1), spec(0, 0.0, 0.5, 0), [0..100]).unwrap();
+        q.submit(WorkKey(1), spec(0, 0.0, 0.5, 0), [0..100])
+            .unwrap();
         let blocks: Vec<_> = std::iter::from_fn(|| q.next_block()).collect();
         assert_eq!(blocks.len(), 4, "two GPUs × two fragments of load 0.5");
         let mut per_gpu = [0; 2];
@@ -423,7 +462,8 @@ mod tests {
     #[test]
     fn drain_pending_returns_unstarted_fragments() {
         let mut q = HostQueue::new(1.0, 0, 64);
-        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..10, 20..30]).unwrap();
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..10, 20..30])
+            .unwrap();
         let a = q.next_block().unwrap();
         let rest = q.drain_pending(WorkKey(1));
         let total: usize = rest.iter().map(|r| r.len()).sum();

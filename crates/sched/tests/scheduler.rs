@@ -8,7 +8,11 @@ use std::ops::Range;
 const L: HostId = HostId(0);
 
 fn info(sub: u32, cores: f32, gpus: u32) -> HostInfo {
-    HostInfo { sub_cluster: sub, cores, gpus }
+    HostInfo {
+        sub_cluster: sub,
+        cores,
+        gpus,
+    }
 }
 
 fn params(mode: SchedulingMode) -> JobParams {
@@ -42,7 +46,9 @@ fn dispatched(actions: &[Action<u32>]) -> Vec<(HostId, Vec<Range<usize>>)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Dispatch { host, fragments, .. } => Some((*host, fragments.clone())),
+            Action::Dispatch {
+                host, fragments, ..
+            } => Some((*host, fragments.clone())),
             _ => None,
         })
         .collect()
@@ -67,10 +73,15 @@ fn run_to_end(
         let mut work = Vec::new();
         for a in actions.drain(..) {
             match a {
-                Action::Dispatch { host, fragments, .. } => work.push((host, fragments)),
-                Action::Deliver { fragment, seq, payload, .. } => {
-                    delivered.push((fragment, seq, payload))
-                }
+                Action::Dispatch {
+                    host, fragments, ..
+                } => work.push((host, fragments)),
+                Action::Deliver {
+                    fragment,
+                    seq,
+                    payload,
+                    ..
+                } => delivered.push((fragment, seq, payload)),
                 Action::Finished(r) => return (delivered, r),
                 _ => {}
             }
@@ -96,11 +107,20 @@ fn run_to_end(
 fn local_runs_everything_on_the_initiator() {
     let mut s = cluster(3);
     let id = job(1);
-    s.submit(id, JobSpec { params: params(SchedulingMode::Local), count: 10, assignment: None })
-        .unwrap();
+    s.submit(
+        id,
+        JobSpec {
+            params: params(SchedulingMode::Local),
+            count: 10,
+            assignment: None,
+        },
+    )
+    .unwrap();
     let actions = drain(&mut s);
     assert_eq!(dispatched(&actions), vec![(L, vec![0..10])]);
-    assert!(!actions.iter().any(|a| matches!(a, Action::SendReplica { .. })));
+    assert!(!actions
+        .iter()
+        .any(|a| matches!(a, Action::SendReplica { .. })));
     let (delivered, report) = run_to_end(&mut s, id, actions);
     assert!(delivered.is_empty());
     assert_eq!(report.done.to_vec(), (0..10).collect::<Vec<_>>());
@@ -111,8 +131,15 @@ fn local_runs_everything_on_the_initiator() {
 fn cluster_spreads_over_all_hosts_with_one_replica_each() {
     let mut s = cluster(4);
     let id = job(1);
-    s.submit(id, JobSpec { params: params(SchedulingMode::Cluster), count: 1000, assignment: None })
-        .unwrap();
+    s.submit(
+        id,
+        JobSpec {
+            params: params(SchedulingMode::Cluster),
+            count: 1000,
+            assignment: None,
+        },
+    )
+    .unwrap();
     let actions = drain(&mut s);
     let mut seen_replica = std::collections::BTreeSet::new();
     for a in &actions {
@@ -143,15 +170,28 @@ fn cluster_spreads_over_all_hosts_with_one_replica_each() {
 fn a_slow_host_gets_fewer_fragments() {
     let mut s = cluster(3);
     let id = job(1);
-    s.submit(id, JobSpec { params: params(SchedulingMode::Cluster), count: 2000, assignment: None })
-        .unwrap();
+    s.submit(
+        id,
+        JobSpec {
+            params: params(SchedulingMode::Cluster),
+            count: 2000,
+            assignment: None,
+        },
+    )
+    .unwrap();
     let slow = HostId(2);
     let mut outstanding: std::collections::BTreeMap<HostId, Vec<usize>> = Default::default();
     let mut actions = drain(&mut s);
     let report = loop {
         for a in actions.drain(..) {
-            if let Action::Dispatch { host, fragments, .. } = a {
-                outstanding.entry(host).or_default().extend(fragments.into_iter().flatten());
+            if let Action::Dispatch {
+                host, fragments, ..
+            } = a
+            {
+                outstanding
+                    .entry(host)
+                    .or_default()
+                    .extend(fragments.into_iter().flatten());
             }
         }
         if let Some(r) = s.poll_action().and_then(|a| match a {
@@ -179,15 +219,25 @@ fn a_slow_host_gets_fewer_fragments() {
     assert!(report.is_complete());
     let slow_n = report.done_on(slow);
     let fast_n = report.done_on(HostId(1));
-    assert!(slow_n * 2 < fast_n, "slow host did {slow_n}, fast host {fast_n}");
+    assert!(
+        slow_n * 2 < fast_n,
+        "slow host did {slow_n}, fast host {fast_n}"
+    );
 }
 
 #[test]
 fn failed_host_fragments_are_reassigned_and_delivered_once() {
     let mut s = cluster(3);
     let id = job(1);
-    s.submit(id, JobSpec { params: params(SchedulingMode::Cluster), count: 40, assignment: None })
-        .unwrap();
+    s.submit(
+        id,
+        JobSpec {
+            params: params(SchedulingMode::Cluster),
+            count: 40,
+            assignment: None,
+        },
+    )
+    .unwrap();
     let first = drain(&mut s);
     let on_2: Vec<usize> = dispatched(&first)
         .into_iter()
@@ -224,7 +274,15 @@ fn ordered_delivery_waits_for_lower_fragments_and_unordered_does_not() {
         let mut p = params(SchedulingMode::UserDefined);
         p.allow_non_sequential_chunks = !ordered;
         let r = HostId(1);
-        s.submit(id, JobSpec { params: p, count: 3, assignment: Some(vec![r, r, r]) }).unwrap();
+        s.submit(
+            id,
+            JobSpec {
+                params: p,
+                count: 3,
+                assignment: Some(vec![r, r, r]),
+            },
+        )
+        .unwrap();
         drain(&mut s);
         s.on_chunk(id, r, 2, 0, 20);
         s.on_chunk(id, r, 1, 0, 10);
@@ -269,23 +327,40 @@ fn user_defined_skips_unknown_hosts_and_fails_on_host_failure() {
     let mut s = cluster(3);
     let id = job(1);
     let slots = vec![L, HostId(1), HostId(9), HostId(2), HostId::UNASSIGNED];
-    s.submit(id, JobSpec { params: params(SchedulingMode::UserDefined), count: 5, assignment: Some(slots) })
-        .unwrap();
+    s.submit(
+        id,
+        JobSpec {
+            params: params(SchedulingMode::UserDefined),
+            count: 5,
+            assignment: Some(slots),
+        },
+    )
+    .unwrap();
     let actions = drain(&mut s);
     assert_eq!(
         dispatched(&actions),
-        vec![(L, vec![0..1]), (HostId(1), vec![1..2]), (HostId(2), vec![3..4])]
+        vec![
+            (L, vec![0..1]),
+            (HostId(1), vec![1..2]),
+            (HostId(2), vec![3..4])
+        ]
     );
     s.on_local_done(id, 0..1);
     s.on_fragment_done(id, HostId(1), 1, 1);
     s.host_down(HostId(2));
     let actions = drain(&mut s);
-    assert!(dispatched(&actions).is_empty(), "USER_DEFINED never reassigns");
+    assert!(
+        dispatched(&actions).is_empty(),
+        "USER_DEFINED never reassigns"
+    );
     let report = finished(&actions).expect("finished");
     assert_eq!(report.done.to_vec(), vec![0, 1]);
     assert_eq!(report.skipped.to_vec(), vec![2, 4]);
     assert_eq!(report.failed.to_vec(), vec![3]);
-    assert_eq!(report.failures[0].reason, FailureReason::HostFailed(HostId(2)));
+    assert_eq!(
+        report.failures[0].reason,
+        FailureReason::HostFailed(HostId(2))
+    );
 }
 
 #[test]
@@ -295,25 +370,74 @@ fn once_per_host_uses_remote_hosts_of_the_sub_cluster() {
     s.host_up(HostId(2), info(1, 2.0, 0));
     s.host_up(HostId(3), info(0, 2.0, 0));
     let p = params(SchedulingMode::OncePerHost);
-    assert_eq!(s.submit(job(1), JobSpec { params: p.clone(), count: 0, assignment: None }), Ok(2));
-    let actions = drain(&mut s);
-    assert_eq!(dispatched(&actions), vec![(HostId(1), vec![0..1]), (HostId(3), vec![1..2])]);
     assert_eq!(
-        s.submit(job(2), JobSpec { params: p.clone(), count: 3, assignment: None }),
-        Err(InvalidArgument::OncePerHostCountExceedsHosts { count: 3, eligible: 2 })
+        s.submit(
+            job(1),
+            JobSpec {
+                params: p.clone(),
+                count: 0,
+                assignment: None
+            }
+        ),
+        Ok(2)
+    );
+    let actions = drain(&mut s);
+    assert_eq!(
+        dispatched(&actions),
+        vec![(HostId(1), vec![0..1]), (HostId(3), vec![1..2])]
+    );
+    assert_eq!(
+        s.submit(
+            job(2),
+            JobSpec {
+                params: p.clone(),
+                count: 3,
+                assignment: None
+            }
+        ),
+        Err(InvalidArgument::OncePerHostCountExceedsHosts {
+            count: 3,
+            eligible: 2
+        })
     );
     let mut g = p;
     g.gpu_load = 1.0;
     assert_eq!(
-        s.submit(job(3), JobSpec { params: g, count: 1, assignment: None }),
+        s.submit(
+            job(3),
+            JobSpec {
+                params: g,
+                count: 1,
+                assignment: None
+            }
+        ),
         Err(InvalidArgument::OncePerHostWithGpuLoad(1.0))
     );
     // On a single host there is no remote host: 0 runs nothing, 1 is an error.
     let mut one = Scheduler::<u32>::new(L, info(0, 2.0, 0));
     let p = params(SchedulingMode::OncePerHost);
-    assert_eq!(one.submit(job(1), JobSpec { params: p.clone(), count: 0, assignment: None }), Ok(0));
+    assert_eq!(
+        one.submit(
+            job(1),
+            JobSpec {
+                params: p.clone(),
+                count: 0,
+                assignment: None
+            }
+        ),
+        Ok(0)
+    );
     assert!(matches!(drain(&mut one).last(), Some(Action::Finished(r)) if r.count == 0));
-    assert!(one.submit(job(2), JobSpec { params: p, count: 1, assignment: None }).is_err());
+    assert!(one
+        .submit(
+            job(2),
+            JobSpec {
+                params: p,
+                count: 1,
+                assignment: None
+            }
+        )
+        .is_err());
 }
 
 #[test]
@@ -322,11 +446,26 @@ fn gpu_jobs_need_a_gpu_host_and_go_only_there() {
     let mut p = params(SchedulingMode::Cluster);
     p.gpu_load = 1.0;
     assert_eq!(
-        s.submit(job(1), JobSpec { params: p.clone(), count: 4, assignment: None }),
+        s.submit(
+            job(1),
+            JobSpec {
+                params: p.clone(),
+                count: 4,
+                assignment: None
+            }
+        ),
         Err(InvalidArgument::NoGpuHost(1.0))
     );
     s.host_up(HostId(1), info(0, 2.0, 2));
-    s.submit(job(2), JobSpec { params: p, count: 4, assignment: None }).unwrap();
+    s.submit(
+        job(2),
+        JobSpec {
+            params: p,
+            count: 4,
+            assignment: None,
+        },
+    )
+    .unwrap();
     let actions = drain(&mut s);
     assert!(dispatched(&actions).iter().all(|d| d.0 == HostId(1)));
 }
@@ -337,26 +476,47 @@ fn cancel_cancels_unstarted_and_waits_for_hosts() {
     let id = job(1);
     let mut p = params(SchedulingMode::Cluster);
     p.allow_non_sequential_chunks = true;
-    s.submit(id, JobSpec { params: p, count: 10_000, assignment: None }).unwrap();
+    s.submit(
+        id,
+        JobSpec {
+            params: p,
+            count: 10_000,
+            assignment: None,
+        },
+    )
+    .unwrap();
     let actions = drain(&mut s);
     let remote: Vec<Range<usize>> = dispatched(&actions)
         .into_iter()
         .filter(|d| d.0 == HostId(1))
         .flat_map(|d| d.1)
         .collect();
-    let local: Vec<Range<usize>> =
-        dispatched(&actions).into_iter().filter(|d| d.0 == L).flat_map(|d| d.1).collect();
+    let local: Vec<Range<usize>> = dispatched(&actions)
+        .into_iter()
+        .filter(|d| d.0 == L)
+        .flat_map(|d| d.1)
+        .collect();
     let first_remote = remote[0].start;
     s.on_fragment_done(id, HostId(1), first_remote, 1);
     // The completion frees window space: more fragments go out before the cancel.
     let more = drain(&mut s);
     let remote: Vec<Range<usize>> = remote
         .into_iter()
-        .chain(dispatched(&more).into_iter().filter(|d| d.0 == HostId(1)).flat_map(|d| d.1))
+        .chain(
+            dispatched(&more)
+                .into_iter()
+                .filter(|d| d.0 == HostId(1))
+                .flat_map(|d| d.1),
+        )
         .collect();
     let local: Vec<Range<usize>> = local
         .into_iter()
-        .chain(dispatched(&more).into_iter().filter(|d| d.0 == L).flat_map(|d| d.1))
+        .chain(
+            dispatched(&more)
+                .into_iter()
+                .filter(|d| d.0 == L)
+                .flat_map(|d| d.1),
+        )
         .collect();
     assert_eq!(s.cancel(id), Outcome::Applied);
     let actions = drain(&mut s);
@@ -387,7 +547,14 @@ fn negative_priority_is_rejected() {
     let mut p = params(SchedulingMode::Local);
     p.priority = -3;
     assert_eq!(
-        s.submit(job(1), JobSpec { params: p, count: 1, assignment: None }),
+        s.submit(
+            job(1),
+            JobSpec {
+                params: p,
+                count: 1,
+                assignment: None
+            }
+        ),
         Err(InvalidArgument::NegativePriority(-3))
     );
 }

@@ -125,10 +125,16 @@ mod tests {
 
     #[test]
     fn messages_round_trip_through_frames() {
-        let job = JobId { initiator: HostId(3), seq: 9 };
+        let job = JobId {
+            initiator: HostId(3),
+            seq: 9,
+        };
         let msgs = vec![
             Control::Heartbeat,
-            Control::Dispatch { job, fragments: vec![(0, 10), (20, 21)] },
+            Control::Dispatch {
+                job,
+                fragments: vec![(0, 10), (20, 21)],
+            },
             Control::Cancel { job },
             Control::Shutdown,
         ];
@@ -138,9 +144,20 @@ mod tests {
         }
         let r = Results {
             items: vec![
-                ResultItem::Chunk { fragment: 1, seq: 0, len: 5, last: true },
-                ResultItem::Done { fragment: 1, chunks: 1 },
-                ResultItem::Failed { fragment: 2, reason: FailureReason::Panicked("x".into()) },
+                ResultItem::Chunk {
+                    fragment: 1,
+                    seq: 0,
+                    len: 5,
+                    last: true,
+                },
+                ResultItem::Done {
+                    fragment: 1,
+                    chunks: 1,
+                },
+                ResultItem::Failed {
+                    fragment: 2,
+                    reason: FailureReason::Panicked("x".into()),
+                },
             ],
         };
         assert_eq!(r.payload_len(), Some(5));
@@ -148,8 +165,18 @@ mod tests {
         assert_eq!(crate::decode::<Results>(&bytes, 1 << 20).unwrap(), r);
         let overflow = Results {
             items: vec![
-                ResultItem::Chunk { fragment: 0, seq: 0, len: u64::MAX, last: true },
-                ResultItem::Chunk { fragment: 0, seq: 1, len: 1, last: true },
+                ResultItem::Chunk {
+                    fragment: 0,
+                    seq: 0,
+                    len: u64::MAX,
+                    last: true,
+                },
+                ResultItem::Chunk {
+                    fragment: 0,
+                    seq: 1,
+                    len: 1,
+                    last: true,
+                },
             ],
         };
         assert_eq!(overflow.payload_len(), None);

@@ -1,0 +1,295 @@
+//! Real processes started the way a user starts them: `fragmenta launch -n 4 -- PROG`, where
+//! PROG is this test binary in host mode (`FRAGMENTA_TEST_SCENARIO` set). Each scenario checks
+//! the launcher's prefixed output and exit status; host 0 asserts on its `JobReport` and the
+//! remote hosts print what only they can see (replica counts, `cancel()` calls).
+//!
+//! A custom harness (no libtest): `main` is either the scenario runner or a host program.
+
+use fragmenta::*;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::io::Write;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const SCENARIO: &str = "FRAGMENTA_TEST_SCENARIO";
+
+static REPLICAS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_replica<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    REPLICAS.fetch_add(1, Ordering::SeqCst);
+    u8::deserialize(d)
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct Probe {
+    flushes: u32,
+    sleep_ms: u64,
+    panic_on: Option<usize>,
+    #[serde(deserialize_with = "count_replica")]
+    marker: u8,
+    #[serde(skip)]
+    got: Mutex<Vec<(usize, u32, Vec<u8>)>>,
+    #[serde(skip)]
+    local: AtomicUsize,
+}
+
+impl FragmentedJob for Probe {
+    const CLASS_ID: ClassId = ClassId::from_name("test.launch.probe");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, ctx: &ExecutionContext) {
+        self.local.fetch_add(1, Ordering::SeqCst);
+        sleep_unless_cancelled(self.sleep_ms, ctx);
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+        ctx: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        sleep_unless_cancelled(self.sleep_ms, ctx);
+        if self.panic_on == Some(index) {
+            panic!("remote boom {index}");
+        }
+        for k in 0..self.flushes {
+            out.write_all(&(index as u64 * 1000 + k as u64).to_le_bytes())?;
+            out.flush()?;
+        }
+        // Final chunk: this host's id and how many replicas this process made so far.
+        out.write_all(&ctx.host().0.to_le_bytes())?;
+        out.write_all(&(REPLICAS.load(Ordering::SeqCst) as u32).to_le_bytes())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        self.got
+            .lock()
+            .unwrap()
+            .push((index, r.seq(), r.bytes().to_vec()));
+    }
+    fn cancel(&self) {
+        println!("cancel() called on this host's instance");
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::Cluster
+    }
+}
+
+fn sleep_unless_cancelled(ms: u64, ctx: &ExecutionContext) {
+    let end = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < end && !ctx.is_cancelled() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The program every launched process runs.
+fn host_main(scenario: &str) -> Result<(), String> {
+    let mut builder = Cluster::builder();
+    // In "unknown_class", host 2 does not link the job type in: its fragments must fail cleanly.
+    let host_env = std::env::var("FRAGMENTA_HOST_ID").unwrap_or_default();
+    if !(scenario == "unknown_class" && host_env == "2") {
+        builder = builder.register::<Probe>();
+    }
+    let cluster = builder.join().map_err(|e| e.to_string())?;
+    if !cluster.is_primary() {
+        return cluster.serve().map_err(|e| e.to_string());
+    }
+    let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(what) };
+    match scenario {
+        "results" => {
+            let job = Arc::new(Probe {
+                flushes: 2,
+                ..Probe::default()
+            });
+            let n = 3000;
+            let report = cluster.execute(&job, n).map_err(|e| e.to_string())?;
+            check(report.is_complete(), format!("incomplete: {report:?}"))?;
+            let got = job.got.lock().unwrap().clone();
+            let remote = n - job.local.load(Ordering::SeqCst);
+            check(
+                got.len() == remote * 3,
+                format!("{} chunks for {remote} remote fragments", got.len()),
+            )?;
+            let keys: Vec<(usize, u32)> = got.iter().map(|g| (g.0, g.1)).collect();
+            check(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "chunks out of order".into(),
+            )?;
+            let mut hosts = std::collections::BTreeSet::new();
+            for (f, seq, bytes) in &got {
+                if *seq < 2 {
+                    check(
+                        bytes == &(*f as u64 * 1000 + *seq as u64).to_le_bytes(),
+                        format!("bad chunk {f}.{seq}"),
+                    )?;
+                } else {
+                    let host = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
+                    let replicas = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+                    check(
+                        replicas == 1,
+                        format!("host {host} made {replicas} replicas"),
+                    )?;
+                    hosts.insert(host);
+                }
+            }
+            check(hosts.len() == 3, format!("remote hosts used: {hosts:?}"))?;
+            println!(
+                "results ok: {} fragments, per host {:?}",
+                n, report.per_host
+            );
+        }
+        "cancel" => {
+            let job = Arc::new(Probe {
+                sleep_ms: 20,
+                ..Probe::default()
+            });
+            let h = cluster.submit(&job, 600).map_err(|e| e.to_string())?;
+            while h.progress().0 < 40 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            h.cancel();
+            let report = h.wait().map_err(|e| e.to_string())?;
+            check(!report.cancelled.is_empty(), "nothing cancelled".into())?;
+            check(
+                report.done.len() + report.cancelled.len() == 600,
+                format!("{report:?}"),
+            )?;
+            let received: std::collections::BTreeSet<usize> =
+                job.got.lock().unwrap().iter().map(|g| g.0).collect();
+            check(
+                received.iter().all(|f| report.done.contains(*f)),
+                "result of a non-done fragment".into(),
+            )?;
+            println!(
+                "cancel ok: {} done, {} cancelled",
+                report.done.len(),
+                report.cancelled.len()
+            );
+        }
+        "unknown_class" | "panic" => {
+            let job = Arc::new(Probe {
+                panic_on: (scenario == "panic").then_some(5),
+                ..Probe::default()
+            });
+            // USER_DEFINED would be the precise tool here; CLUSTER suffices: with 400 fragments
+            // every host gets some.
+            let report = cluster.execute(&job, 400).map_err(|e| e.to_string())?;
+            for f in &report.failures {
+                println!("failure: fragment {} on {}: {}", f.index, f.host, f.reason);
+            }
+            if scenario == "unknown_class" {
+                check(!report.failed.is_empty(), "host 2 failed nothing".into())?;
+                check(
+                    report.failures.iter().all(|f| {
+                        f.host == HostId(2)
+                            && f.reason == FailureReason::UnknownClass(Probe::CLASS_ID)
+                    }),
+                    "unexpected failure".into(),
+                )?;
+            } else if !report.done.contains(5) {
+                check(
+                    report.failed.to_vec() == vec![5],
+                    format!("{:?}", report.failed),
+                )?;
+                check(
+                    report.failures[0].reason == FailureReason::Panicked("remote boom 5".into()),
+                    "reason".into(),
+                )?;
+            }
+            check(
+                report.done.len() + report.failed.len() == 400,
+                format!("{report:?}"),
+            )?;
+            println!("{scenario} ok");
+        }
+        other => return Err(format!("unknown scenario {other}")),
+    }
+    Ok(())
+}
+
+fn launch(scenario: &str) -> (i32, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(env!("CARGO_BIN_EXE_fragmenta"))
+        .args(["launch", "-n", "4", "--"])
+        .arg(exe)
+        .env(SCENARIO, scenario)
+        .output()
+        .expect("run the launcher");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn main() {
+    if let Ok(scenario) = std::env::var(SCENARIO) {
+        match host_main(&scenario) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("host failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    type Check = fn(&str) -> Result<(), String>;
+    let scenarios: Vec<(&str, Check)> = vec![
+        ("results", |out| {
+            out.contains("[host-0] results ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+        ("cancel", |out| {
+            if !out.contains("[host-0] cancel ok") {
+                return Err("no success line".into());
+            }
+            let cancelled: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains("cancel() called"))
+                .collect();
+            let remote = cancelled
+                .iter()
+                .filter(|l| !l.starts_with("[host-0]"))
+                .count();
+            if cancelled.iter().any(|l| l.starts_with("[host-0]")) && remote >= 2 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cancel() must reach the original and the replicas: {cancelled:?}"
+                ))
+            }
+        }),
+        ("unknown_class", |out| {
+            out.contains("[host-0] unknown_class ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+        ("panic", |out| {
+            out.contains("[host-0] panic ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, check) in scenarios {
+        let (code, out) = launch(name);
+        let result = if code != 0 {
+            Err(format!("exit status {code}"))
+        } else {
+            check(&out)
+        };
+        match result {
+            Ok(()) => {
+                println!("test launch::{name} ... ok");
+                passed += 1;
+            }
+            Err(e) => {
+                println!("test launch::{name} ... FAILED: {e}\n--- output ---\n{out}\n---");
+                failed += 1;
+            }
+        }
+    }
+    println!("\n{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
