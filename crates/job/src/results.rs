@@ -51,6 +51,18 @@ impl<'a> ResultWriter<'a> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     }
 
+    /// Ends the current chunk with `data` appended, like `write_all(&data)` then `flush()`, but
+    /// without copying `data` when nothing is pending: large results travel from the caller's
+    /// buffer to the network as they are.
+    pub fn write_chunk(&mut self, data: Vec<u8>) -> io::Result<()> {
+        if self.buf.is_empty() {
+            self.buf = data;
+        } else {
+            self.buf.extend_from_slice(&data);
+        }
+        io::Write::flush(self)
+    }
+
     /// Number of chunks sent so far.
     pub fn chunks_sent(&self) -> u32 {
         self.seq
@@ -169,8 +181,14 @@ mod tests {
         w.flush().unwrap();
         w.flush().unwrap(); // empty chunk still counts
         w.write_value(&42u64).unwrap();
-        assert_eq!(w.finish().unwrap(), 3);
-        assert_eq!(sink.len(), 3);
+        w.write_chunk(vec![9, 9]).unwrap();
+        assert_eq!(w.finish().unwrap(), 4);
+        assert_eq!(sink.len(), 4);
+        assert_eq!(
+            sink[3].len(),
+            2 + 1,
+            "the pending value and the chunk's bytes, together"
+        );
         assert_eq!(sink[0], b"ab");
         assert!(sink[1].is_empty());
         let mut r = ResultReader::new(2, sink[2].clone());

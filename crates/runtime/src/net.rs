@@ -17,7 +17,7 @@ use fragmenta_net::{Connection, Endpoint, NetConfig, RecvStream, SendStream, Tls
 use fragmenta_sched::{Block, HostInfo, WorkKey, WorkSpec};
 use fragmenta_wire::handshake::Hello;
 use fragmenta_wire::messages::{Control, ResultItem, Results, StreamHeader, WireRange};
-use fragmenta_wire::{read_header, read_payload_into, write_frame, FrameLimits};
+use fragmenta_wire::{read_header, write_frame, FrameLimits};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -30,6 +30,8 @@ const MAX_PART: usize = 16 << 20;
 /// Small chunks are batched into one frame up to this many payload bytes or items.
 const BATCH_BYTES: usize = 1 << 20;
 const BATCH_ITEMS: usize = 4096;
+/// Result bytes of one job a host may have queued for the network before its fragments wait.
+const MAX_IN_FLIGHT: usize = 32 << 20;
 /// Close code for a peer that stopped sending heartbeats.
 const CLOSE_TIMEOUT: u32 = 3;
 /// Close code for a normal shutdown.
@@ -107,12 +109,35 @@ struct RemoteJob {
     cancel: CancelToken,
     tx: Transaction,
     state: Mutex<RState>,
-    out: mpsc::Sender<Out>,
+    out: mpsc::UnboundedSender<Out>,
+    /// Chunk bytes queued and not yet written: fragments wait above [`MAX_IN_FLIGHT`].
+    in_flight: Mutex<usize>,
+    drained: Condvar,
 }
 
 impl RemoteJob {
+    /// Queues a result for the initiator; false once the stream is gone. Called from worker
+    /// threads; waits while too many result bytes are queued (backpressure from the network).
     fn send(&self, out: Out) -> bool {
-        self.out.blocking_send(out).is_ok()
+        if let Out::Chunk { data, .. } = &out {
+            let mut q = self.in_flight.lock();
+            while *q > 0 && *q + data.len() > MAX_IN_FLIGHT {
+                if self.out.is_closed() {
+                    return false;
+                }
+                self.drained.wait_for(&mut q, Duration::from_millis(100));
+            }
+            *q += data.len();
+        }
+        self.out.send(out).is_ok()
+    }
+
+    fn written(&self, bytes: usize) {
+        if bytes > 0 {
+            let mut q = self.in_flight.lock();
+            *q = q.saturating_sub(bytes);
+            self.drained.notify_all();
+        }
     }
 }
 
@@ -498,8 +523,20 @@ impl Net {
         stream: &mut RecvStream,
         len: u64,
     ) -> Result<Vec<u8>, fragmenta_wire::FrameError> {
-        let mut payload = vec![0u8; len as usize];
-        read_payload_into(stream, &mut payload).await?;
+        // The length was checked against the limits; read without zero-filling first.
+        use tokio::io::AsyncReadExt;
+        let mut payload = Vec::with_capacity(len as usize);
+        let got = stream
+            .take(len)
+            .read_to_end(&mut payload)
+            .await
+            .map_err(|e| fragmenta_wire::FrameError::Io {
+                kind: e.kind(),
+                reason: e.to_string(),
+            })?;
+        if got as u64 != len {
+            return Err(fragmenta_wire::FrameError::Truncated);
+        }
         Ok(payload)
     }
 
@@ -591,7 +628,7 @@ impl Net {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        let (out_tx, out_rx) = mpsc::channel(256);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
         let cancel = CancelToken::new();
         let rj = Arc::new(RemoteJob {
             id: job,
@@ -603,6 +640,8 @@ impl Net {
                 pending: Vec::new(),
                 cancelled: false,
             }),
+            in_flight: Mutex::new(0),
+            drained: Condvar::new(),
             out: out_tx,
         });
         self.remote_jobs.lock().insert(job, rj.clone());
@@ -612,7 +651,8 @@ impl Net {
             .get(&job.initiator)
             .map(|l| l.conn.clone());
         if let (Some(conn), Some(me)) = (conn, self.me.upgrade()) {
-            self.handle.spawn(me.results_writer(conn, job, out_rx));
+            self.handle
+                .spawn(me.results_writer(conn, rj.clone(), out_rx));
         }
         let host = self.host;
         self.handle.spawn_blocking(move || {
@@ -696,7 +736,7 @@ impl Net {
             RState::Ready { key, .. } => {
                 if !node.exec.add(*key, ranges.clone()) {
                     drop(state);
-                    let _ = rj.out.try_send(Out::Item(ResultItem::NotStarted {
+                    let _ = rj.out.send(Out::Item(ResultItem::NotStarted {
                         ranges: to_wire(&ranges),
                     }));
                 }
@@ -711,7 +751,7 @@ impl Net {
                             fragment: f as u64,
                             reason: reason.clone(),
                         };
-                        if rj.out.send(Out::Item(item)).await.is_err() {
+                        if rj.out.send(Out::Item(item)).is_err() {
                             return;
                         }
                     }
@@ -762,13 +802,17 @@ impl Net {
     async fn results_writer(
         self: Arc<Self>,
         conn: Connection,
-        job: JobId,
-        mut rx: mpsc::Receiver<Out>,
+        rj: Arc<RemoteJob>,
+        mut rx: mpsc::UnboundedReceiver<Out>,
     ) {
+        let job = rj.id;
         let mut stream: Option<SendStream> = None;
         while let Some(first) = rx.recv().await {
+            let mut bytes = match &first {
+                Out::Chunk { data, .. } => data.len(),
+                Out::Item(_) => 0,
+            };
             let mut batch = vec![first];
-            let mut bytes = 0usize;
             while batch.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(o) => {
@@ -800,8 +844,11 @@ impl Net {
             let Some(s) = stream.as_mut() else { return };
             if let Err(e) = write_batch(s, batch).await {
                 tracing::warn!(host = %self.host, %job, error = %e, "result stream failed");
+                rx.close();
+                rj.written(usize::MAX);
                 return;
             }
+            rj.written(bytes);
         }
         if let Some(mut s) = stream {
             let _ = s.finish();

@@ -1,0 +1,278 @@
+//! Multi-host figures on a 4-host loopback cluster (four nodes in this process, each with its
+//! own QUIC endpoint and mutual TLS, exactly as separate processes would talk):
+//!
+//! 1. no-op CLUSTER fragments per second: 200,000 fragments each returning 8 bytes;
+//! 2. result bandwidth: 8 remote fragments each streaming 64 MiB to the initiator, against a raw
+//!    QUIC stream between two endpoints with the same certificates, in the same run;
+//! 3. peak heap growth of the process while the 512 MiB stream in (bounded: streamed, not
+//!    buffered, since the job allows non-sequential chunks).
+//!
+//! `cargo bench --bench cluster`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use fragmenta::*;
+use serde::{Deserialize, Serialize};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded unchanged to the system allocator.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+#[derive(Serialize, Deserialize, Default)]
+struct Tiny {
+    #[serde(skip)]
+    sum: AtomicU64,
+}
+
+impl FragmentedJob for Tiny {
+    const CLASS_ID: ClassId = ClassId::from_name("bench.cluster.tiny");
+    fn execute_fragment(&self, _: &Transaction, i: usize, _: usize, _: &ExecutionContext) {
+        self.sum.fetch_add(i as u64, Ordering::Relaxed);
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        i: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        out.write_all(&(i as u64).to_le_bytes())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, _: usize, _: usize) {
+        let v = u64::from_le_bytes(r.bytes().try_into().unwrap_or([0; 8]));
+        self.sum.fetch_add(v, Ordering::Relaxed);
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::Cluster
+    }
+    fn allow_non_sequential_chunks(&self) -> bool {
+        true
+    }
+}
+
+/// [`Tiny`] with every fragment placed on a remote host, round-robin.
+#[derive(Serialize, Deserialize, Default)]
+struct RemoteTiny(Tiny);
+
+impl FragmentedJob for RemoteTiny {
+    const CLASS_ID: ClassId = ClassId::from_name("bench.cluster.remote-tiny");
+    fn execute_fragment(&self, t: &Transaction, i: usize, c: usize, x: &ExecutionContext) {
+        self.0.execute_fragment(t, i, c, x)
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        t: &Transaction,
+        i: usize,
+        c: usize,
+        x: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        self.0.execute_fragment_remote(out, t, i, c, x)
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, t: &Transaction, i: usize, c: usize) {
+        self.0.receive_remote_result(r, t, i, c)
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = HostId(1 + (i % 3) as u32);
+        }
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+    fn allow_non_sequential_chunks(&self) -> bool {
+        true
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+#[derive(Serialize, Deserialize, Default)]
+struct Stream {
+    bytes_per_fragment: usize,
+    #[serde(skip)]
+    received: AtomicUsize,
+}
+
+impl FragmentedJob for Stream {
+    const CLASS_ID: ClassId = ClassId::from_name("bench.cluster.stream");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        i: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        for _ in 0..self.bytes_per_fragment / MIB {
+            out.write_chunk(vec![i as u8; MIB])?;
+        }
+        Ok(())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, _: usize, _: usize) {
+        self.received.fetch_add(r.len(), Ordering::Relaxed);
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        slots.fill(HostId(1));
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+    fn allow_non_sequential_chunks(&self) -> bool {
+        true
+    }
+}
+
+/// Raw QUIC: `total` bytes on one uni stream between two endpoints of the cluster's CA.
+fn raw_quic(dir: &std::path::Path, total: usize) -> f64 {
+    use fragmenta_net::{Endpoint, NetConfig, TlsFiles};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let files = |h: u32| TlsFiles::for_host(&dir.join("certs"), HostId(h));
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let a = Endpoint::bind_quic(any, &files(0), &NetConfig::default()).expect("bind a");
+        let b = Endpoint::bind_quic(any, &files(1), &NetConfig::default()).expect("bind b");
+        let b_addr = b.local_addr();
+        let server = tokio::spawn(async move {
+            let conn = b.accept().await.expect("incoming").expect("accepted");
+            let mut s = conn.open_uni().await.expect("uni");
+            let block = vec![7u8; MIB];
+            for _ in 0..total / MIB {
+                s.write_all(&block).await.expect("write");
+            }
+            s.finish().expect("finish");
+            conn.closed().await;
+        });
+        let conn = a.connect(b_addr, HostId(1)).await.expect("connect");
+        let mut r = conn.accept_uni().await.expect("accept uni");
+        let start = Instant::now();
+        let mut buf = vec![0u8; MIB];
+        let mut got = 0;
+        while got < total {
+            let n = r.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        conn.close(0, b"done");
+        let _ = server.await;
+        got as f64 / secs / 1e6
+    })
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::loopback_config(dir.path(), 4, "");
+    let clusters: Vec<Cluster> = (0..4u32)
+        .map(|h| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                Cluster::builder()
+                    .register::<Tiny>()
+                    .register::<RemoteTiny>()
+                    .register::<Stream>()
+                    .join_config(config, HostId(h))
+                    .expect("join")
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("host thread"))
+        .collect();
+    let primary = &clusters[0];
+
+    // 1. Throughput of tiny fragments.
+    let n = 200_000;
+    let warm = Arc::new(Tiny::default());
+    primary.execute(&warm, 20_000).expect("warm-up");
+    let mut best = f64::MAX;
+    let mut per_host = Vec::new();
+    for _ in 0..3 {
+        let job = Arc::new(Tiny::default());
+        let t = Instant::now();
+        let report = primary.execute(&job, n).expect("runs");
+        let secs = t.elapsed().as_secs_f64();
+        assert!(report.is_complete());
+        assert_eq!(job.sum.load(Ordering::Relaxed), (0..n as u64).sum::<u64>());
+        if secs < best {
+            best = secs;
+            per_host = report.per_host.clone();
+        }
+    }
+    println!(
+        "no-op CLUSTER fragments, 4 hosts: {:.0} fragments/s ({n} in {:.3} s, best of 3; per host {:?}); target >= 120000",
+        n as f64 / best,
+        best,
+        per_host
+    );
+
+    // 1b. The same through the network only: USER_DEFINED, every fragment on a remote host.
+    let job = Arc::new(RemoteTiny::default());
+    let t = Instant::now();
+    let report = primary.execute(&job, n).expect("runs");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(report.is_complete());
+    assert_eq!(
+        job.0.sum.load(Ordering::Relaxed),
+        (0..n as u64).sum::<u64>()
+    );
+    println!(
+        "no-op fragments, all on the 3 remote hosts (USER_DEFINED round-robin): {:.0} fragments/s ({n} in {secs:.3} s)",
+        n as f64 / secs
+    );
+
+    // 2. Result bandwidth vs raw QUIC.
+    let total = 8 * 64 * MIB;
+    let job = Arc::new(Stream {
+        bytes_per_fragment: 64 * MIB,
+        ..Stream::default()
+    });
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let t = Instant::now();
+    let report = primary.execute(&job, 8).expect("runs");
+    let secs = t.elapsed().as_secs_f64();
+    let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(job.received.load(Ordering::Relaxed), total);
+    let ours = total as f64 / secs / 1e6;
+    let raw = raw_quic(dir.path(), total);
+    println!("result bandwidth, 8 x 64 MiB from host-1: {ours:.0} MB/s; raw QUIC stream: {raw:.0} MB/s; ratio {:.2} (target >= 0.8)", ours / raw);
+    println!("peak heap growth of the whole process (sender and receiver) while streaming 512 MiB: {:.1} MiB", peak as f64 / MIB as f64);
+    drop(clusters);
+}
