@@ -156,20 +156,14 @@ impl<P> JobState<P> {
 
     /// Removes `range` from `host`'s assignment; returns the part that was assigned there.
     fn unassign(&mut self, host: HostId, range: Range<usize>) -> FragmentSet {
-        let mut taken = FragmentSet::new();
-        if let Some(set) = self.assigned.get_mut(&host) {
-            for r in set.ranges().to_vec() {
-                let lo = r.start.max(range.start);
-                let hi = r.end.min(range.end);
-                if lo < hi {
-                    taken.insert_range(lo..hi);
-                }
+        match self.assigned.get_mut(&host) {
+            Some(set) => {
+                let taken = set.intersect_range(range.clone());
+                set.remove_range(range);
+                taken
             }
-            for r in taken.ranges() {
-                set.remove_range(r.clone());
-            }
+            None => FragmentSet::new(),
         }
-        taken
     }
 }
 
@@ -341,7 +335,9 @@ impl<P> Scheduler<P> {
                     .or_default()
                     .insert_range(0..count);
             }
-            SchedulingMode::Cluster => state.unassigned.insert_range(0..count),
+            SchedulingMode::Cluster => {
+                state.unassigned.insert_range(0..count);
+            }
             SchedulingMode::OncePerHost => {
                 for (i, h) in once_hosts.iter().take(count).enumerate() {
                     state.assigned.entry(*h).or_default().insert(i);
@@ -368,7 +364,9 @@ impl<P> Scheduler<P> {
                                 state.assigned.entry(*h).or_default().insert(i);
                             }
                         }
-                        _ => state.skipped.insert(i),
+                        _ => {
+                            state.skipped.insert(i);
+                        }
                     }
                 }
             }
@@ -378,7 +376,7 @@ impl<P> Scheduler<P> {
             .assigned
             .iter()
             .filter(|(_, s)| !s.is_empty())
-            .map(|(h, s)| (*h, s.ranges().to_vec()))
+            .map(|(h, s)| (*h, s.to_ranges()))
             .collect();
         for (host, fragments) in static_dispatch {
             if host != self.local {
