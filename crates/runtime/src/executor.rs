@@ -48,7 +48,13 @@ impl Executor {
         Executor {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
-                    queue: HostQueue::new(cores, gpus, max_workers),
+                    // Blocks give their rest back after a time slice, so their size needs no cap
+                    // for responsiveness; guided sizing keeps the tail balanced.
+                    queue: {
+                        let mut q = HostQueue::new(cores, gpus, max_workers);
+                        q.set_max_block(1 << 22);
+                        q
+                    },
                     runners: HashMap::new(),
                     workers: 0,
                     idle: 0,

@@ -491,7 +491,17 @@ impl Node {
 
     fn enqueue(&self, ij: &Arc<InitiatedJob>, item: Delivery) {
         let mut q = ij.deliveries.lock();
-        q.items.push_back(item);
+        if let Delivery::Finish(report) = item {
+            if q.items.is_empty() && !q.scheduled {
+                // Nothing left to deliver: finish here instead of waking a delivery thread.
+                drop(q);
+                ij.complete(Ok(report));
+                return;
+            }
+            q.items.push_back(Delivery::Finish(report));
+        } else {
+            q.items.push_back(item);
+        }
         if !q.scheduled {
             q.scheduled = true;
             drop(q);
