@@ -24,6 +24,7 @@ use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Largest chunk part sent in one frame; larger chunks travel as several parts.
 const MAX_PART: usize = 16 << 20;
@@ -391,8 +392,17 @@ impl Net {
             );
         }
         tracing::info!(host = %self.host, %peer, "link up");
-        tokio::spawn(self.clone().control_writer(conn.clone(), rx));
-        tokio::spawn(self.clone().stream_acceptor(conn.clone(), last_seen));
+        let span = tracing::info_span!("link", host = %self.host, peer = %peer);
+        tokio::spawn(
+            self.clone()
+                .control_writer(conn.clone(), rx)
+                .instrument(span.clone()),
+        );
+        tokio::spawn(
+            self.clone()
+                .stream_acceptor(conn.clone(), last_seen)
+                .instrument(span),
+        );
         let me = self.clone();
         tokio::spawn(async move {
             let reason = conn.closed().await;
@@ -1008,6 +1018,9 @@ impl ChunkSink for ChannelSink<'_> {
 impl BlockRunner for RemoteRunner {
     fn run(&self, block: &Block, worker: usize) -> Range<usize> {
         let rj = &self.job;
+        let _span = tracing::debug_span!("fragments", host = %self.host, job = %rj.id,
+            fragments = ?block.range, worker)
+        .entered();
         let deadline = Instant::now() + crate::registry::TIME_SLICE;
         let ctx = ExecutionContext::new(self.host, worker, block.gpus.clone(), rj.cancel.clone());
         let mut f = block.range.start;

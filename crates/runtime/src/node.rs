@@ -532,6 +532,9 @@ struct LocalRunner {
 impl BlockRunner for LocalRunner {
     fn run(&self, block: &Block, worker: usize) -> Range<usize> {
         let ij = &self.job;
+        let _span = tracing::debug_span!("fragments", host = %ij.tx.host(), job = %ij.id,
+            fragments = ?block.range, worker)
+        .entered();
         let Some(node) = self.node.upgrade() else {
             return 0..0;
         };
