@@ -35,7 +35,7 @@ impl fmt::Display for JobId {
 /// The stable identifier of a job type, used to find the type on a remote host.
 ///
 /// Mirrors DiCE's `get_class_id()` (a UUID there). Choose a random 128-bit value once per job
-/// type and never change it; [`class_id!`](crate::class_id) derives one from a string.
+/// type and never change it; [`ClassId::from_name`] derives one from a string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClassId(pub u128);
 
