@@ -82,6 +82,47 @@ fn sleep_unless_cancelled(ms: u64, ctx: &ExecutionContext) {
     }
 }
 
+/// Records where each fragment ran: locally, or the remote host named in its result.
+#[derive(Serialize, Deserialize, Default)]
+struct Where {
+    mode: u8, // 0 = ONCE_PER_HOST, 1 = USER_DEFINED
+    #[serde(skip)]
+    ran_on: Mutex<Vec<(usize, u32)>>,
+}
+
+impl FragmentedJob for Where {
+    const CLASS_ID: ClassId = ClassId::from_name("test.launch.where");
+    fn execute_fragment(&self, _: &Transaction, index: usize, _: usize, ctx: &ExecutionContext) {
+        self.ran_on.lock().unwrap().push((index, ctx.host().0));
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        _: usize,
+        _: usize,
+        ctx: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        out.write_all(&ctx.host().0.to_le_bytes())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        let host = u32::from_le_bytes(r.bytes().try_into().unwrap_or([0xff; 4]));
+        self.ran_on.lock().unwrap().push((index, host));
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = HostId((i % 5) as u32); // host 4 does not exist
+        }
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        if self.mode == 0 {
+            SchedulingMode::OncePerHost
+        } else {
+            SchedulingMode::UserDefined
+        }
+    }
+}
+
 /// The program every launched process runs.
 fn host_main(scenario: &str) -> Result<(), String> {
     let mut builder = Cluster::builder();
@@ -90,6 +131,7 @@ fn host_main(scenario: &str) -> Result<(), String> {
     if !(scenario == "unknown_class" && host_env == "2") {
         builder = builder.register::<Probe>();
     }
+    builder = builder.register::<Where>();
     let cluster = builder.join().map_err(|e| e.to_string())?;
     if !cluster.is_primary() {
         return cluster.serve().map_err(|e| e.to_string());
@@ -202,6 +244,58 @@ fn host_main(scenario: &str) -> Result<(), String> {
             )?;
             println!("{scenario} ok");
         }
+        "once_per_host" => {
+            let job = Arc::new(Where {
+                mode: 0,
+                ..Where::default()
+            });
+            let report = cluster.execute(&job, 0).map_err(|e| e.to_string())?;
+            check(
+                report.count == 3 && report.is_complete(),
+                format!("{report:?}"),
+            )?;
+            let mut hosts: Vec<u32> = job.ran_on.lock().unwrap().iter().map(|r| r.1).collect();
+            hosts.sort();
+            check(
+                hosts == vec![1, 2, 3],
+                format!("one fragment per remote host, got {hosts:?}"),
+            )?;
+            let err = cluster.execute(&job, 4).err();
+            check(
+                err == Some(ExecuteError::InvalidArgument(
+                    InvalidArgument::OncePerHostCountExceedsHosts {
+                        count: 4,
+                        eligible: 3,
+                    },
+                )),
+                format!("{err:?}"),
+            )?;
+            println!("once_per_host ok");
+        }
+        "user_defined" => {
+            let job = Arc::new(Where {
+                mode: 1,
+                ..Where::default()
+            });
+            let report = cluster.execute(&job, 50).map_err(|e| e.to_string())?;
+            let expect_skipped: Vec<usize> = (0..50).filter(|i| i % 5 == 4).collect();
+            check(
+                report.skipped.to_vec() == expect_skipped,
+                format!("skipped {:?}", report.skipped),
+            )?;
+            check(report.done.len() == 40, format!("{report:?}"))?;
+            for (i, host) in job.ran_on.lock().unwrap().iter() {
+                check(
+                    *host == (*i % 5) as u32,
+                    format!("fragment {i} ran on host {host}"),
+                )?;
+            }
+            check(
+                job.ran_on.lock().unwrap().len() == 40,
+                "each assigned fragment ran once".into(),
+            )?;
+            println!("user_defined ok");
+        }
         other => return Err(format!("unknown scenario {other}")),
     }
     Ok(())
@@ -225,6 +319,15 @@ fn launch(scenario: &str) -> (i32, String) {
 
 fn main() {
     if let Ok(scenario) = std::env::var(SCENARIO) {
+        // Warnings (links lost, refused connections) go to stderr, shown if a scenario fails.
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
         match host_main(&scenario) {
             Ok(()) => std::process::exit(0),
             Err(e) => {
@@ -267,6 +370,16 @@ fn main() {
         }),
         ("panic", |out| {
             out.contains("[host-0] panic ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+        ("once_per_host", |out| {
+            out.contains("[host-0] once_per_host ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+        ("user_defined", |out| {
+            out.contains("[host-0] user_defined ok")
                 .then_some(())
                 .ok_or("no success line".into())
         }),

@@ -79,6 +79,9 @@ struct Link {
     conn: Connection,
     control: mpsc::UnboundedSender<Outgoing>,
     last_seen: Arc<Mutex<Instant>>,
+    /// Set once the scheduler knows the host: only then does it count towards the minimum
+    /// cluster size, so a job submitted right after joining sees every host.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 enum RState {
@@ -388,6 +391,7 @@ impl Net {
                     conn: conn.clone(),
                     control: tx,
                     last_seen: last_seen.clone(),
+                    ready: std::sync::atomic::AtomicBool::new(false),
                 }),
             );
         }
@@ -411,6 +415,12 @@ impl Net {
         if let Some(node) = self.node.upgrade() {
             let info = info_of(&self.config, peer);
             let _ = tokio::task::spawn_blocking(move || node.host_up(peer, info)).await;
+        }
+        {
+            let links = self.links.lock();
+            if let Some(link) = links.get(&peer) {
+                link.ready.store(true, std::sync::atomic::Ordering::Release);
+            }
         }
         self.links_changed.notify_all();
     }
