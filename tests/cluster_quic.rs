@@ -171,3 +171,63 @@ fn cluster_jobs_across_four_quic_hosts() {
         assert_eq!(o.join().unwrap(), Ok(()));
     }
 }
+
+/// A peer with a valid certificate that sends garbage closes its own connection only: the
+/// hosts go on running jobs over their other connections.
+#[test]
+fn a_malformed_frame_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four hosts configured, three started; host 3's certificate is used by a rogue client.
+    let config = common::loopback_config(dir.path(), 4, "");
+    let text = config
+        .to_toml_string()
+        .replace("min_hosts = 4", "min_hosts = 3");
+    assert!(text.contains("min_hosts = 3"));
+    let config = ClusterConfig::from_toml_str(&text, dir.path()).unwrap();
+    let addr0 = config.host(HostId(0)).unwrap().socket_addr().unwrap();
+    let handles: Vec<_> = (0..3u32)
+        .map(|h| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                Cluster::builder()
+                    .register::<Gather>()
+                    .join_config(config, HostId(h))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let clusters: Vec<Cluster> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let closed = rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let tls = fragmenta_net::TlsFiles::for_host(&dir.path().join("certs"), HostId(3));
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let ep =
+            fragmenta_net::Endpoint::bind_quic(any, &tls, &fragmenta_net::NetConfig::default())
+                .unwrap();
+        let hello = fragmenta_wire::handshake::Hello::new("test", HostId(3));
+        let conn = fragmenta_net::handshake::connect_handshake(&ep, addr0, HostId(0), hello)
+            .await
+            .unwrap();
+        let mut s = conn.open_uni().await.unwrap();
+        // A frame header claiming 4 GiB.
+        s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        s.write_all(&[0u8; 8]).await.unwrap();
+        let _ = s.finish();
+        tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed()).await
+    });
+    assert!(closed.is_ok(), "host 0 closed the rogue connection");
+
+    // The three real hosts still work together.
+    let job = Arc::new(Gather {
+        flushes: 1,
+        ..Gather::default()
+    });
+    let report = clusters[0].execute(&job, 600).unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(clusters[0].hosts(), vec![HostId(0), HostId(1), HostId(2)]);
+}

@@ -27,6 +27,7 @@ struct Probe {
     flushes: u32,
     sleep_ms: u64,
     panic_on: Option<usize>,
+    slow_host: Option<u32>,
     #[serde(deserialize_with = "count_replica")]
     marker: u8,
     #[serde(skip)]
@@ -49,7 +50,12 @@ impl FragmentedJob for Probe {
         _: usize,
         ctx: &ExecutionContext,
     ) -> std::io::Result<()> {
-        sleep_unless_cancelled(self.sleep_ms, ctx);
+        let factor = if self.slow_host == Some(ctx.host().0) {
+            5
+        } else {
+            1
+        };
+        sleep_unless_cancelled(self.sleep_ms * factor, ctx);
         if self.panic_on == Some(index) {
             panic!("remote boom {index}");
         }
@@ -296,6 +302,22 @@ fn host_main(scenario: &str) -> Result<(), String> {
             )?;
             println!("user_defined ok");
         }
+        "slow_host" => {
+            // Host 3 is five times slower: pull-based placement must give it fewer fragments.
+            let job = Arc::new(Probe {
+                sleep_ms: 4,
+                slow_host: Some(3),
+                ..Probe::default()
+            });
+            let report = cluster.execute(&job, 600).map_err(|e| e.to_string())?;
+            check(report.is_complete(), format!("{report:?}"))?;
+            let (fast, slow) = (report.done_on(HostId(1)), report.done_on(HostId(3)));
+            check(
+                slow * 2 < fast,
+                format!("slow host did {slow}, a fast one {fast}"),
+            )?;
+            println!("slow_host ok: per host {:?}", report.per_host);
+        }
         other => return Err(format!("unknown scenario {other}")),
     }
     Ok(())
@@ -370,6 +392,11 @@ fn main() {
         }),
         ("panic", |out| {
             out.contains("[host-0] panic ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+        ("slow_host", |out| {
+            out.contains("[host-0] slow_host ok")
                 .then_some(())
                 .ok_or("no success line".into())
         }),
