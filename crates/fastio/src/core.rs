@@ -1,0 +1,364 @@
+//! The context's state machine: references, publications, map locks and capacity.
+//!
+//! One implementation of the rules, used by the in-process [`crate::LocalContext`] and by the
+//! [`crate::ContextServer`] for its clients. Every call names the owner (an in-process context
+//! or a client connection) so a disconnecting owner can be cleaned up in one step. The only
+//! side effect is creating memfds; the caller maps and sends them.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::error::{FastIoError, IoOp};
+use crate::types::{check_name, ContextStats, HandleId, MapMode, MemId, Metadata, OwnerId};
+
+/// What `create` and `get` hand back: a new handle and the memory it refers to.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) handle: HandleId,
+    pub(crate) mem: MemId,
+    pub(crate) size: u64,
+    pub(crate) meta: Metadata,
+    pub(crate) fd: Arc<OwnedFd>,
+}
+
+#[derive(Debug)]
+struct Memory {
+    size: u64,
+    fd: Arc<OwnedFd>,
+    handles: u64,
+    names: HashSet<String>,
+    readers: HashMap<HandleId, u32>,
+    writer: Option<HandleId>,
+    freed: bool,
+}
+
+#[derive(Debug)]
+struct Handle {
+    owner: OwnerId,
+    mem: MemId,
+}
+
+#[derive(Debug)]
+struct Publication {
+    mem: MemId,
+    meta: Metadata,
+}
+
+/// The context state. Not thread-safe by itself; callers wrap it in a mutex.
+#[derive(Debug)]
+pub(crate) struct Core {
+    capacity: u64,
+    used: u64,
+    next_id: u64,
+    mems: HashMap<MemId, Memory>,
+    handles: HashMap<HandleId, Handle>,
+    names: HashMap<String, Publication>,
+    owners: HashMap<OwnerId, HashSet<HandleId>>,
+}
+
+impl Core {
+    pub(crate) fn new(capacity: u64) -> Core {
+        Core {
+            capacity,
+            used: 0,
+            next_id: 1,
+            mems: HashMap::new(),
+            handles: HashMap::new(),
+            names: HashMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Registers a new owner of handles.
+    pub(crate) fn register_owner(&mut self) -> OwnerId {
+        let owner = OwnerId(self.next());
+        self.owners.insert(owner, HashSet::new());
+        owner
+    }
+
+    fn new_handle(&mut self, owner: OwnerId, mem: MemId) -> Result<HandleId, FastIoError> {
+        let handle = HandleId(self.next());
+        let Some(set) = self.owners.get_mut(&owner) else {
+            return Err(FastIoError::InvalidHandle);
+        };
+        set.insert(handle);
+        self.handles.insert(handle, Handle { owner, mem });
+        if let Some(m) = self.mems.get_mut(&mem) {
+            m.handles += 1;
+        }
+        Ok(handle)
+    }
+
+    /// Looks up a handle that `owner` holds.
+    fn handle(&self, owner: OwnerId, handle: HandleId) -> Result<MemId, FastIoError> {
+        match self.handles.get(&handle) {
+            Some(h) if h.owner == owner => Ok(h.mem),
+            _ => Err(FastIoError::InvalidHandle),
+        }
+    }
+
+    /// Creates a memory resource of `size` bytes and a first handle to it, private to `owner`.
+    pub(crate) fn create(&mut self, owner: OwnerId, size: u64) -> Result<Granted, FastIoError> {
+        if !self.owners.contains_key(&owner) {
+            return Err(FastIoError::InvalidHandle);
+        }
+        let available = self.capacity - self.used;
+        if size > available {
+            return Err(FastIoError::CapacityExceeded {
+                requested: size,
+                available,
+            });
+        }
+        let fd = Arc::new(
+            crate::sys::memfd_create(size).map_err(|e| FastIoError::io(IoOp::CreateMemory, &e))?,
+        );
+        let mem = MemId(self.next());
+        self.mems.insert(
+            mem,
+            Memory {
+                size,
+                fd: Arc::clone(&fd),
+                handles: 0,
+                names: HashSet::new(),
+                readers: HashMap::new(),
+                writer: None,
+                freed: false,
+            },
+        );
+        self.used += size;
+        let handle = self.new_handle(owner, mem)?;
+        tracing::debug!(owner = owner.0, mem = mem.0, size, "created");
+        Ok(Granted {
+            handle,
+            mem,
+            size,
+            meta: Metadata::default(),
+            fd,
+        })
+    }
+
+    /// A new handle for `owner` to the memory published under `name`, with a copy of the
+    /// published metadata.
+    pub(crate) fn get(&mut self, owner: OwnerId, name: &str) -> Result<Granted, FastIoError> {
+        check_name(name)?;
+        let Some(publication) = self.names.get(name) else {
+            return Err(FastIoError::UnknownName(name.to_owned()));
+        };
+        let (mem, meta) = (publication.mem, publication.meta.clone());
+        let (size, fd) = match self.mems.get(&mem) {
+            Some(m) => (m.size, Arc::clone(&m.fd)),
+            None => return Err(FastIoError::UnknownName(name.to_owned())),
+        };
+        let handle = self.new_handle(owner, mem)?;
+        Ok(Granted {
+            handle,
+            mem,
+            size,
+            meta,
+            fd,
+        })
+    }
+
+    /// Publishes the memory of `handle` with metadata `meta` under `name`.
+    pub(crate) fn publish(
+        &mut self,
+        owner: OwnerId,
+        handle: HandleId,
+        name: &str,
+        meta: &Metadata,
+    ) -> Result<(), FastIoError> {
+        let mem_id = self.handle(owner, handle)?;
+        check_name(name)?;
+        let Some(mem) = self.mems.get_mut(&mem_id) else {
+            return Err(FastIoError::InvalidHandle);
+        };
+        if mem.freed {
+            return Err(FastIoError::Freed);
+        }
+        meta.validate(mem.size)?;
+        if self.names.contains_key(name) {
+            return Err(FastIoError::NameTaken(name.to_owned()));
+        }
+        mem.names.insert(name.to_owned());
+        self.names.insert(
+            name.to_owned(),
+            Publication {
+                mem: mem_id,
+                meta: meta.clone(),
+            },
+        );
+        tracing::debug!(owner = owner.0, mem = mem_id.0, name, "published");
+        Ok(())
+    }
+
+    /// Takes a read or write lock on the memory of `handle`.
+    pub(crate) fn map(
+        &mut self,
+        owner: OwnerId,
+        handle: HandleId,
+        mode: MapMode,
+    ) -> Result<(), FastIoError> {
+        let mem_id = self.handle(owner, handle)?;
+        let Some(mem) = self.mems.get_mut(&mem_id) else {
+            return Err(FastIoError::InvalidHandle);
+        };
+        if mem.freed {
+            return Err(FastIoError::Freed);
+        }
+        match mode {
+            MapMode::Read => {
+                if mem.writer.is_some() {
+                    return Err(FastIoError::MapConflict);
+                }
+                *mem.readers.entry(handle).or_insert(0) += 1;
+            }
+            MapMode::Write => {
+                if mem.writer.is_some() || !mem.readers.is_empty() {
+                    return Err(FastIoError::MapConflict);
+                }
+                mem.writer = Some(handle);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a lock taken by [`Core::map`]. Unlocking a lock the handle does not hold is
+    /// `InvalidHandle`.
+    pub(crate) fn unmap(
+        &mut self,
+        owner: OwnerId,
+        handle: HandleId,
+        mode: MapMode,
+    ) -> Result<(), FastIoError> {
+        let mem_id = self.handle(owner, handle)?;
+        let Some(mem) = self.mems.get_mut(&mem_id) else {
+            return Err(FastIoError::InvalidHandle);
+        };
+        match mode {
+            MapMode::Read => match mem.readers.get_mut(&handle) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    mem.readers.remove(&handle);
+                }
+                None => return Err(FastIoError::InvalidHandle),
+            },
+            MapMode::Write => {
+                if mem.writer != Some(handle) {
+                    return Err(FastIoError::InvalidHandle);
+                }
+                mem.writer = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops one reference (the handle), with any locks it still holds.
+    pub(crate) fn release(&mut self, owner: OwnerId, handle: HandleId) -> Result<(), FastIoError> {
+        let mem_id = self.handle(owner, handle)?;
+        self.handles.remove(&handle);
+        if let Some(set) = self.owners.get_mut(&owner) {
+            set.remove(&handle);
+        }
+        if let Some(mem) = self.mems.get_mut(&mem_id) {
+            mem.readers.remove(&handle);
+            if mem.writer == Some(handle) {
+                mem.writer = None;
+            }
+            mem.handles -= 1;
+        }
+        self.maybe_reclaim(mem_id);
+        Ok(())
+    }
+
+    /// Withdraws every publication of the memory of `handle`, marks the memory freed for every
+    /// handle, and releases `handle`.
+    pub(crate) fn free(&mut self, owner: OwnerId, handle: HandleId) -> Result<(), FastIoError> {
+        let mem_id = self.handle(owner, handle)?;
+        if let Some(mem) = self.mems.get_mut(&mem_id) {
+            mem.freed = true;
+            for name in mem.names.drain() {
+                self.names.remove(&name);
+            }
+        }
+        tracing::debug!(owner = owner.0, mem = mem_id.0, "freed");
+        self.release(owner, handle)
+    }
+
+    /// Releases every handle (and so every lock) of `owner` and forgets the owner. Unpublished
+    /// memory only it referenced returns to the context.
+    pub(crate) fn disconnect(&mut self, owner: OwnerId) {
+        let Some(handles) = self.owners.get(&owner).cloned() else {
+            return;
+        };
+        for handle in handles {
+            // Cannot fail: the handle is in the owner's set.
+            let _ = self.release(owner, handle);
+        }
+        self.owners.remove(&owner);
+        tracing::debug!(owner = owner.0, "owner disconnected");
+    }
+
+    fn maybe_reclaim(&mut self, mem_id: MemId) {
+        let reclaim =
+            matches!(self.mems.get(&mem_id), Some(m) if m.handles == 0 && m.names.is_empty());
+        if reclaim {
+            if let Some(mem) = self.mems.remove(&mem_id) {
+                self.used -= mem.size;
+                tracing::debug!(mem = mem_id.0, size = mem.size, "reclaimed");
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ContextStats {
+        ContextStats {
+            capacity: self.capacity,
+            used: self.used,
+            allocations: self.mems.len() as u64,
+            publications: self.names.len() as u64,
+            handles: self.handles.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_reclaims_unpublished_and_keeps_published() {
+        let mut core = Core::new(1 << 20);
+        let a = core.register_owner();
+        let b = core.register_owner();
+        let kept = core.create(a, 4096).unwrap();
+        let lost = core.create(a, 8192).unwrap();
+        core.publish(a, kept.handle, "kept", &Metadata::default())
+            .unwrap();
+        core.map(a, lost.handle, MapMode::Write).unwrap();
+        core.disconnect(a);
+        let s = core.stats();
+        assert_eq!(
+            (s.used, s.allocations, s.handles, s.publications),
+            (4096, 1, 0, 1)
+        );
+        let g = core.get(b, "kept").unwrap();
+        core.map(b, g.handle, MapMode::Write).unwrap();
+        // Operations naming another owner's handle are rejected.
+        assert_eq!(
+            core.map(a, g.handle, MapMode::Read),
+            Err(FastIoError::InvalidHandle)
+        );
+        assert_eq!(
+            core.unmap(b, g.handle, MapMode::Read),
+            Err(FastIoError::InvalidHandle)
+        );
+        core.free(b, g.handle).unwrap();
+        assert_eq!(core.stats().used, 0);
+    }
+}

@@ -1,0 +1,105 @@
+//! The in-process context.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::alloc::{Allocation, Port};
+use crate::core::Core;
+use crate::error::{FastIoError, Result};
+use crate::types::{ContextStats, HandleId, MapMode, Metadata, OwnerId};
+use crate::{ContextServer, FastIo};
+
+/// The shared core of a node's context.
+pub(crate) type SharedCore = Arc<Mutex<Core>>;
+
+#[derive(Debug)]
+struct LocalPort {
+    core: SharedCore,
+    owner: OwnerId,
+}
+
+impl Port for LocalPort {
+    fn map(&self, handle: HandleId, mode: MapMode) -> Result<()> {
+        self.core.lock().map(self.owner, handle, mode)
+    }
+    fn unmap(&self, handle: HandleId, mode: MapMode) {
+        if let Err(e) = self.core.lock().unmap(self.owner, handle, mode) {
+            tracing::error!(error = %e, "unmap of an in-process guard failed");
+        }
+    }
+    fn publish(&self, handle: HandleId, name: &str, meta: &Metadata) -> Result<()> {
+        self.core.lock().publish(self.owner, handle, name, meta)
+    }
+    fn release(&self, handle: HandleId) {
+        if let Err(e) = self.core.lock().release(self.owner, handle) {
+            tracing::error!(error = %e, "release of an in-process handle failed");
+        }
+    }
+    fn free(&self, handle: HandleId) -> Result<()> {
+        self.core.lock().free(self.owner, handle)
+    }
+}
+
+impl Drop for LocalPort {
+    fn drop(&mut self) {
+        self.core.lock().disconnect(self.owner);
+    }
+}
+
+/// The node's Fast I/O context, used in-process (by the runtime that owns it).
+///
+/// Cloning gives another view of the same context. [`LocalContext::serve`] exposes the same
+/// context to other processes; both apply the same rules because they share one state machine.
+#[derive(Debug, Clone)]
+pub struct LocalContext {
+    core: SharedCore,
+    owner: OwnerId,
+    port: Arc<dyn Port>,
+}
+
+impl LocalContext {
+    /// A new, empty context with `capacity` bytes.
+    pub fn new(capacity: u64) -> LocalContext {
+        LocalContext::on_core(Arc::new(Mutex::new(Core::new(capacity))))
+    }
+
+    pub(crate) fn on_core(core: SharedCore) -> LocalContext {
+        let owner = core.lock().register_owner();
+        let port: Arc<dyn Port> = Arc::new(LocalPort {
+            core: Arc::clone(&core),
+            owner,
+        });
+        LocalContext { core, owner, port }
+    }
+
+    /// Serves this context to other processes on a Unix socket at `socket_path` (see
+    /// [`ContextServer::start`]).
+    pub fn serve(&self, socket_path: impl AsRef<Path>) -> Result<ContextServer> {
+        ContextServer::serve_core(Arc::clone(&self.core), socket_path.as_ref())
+    }
+}
+
+impl FastIo for LocalContext {
+    fn create(&self, size: u64) -> Result<Allocation> {
+        let granted = self.core.lock().create(self.owner, size)?;
+        Allocation::from_granted(Arc::clone(&self.port), granted)
+    }
+
+    fn get(&self, name: &str) -> Result<Allocation> {
+        let granted = self.core.lock().get(self.owner, name)?;
+        Allocation::from_granted(Arc::clone(&self.port), granted)
+    }
+
+    fn publish(&self, alloc: &Allocation, name: &str) -> Result<()> {
+        if !alloc.same_port(&self.port) {
+            return Err(FastIoError::ForeignAllocation);
+        }
+        alloc.publish_as(name)
+    }
+
+    fn stats(&self) -> Result<ContextStats> {
+        Ok(self.core.lock().stats())
+    }
+}

@@ -1,0 +1,173 @@
+//! The cross-process client.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::alloc::{Allocation, Port};
+use crate::error::{FastIoError, IoOp, Result};
+use crate::proto::{self, FromServer, ToServer};
+use crate::types::{ContextStats, HandleId, MapMode, Metadata};
+use crate::FastIo;
+
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    broken: bool,
+}
+
+#[derive(Debug)]
+struct RemotePort {
+    conn: Mutex<Conn>,
+}
+
+impl RemotePort {
+    /// One request, one reply. A transport or protocol error leaves the stream out of step,
+    /// so the connection is shut down and every later call is `Disconnected`.
+    fn call(&self, req: &ToServer) -> Result<(FromServer, Vec<OwnedFd>)> {
+        let mut conn = self.conn.lock();
+        if conn.broken {
+            return Err(FastIoError::Disconnected);
+        }
+        let result =
+            proto::send(&conn.stream, req, None).and_then(|()| proto::read_reply(&conn.stream));
+        if result.is_err() {
+            conn.broken = true;
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+        result
+    }
+
+    fn call_done(&self, req: &ToServer) -> Result<()> {
+        match self.call(req)? {
+            (FromServer::Done, fds) if fds.is_empty() => Ok(()),
+            (FromServer::Failed(e), fds) if fds.is_empty() => Err(e),
+            _ => Err(self.out_of_step()),
+        }
+    }
+
+    fn out_of_step(&self) -> FastIoError {
+        let mut conn = self.conn.lock();
+        conn.broken = true;
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        FastIoError::Protocol("unexpected reply".into())
+    }
+}
+
+impl Port for RemotePort {
+    fn map(&self, handle: HandleId, mode: MapMode) -> Result<()> {
+        self.call_done(&ToServer::Map { handle, mode })
+    }
+    fn unmap(&self, handle: HandleId, mode: MapMode) {
+        // If the connection is gone the server has already dropped every lock of ours.
+        if let Err(e) = self.call_done(&ToServer::Unmap { handle, mode }) {
+            tracing::debug!(error = %e, "unmap not delivered");
+        }
+    }
+    fn publish(&self, handle: HandleId, name: &str, meta: &Metadata) -> Result<()> {
+        self.call_done(&ToServer::Publish {
+            handle,
+            name: name.to_owned(),
+            meta: meta.clone(),
+        })
+    }
+    fn release(&self, handle: HandleId) {
+        if let Err(e) = self.call_done(&ToServer::Release { handle }) {
+            tracing::debug!(error = %e, "release not delivered");
+        }
+    }
+    fn free(&self, handle: HandleId) -> Result<()> {
+        self.call_done(&ToServer::Free { handle })
+    }
+}
+
+/// A client of a [`crate::ContextServer`] in another (or the same) process.
+///
+/// Every handle, reference and map lock it takes is tracked by the server against this
+/// connection: when the connection closes (the value and all its allocations are dropped, or
+/// the process dies) the server releases them all. Cloning shares the connection.
+#[derive(Debug, Clone)]
+pub struct RemoteContext {
+    port: Arc<RemotePort>,
+    dyn_port: Arc<dyn Port>,
+}
+
+impl RemoteContext {
+    /// Connects to the server listening on `socket_path`. The server must run as the same user.
+    pub fn connect(socket_path: impl AsRef<Path>) -> Result<RemoteContext> {
+        let stream = UnixStream::connect(socket_path.as_ref())
+            .map_err(|e| FastIoError::io(IoOp::Connect, &e))?;
+        let uid = crate::sys::peer_uid(&stream).map_err(|e| FastIoError::io(IoOp::Connect, &e))?;
+        if uid != crate::sys::effective_uid() {
+            return Err(FastIoError::InsecurePath {
+                path: socket_path.as_ref().display().to_string(),
+                reason: "server runs as another user".into(),
+            });
+        }
+        let port = Arc::new(RemotePort {
+            conn: Mutex::new(Conn {
+                stream,
+                broken: false,
+            }),
+        });
+        let dyn_port: Arc<dyn Port> = port.clone();
+        Ok(RemoteContext { port, dyn_port })
+    }
+
+    fn grant(&self, req: &ToServer) -> Result<Allocation> {
+        match self.port.call(req)? {
+            (
+                FromServer::Granted {
+                    handle,
+                    mem,
+                    size,
+                    meta,
+                },
+                mut fds,
+            ) if fds.len() == 1 => {
+                if meta.validate(size).is_err() {
+                    self.port.release(handle);
+                    return Err(FastIoError::Protocol(
+                        "granted metadata does not fit the memory".into(),
+                    ));
+                }
+                let fd = fds.remove(0);
+                Allocation::from_parts(Arc::clone(&self.dyn_port), handle, mem, size, meta, &fd)
+            }
+            (FromServer::Failed(e), fds) if fds.is_empty() => Err(e),
+            _ => Err(self.port.out_of_step()),
+        }
+    }
+}
+
+impl FastIo for RemoteContext {
+    fn create(&self, size: u64) -> Result<Allocation> {
+        self.grant(&ToServer::Create { size })
+    }
+
+    fn get(&self, name: &str) -> Result<Allocation> {
+        crate::types::check_name(name)?;
+        self.grant(&ToServer::Get {
+            name: name.to_owned(),
+        })
+    }
+
+    fn publish(&self, alloc: &Allocation, name: &str) -> Result<()> {
+        if !alloc.same_port(&self.dyn_port) {
+            return Err(FastIoError::ForeignAllocation);
+        }
+        crate::types::check_name(name)?;
+        alloc.publish_as(name)
+    }
+
+    fn stats(&self) -> Result<ContextStats> {
+        match self.port.call(&ToServer::Stats)? {
+            (FromServer::Stats(s), fds) if fds.is_empty() => Ok(s),
+            (FromServer::Failed(e), fds) if fds.is_empty() => Err(e),
+            _ => Err(self.port.out_of_step()),
+        }
+    }
+}
