@@ -11,9 +11,14 @@ use std::sync::{Arc, Mutex};
 
 static REPLICAS: AtomicUsize = AtomicUsize::new(0);
 
+/// Counts replicas of jobs whose marker is 1 (tests in this binary run in parallel: only the
+/// replica-counting job sets it).
 fn count_replica<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
-    REPLICAS.fetch_add(1, Ordering::SeqCst);
-    u8::deserialize(d)
+    let marker = u8::deserialize(d)?;
+    if marker == 1 {
+        REPLICAS.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(marker)
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -65,10 +70,9 @@ impl FragmentedJob for Gather {
     }
 }
 
-fn start(n: usize) -> (tempfile::TempDir, Vec<Cluster>) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = common::loopback_config(dir.path(), n, "");
-    let handles: Vec<_> = (0..n as u32)
+/// Joins hosts `0..n` of `config`, each on its own thread (joining waits for the others).
+fn join_hosts(config: &ClusterConfig, n: u32) -> Vec<Cluster> {
+    let handles: Vec<_> = (0..n)
         .map(|h| {
             let config = config.clone();
             std::thread::spawn(move || {
@@ -79,7 +83,13 @@ fn start(n: usize) -> (tempfile::TempDir, Vec<Cluster>) {
             })
         })
         .collect();
-    let clusters = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn start(n: usize) -> (tempfile::TempDir, Vec<Cluster>) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::loopback_config(dir.path(), n, "");
+    let clusters = join_hosts(&config, n as u32);
     (dir, clusters)
 }
 
@@ -98,6 +108,7 @@ fn cluster_jobs_across_four_quic_hosts() {
     REPLICAS.store(0, Ordering::SeqCst);
     let job = Arc::new(Gather {
         flushes: 2,
+        marker: 1,
         ..Gather::default()
     });
     let n = 2000;
@@ -185,18 +196,7 @@ fn a_malformed_frame_closes_only_that_connection() {
     assert!(text.contains("min_hosts = 3"));
     let config = ClusterConfig::from_toml_str(&text, dir.path()).unwrap();
     let addr0 = config.host(HostId(0)).unwrap().socket_addr().unwrap();
-    let handles: Vec<_> = (0..3u32)
-        .map(|h| {
-            let config = config.clone();
-            std::thread::spawn(move || {
-                Cluster::builder()
-                    .register::<Gather>()
-                    .join_config(config, HostId(h))
-                    .unwrap()
-            })
-        })
-        .collect();
-    let clusters: Vec<Cluster> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let clusters = join_hosts(&config, 3);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

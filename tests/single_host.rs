@@ -211,10 +211,13 @@ fn lower_priority_value_runs_first_among_waiting_jobs() {
         log: Arc<Mutex<Vec<u8>>>,
         #[serde(skip)]
         gate: Arc<AtomicBool>,
+        #[serde(skip)]
+        started: Arc<AtomicBool>,
     }
     impl FragmentedJob for Ordered {
         const CLASS_ID: ClassId = ClassId::from_name("test.single_host.ordered");
         fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {
+            self.started.store(true, Ordering::SeqCst);
             while !self.gate.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -227,23 +230,21 @@ fn lower_priority_value_runs_first_among_waiting_jobs() {
     let c = cluster(1.0);
     let log = Arc::new(Mutex::new(Vec::new()));
     let gate = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicBool::new(false));
     let mk = |priority, tag| {
         Arc::new(Ordered {
             priority,
             tag,
             log: log.clone(),
             gate: gate.clone(),
+            started: started.clone(),
         })
     };
     let blocker = c.submit(&mk(0, 0), 1).unwrap();
-    while blocker.progress().0 == 0 && log.lock().unwrap().is_empty() {
-        // wait until the blocker is running (it spins on the gate)
-        std::thread::sleep(Duration::from_millis(5));
-        if Arc::strong_count(&gate) > 0 {
-            break;
-        }
+    // Wait until the blocker holds the core (it spins on the gate).
+    while !started.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(50));
     let low = c.submit(&mk(5, 5), 20).unwrap();
     let high = c.submit(&mk(1, 1), 20).unwrap();
     gate.store(true, Ordering::SeqCst);
