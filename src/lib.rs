@@ -29,6 +29,11 @@
 
 pub use fragmenta_job::*;
 pub use fragmenta_runtime::{
-    Cluster, ClusterBuilder, ClusterConfig, JobHandle, JoinError, NodeConfig, RegisterError,
+    default_fastio_capacity, default_fastio_socket, Cluster, ClusterBuilder, ClusterConfig,
+    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, NodeConfig, RegisterError,
     Registry, ServeError,
 };
+
+/// The node-local shared-memory data plane (Clara Fast I/O): contexts, allocations, typed views.
+pub use fragmenta_fastio as fastio;
+pub use fragmenta_fastio::{Allocation, ElementType, FastIo, FastIoError, LocalContext};

@@ -46,6 +46,8 @@ pub struct HostConfig {
     sub_cluster: u32,
     cores: u32,
     gpus: u32,
+    fastio_capacity_mib: Option<u64>,
+    fastio_socket: Option<PathBuf>,
     cert: PathBuf,
     key: PathBuf,
 }
@@ -97,6 +99,16 @@ impl HostConfig {
     /// GPUs this host offers (the gpu_load capacity).
     pub fn gpus(&self) -> u32 {
         self.gpus
+    }
+
+    /// Capacity of the host's Fast I/O context in bytes, if the configuration sets one.
+    pub fn fastio_capacity(&self) -> Option<u64> {
+        self.fastio_capacity_mib.map(|m| m.saturating_mul(1 << 20))
+    }
+
+    /// The Unix socket the host serves its Fast I/O context on, if the configuration sets one.
+    pub fn fastio_socket(&self) -> Option<&Path> {
+        self.fastio_socket.as_deref()
     }
 
     /// The host's certificate file (PEM), resolved against the config file's folder.
@@ -181,6 +193,10 @@ impl ClusterConfig {
                     sub_cluster: Some(i64::from(h.sub_cluster)),
                     cores: Some(i64::from(h.cores)),
                     gpus: Some(i64::from(h.gpus)),
+                    fastio_capacity_mib: h
+                        .fastio_capacity_mib
+                        .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+                    fastio_socket: h.fastio_socket.as_deref().map(|p| self.relative(p)),
                     cert: self.relative(&h.cert),
                     key: self.relative(&h.key),
                 })
@@ -450,6 +466,20 @@ fn validate(file: ConfigFile, base_dir: &Path) -> Result<ClusterConfig, ConfigEr
             sub_cluster: u32_at_least(h.sub_cluster, 0, 0, &field("sub_cluster"))?,
             cores: u32_at_least(h.cores, 1, cores_default, &field("cores"))?,
             gpus: u32_at_least(h.gpus, 0, 0, &field("gpus"))?,
+            fastio_capacity_mib: match h.fastio_capacity_mib {
+                None => None,
+                Some(m) if m >= 1 => Some(m as u64),
+                Some(m) => {
+                    return Err(invalid(
+                        field("fastio_capacity_mib"),
+                        format!("must be at least 1, got {m}"),
+                    ))
+                }
+            },
+            fastio_socket: match &h.fastio_socket {
+                None => None,
+                Some(p) => Some(resolve_path(base_dir, p, &field("fastio_socket"))?),
+            },
             cert: resolve_path(base_dir, &h.cert, &field("cert"))?,
             key: resolve_path(base_dir, &h.key, &field("key"))?,
         });

@@ -60,6 +60,13 @@ pub struct HostSection {
     /// GPUs this host offers; default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus: Option<i64>,
+    /// Capacity of the host's Fast I/O context in MiB; default: half of the machine's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastio_capacity_mib: Option<i64>,
+    /// Unix socket on which the host serves its Fast I/O context to other processes; default:
+    /// `fragmenta-<uid>/<cluster>-host<id>.sock` in `$XDG_RUNTIME_DIR` or the temporary folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastio_socket: Option<String>,
     /// The host's certificate (PEM), relative to the config file's folder.
     pub cert: String,
     /// The host's private key (PEM), relative to the config file's folder.

@@ -1,7 +1,7 @@
 //! What a fragment sees of the host it runs on.
 
 use crate::{HostId, JobId};
-use std::any::Any;
+use fragmenta_fastio::{Allocation, FastIo, FastIoError, LocalContext};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -89,15 +89,16 @@ impl ExecutionContext {
 
 /// The job's scope on one host. Mirrors DiCE's `IDice_transaction` as passed to fragments.
 ///
-/// It names the host and the job, carries the job's cancellation, and gives access to host
-/// services the runtime provides (such as the node's Fast I/O context) through
-/// [`service`](Transaction::service).
+/// It names the host and the job, carries the job's cancellation, gives the fragment its host's
+/// Fast I/O context ([`fastio`](Self::fastio): allocations shared by every job and process on
+/// the host) and brings publications from other hosts ([`fetch`](Self::fetch)).
 #[derive(Clone)]
 pub struct Transaction {
     host: HostId,
     job: JobId,
     cancel: CancelToken,
-    services: Option<Arc<dyn Any + Send + Sync>>,
+    fastio: Option<LocalContext>,
+    fetcher: Option<Arc<dyn Fetch>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -106,24 +107,34 @@ impl std::fmt::Debug for Transaction {
             .field("host", &self.host)
             .field("job", &self.job)
             .field("cancelled", &self.cancel.is_cancelled())
+            .field("fastio", &self.fastio.is_some())
+            .field("fetch", &self.fetcher.is_some())
             .finish()
     }
 }
 
 impl Transaction {
-    /// A transaction for `job` on `host`. Made by the runtime; tests may make their own.
+    /// A transaction for `job` on `host`, without a Fast I/O context. Made by the runtime (which
+    /// always attaches its host's context); tests may make their own.
     pub fn new(host: HostId, job: JobId, cancel: CancelToken) -> Self {
         Transaction {
             host,
             job,
             cancel,
-            services: None,
+            fastio: None,
+            fetcher: None,
         }
     }
 
-    /// The same transaction with host services attached (see [`service`](Self::service)).
-    pub fn with_services(mut self, services: Arc<dyn Any + Send + Sync>) -> Self {
-        self.services = Some(services);
+    /// The same transaction with the host's Fast I/O context attached.
+    pub fn with_fastio(mut self, context: LocalContext) -> Self {
+        self.fastio = Some(context);
+        self
+    }
+
+    /// The same transaction with a way to fetch publications from other hosts.
+    pub fn with_fetch(mut self, fetcher: Arc<dyn Fetch>) -> Self {
+        self.fetcher = Some(fetcher);
         self
     }
 
@@ -142,8 +153,102 @@ impl Transaction {
         self.cancel.is_cancelled()
     }
 
-    /// A host service of type `T` provided by the runtime, if present.
-    pub fn service<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.services.as_deref().and_then(|s| s.downcast_ref::<T>())
+    /// The job's cancellation flag.
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.cancel
     }
+
+    /// This host's Fast I/O context (Clara's `nvidia_clara_fastio_context`): what one job
+    /// publishes here, a later job's fragments on the same host `get` and map without a copy,
+    /// and so do other processes connected to the host's context socket.
+    ///
+    /// Always present inside the runtime; `None` only for a transaction made by hand with
+    /// [`Transaction::new`].
+    pub fn fastio(&self) -> Option<&LocalContext> {
+        self.fastio.as_ref()
+    }
+
+    /// Brings the publication `name` of `host`'s Fast I/O context into a new, private allocation
+    /// of this host's context, with its element type and dimensions. The bytes are streamed
+    /// into the mapped allocation as they arrive (no whole intermediate copy). On this host's own
+    /// id it is a plain [`get`](fragmenta_fastio::FastIo::get): the same memory, no copy.
+    ///
+    /// Blocks the calling fragment until the bytes are in; returns
+    /// [`FetchError::Cancelled`] if the job is cancelled meanwhile.
+    pub fn fetch(&self, host: HostId, name: &str) -> Result<Allocation, FetchError> {
+        let Some(local) = self.fastio.as_ref() else {
+            return Err(FetchError::NoContext);
+        };
+        if host == self.host {
+            return local.get(name).map_err(|e| match e {
+                FastIoError::UnknownName(name) => FetchError::UnknownName { host, name },
+                other => FetchError::Local(other),
+            });
+        }
+        match &self.fetcher {
+            Some(f) => f.fetch(host, name, local, &self.cancel),
+            None => Err(FetchError::UnknownHost(host)),
+        }
+    }
+}
+
+/// How the runtime brings a publication from another host: implemented by the multi-host
+/// runtime over its transport. Mirrors the fetch half of Clara's distributed Fast I/O.
+pub trait Fetch: Send + Sync {
+    /// Copies the publication `name` of `host` into a new allocation of `into`, streaming the
+    /// bytes into its mapping, and returns the (unpublished) allocation with the publication's
+    /// metadata. Stops with [`FetchError::Cancelled`] once `cancel` is set.
+    fn fetch(
+        &self,
+        host: HostId,
+        name: &str,
+        into: &LocalContext,
+        cancel: &CancelToken,
+    ) -> Result<Allocation, FetchError>;
+}
+
+/// Why [`Transaction::fetch`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The transaction has no Fast I/O context (made by hand, outside the runtime).
+    #[error("this transaction has no Fast I/O context")]
+    NoContext,
+    /// The host is not a live member of the cluster.
+    #[error("host {0} is not a live member of the cluster")]
+    UnknownHost(HostId),
+    /// Nothing is published under `name` on `host`.
+    #[error("host {host} has no publication named {name:?}")]
+    UnknownName {
+        /// The host asked.
+        host: HostId,
+        /// The name asked for.
+        name: String,
+    },
+    /// The publication exists on `host` but could not be read there (for instance it is mapped
+    /// for writing: a conflicting map is refused, never read dirty).
+    #[error("host {host} could not read {name:?}: {message}")]
+    Remote {
+        /// The host asked.
+        host: HostId,
+        /// The name asked for.
+        name: String,
+        /// The remote Fast I/O error.
+        message: String,
+    },
+    /// This host's context refused the copy (for instance its capacity is exceeded).
+    #[error("local Fast I/O: {0}")]
+    Local(FastIoError),
+    /// The connection to the host failed during the fetch, or the host sent bytes that do not
+    /// follow the protocol.
+    #[error("fetch from host {host} failed: {reason}")]
+    Transport {
+        /// The host asked.
+        host: HostId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The job was cancelled while the fetch was in progress.
+    #[error("the job was cancelled during the fetch")]
+    Cancelled,
 }

@@ -56,7 +56,7 @@ mod rdma;
 mod report;
 mod results;
 
-pub use context::{CancelToken, ExecutionContext, Transaction};
+pub use context::{CancelToken, ExecutionContext, Fetch, FetchError, Transaction};
 pub use fragments::FragmentSet;
 pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;

@@ -14,15 +14,18 @@
 //! host's id and skips the others).
 
 mod executor;
+mod membership;
 mod net;
 mod node;
 mod registry;
 
 pub use fragmenta_config::ClusterConfig;
+pub use membership::{HostEvent, HostEventKind, HostEvents};
 pub use net::{JoinError, ServeError};
-pub use node::{JobHandle, NodeConfig};
+pub use node::{default_fastio_capacity, default_fastio_socket, JobHandle, NodeConfig};
 pub use registry::{RegisterError, Registry};
 
+use fragmenta_fastio::{FastIoError, LocalContext};
 use fragmenta_job::{ExecuteError, FragmentedJob, HostId, JobReport};
 use node::Node;
 use std::sync::Arc;
@@ -48,6 +51,8 @@ pub struct ClusterBuilder {
     cores: Option<f32>,
     gpus: u32,
     max_workers: usize,
+    fastio_capacity: Option<u64>,
+    fastio_socket: Option<std::path::PathBuf>,
     registry: Registry,
     register_error: Option<RegisterError>,
 }
@@ -72,6 +77,20 @@ impl ClusterBuilder {
         self
     }
 
+    /// Capacity of this host's Fast I/O context in bytes (default: the configuration's
+    /// `fastio_capacity_mib`, else half of the machine's memory).
+    pub fn fastio_capacity(mut self, bytes: u64) -> Self {
+        self.fastio_capacity = Some(bytes);
+        self
+    }
+
+    /// The Unix socket this host serves its Fast I/O context on to other processes (default:
+    /// the configuration's `fastio_socket`, else [`default_fastio_socket`]).
+    pub fn fastio_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.fastio_socket = Some(path.into());
+        self
+    }
+
     /// Registers a job type so this host can run it for other hosts.
     pub fn register<J: FragmentedJob>(mut self) -> Self {
         if let Err(e) = self.registry.register::<J>() {
@@ -91,6 +110,10 @@ impl ClusterBuilder {
         }
         config.gpus = self.gpus;
         config.max_workers = self.max_workers;
+        if let Some(c) = self.fastio_capacity {
+            config.fastio_capacity = c;
+        }
+        config.fastio_socket = self.fastio_socket;
         Ok(Cluster {
             node: Node::new(config, self.registry),
             net: None,
@@ -127,8 +150,22 @@ impl ClusterBuilder {
             gpus: me.gpus(),
             sub_cluster: me.sub_cluster(),
             max_workers: self.max_workers,
+            fastio_capacity: self
+                .fastio_capacity
+                .or(me.fastio_capacity())
+                .unwrap_or_else(node::default_fastio_capacity),
+            fastio_socket: self
+                .fastio_socket
+                .or_else(|| me.fastio_socket().map(ToOwned::to_owned)),
         };
+        let label = format!("{}-{}", config.name(), std::process::id());
         let node = Node::new(node_config, self.registry);
+        // A host of a real cluster serves its context to the other processes of its machine
+        // from the start.
+        if let Err(e) = node.fastio_socket(&label) {
+            node.shutdown();
+            return Err(JoinError::FastIo(e));
+        }
         match net::Net::start(&node, config, host) {
             Ok(net) => Ok(Cluster {
                 node,
@@ -168,6 +205,16 @@ impl Cluster {
         hosts
     }
 
+    /// Membership events from now on: other hosts coming up and being declared down, with the
+    /// moment this host decided it. Each call is a separate subscription. The embedded cluster
+    /// has no other host: its subscription is empty.
+    pub fn host_events(&self) -> HostEvents {
+        match &self.net {
+            Some(net) => net.membership.subscribe(),
+            None => membership::Membership::closed(),
+        }
+    }
+
     /// Serves other hosts' fragments until the primary shuts the cluster down (returns `Ok`) or
     /// is lost (an error). Returns at once for the embedded cluster.
     pub fn serve(&self) -> Result<(), ServeError> {
@@ -186,6 +233,21 @@ impl Cluster {
     /// A builder for settings and job registration.
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// This host's Fast I/O context: what the program publishes here, jobs' fragments on this
+    /// host read through [`Transaction::fastio`](fragmenta_job::Transaction::fastio) without a
+    /// copy.
+    pub fn fastio(&self) -> LocalContext {
+        self.node.fastio.clone()
+    }
+
+    /// The Unix socket on which other processes of this machine reach this host's Fast I/O
+    /// context (with `fragmenta_fastio::RemoteContext::connect`). An embedded cluster starts
+    /// serving on the first call; a host of a configured cluster serves from the start.
+    pub fn fastio_socket(&self) -> Result<std::path::PathBuf, FastIoError> {
+        let label = format!("pid{}", std::process::id());
+        self.node.fastio_socket(&label)
     }
 
     /// This host's id.
@@ -225,6 +287,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if let Some(net) = self.net.take() {
             net.shutdown(net.is_primary());
+            net.membership.close();
         }
         *self.node.remote.write() = None;
         self.node.shutdown();

@@ -5,7 +5,10 @@
 //! reactor thread: deserializing a replica and calling its `cancel()` go to `spawn_blocking`,
 //! fragments run on the worker pool, and deliveries on the node's delivery threads.
 
+mod fetch;
+
 use crate::executor::BlockRunner;
+use crate::membership::{HostEventKind, Membership};
 use crate::node::{InitiatedJob, Node, Remote};
 use crate::registry::ErasedJob;
 use fragmenta_config::ClusterConfig;
@@ -19,7 +22,7 @@ use fragmenta_wire::handshake::Hello;
 use fragmenta_wire::messages::{Control, ResultItem, Results, StreamHeader, WireRange};
 use fragmenta_wire::{read_header, write_frame, FrameLimits};
 use parking_lot::{Condvar, Mutex};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -68,6 +71,18 @@ pub enum JoinError {
     /// The async runtime could not start.
     #[error("cannot start the network runtime: {0}")]
     Runtime(String),
+    /// A live host refused this one, typically because a host with this id was declared dead
+    /// (host ids are never reused: a restarted process joins with a new id).
+    #[error("refused by {by}: {reason}")]
+    Refused {
+        /// The host that refused.
+        by: HostId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The host's Fast I/O context could not be served on its socket.
+    #[error("cannot serve the Fast I/O context: {0}")]
+    FastIo(#[from] fragmenta_fastio::FastIoError),
 }
 
 enum Outgoing {
@@ -194,6 +209,12 @@ pub(crate) struct Net {
     limits: FrameLimits,
     pub(crate) shutdown: Signal,
     me: Weak<Net>,
+    /// Subscribers of host up/down events.
+    pub(crate) membership: Membership,
+    /// Hosts declared down here: their ids are never accepted again.
+    retired: Mutex<BTreeSet<HostId>>,
+    /// A peer that refused this host while it joined, and why.
+    refused: Mutex<Option<(HostId, String)>>,
 }
 
 fn info_of(config: &ClusterConfig, host: HostId) -> HostInfo {
@@ -220,6 +241,21 @@ fn from_wire(r: &[WireRange], count: usize) -> Vec<Range<usize>> {
         .map(|&(a, b)| (a.min(count as u64) as usize)..(b.min(count as u64) as usize))
         .filter(|r| r.start < r.end)
         .collect()
+}
+
+/// The peer's reason when `e` is a refusal (a rejected handshake, or a connection the peer
+/// closed as rejected) rather than a peer that cannot be reached.
+fn rejection(e: &fragmenta_net::ConnectError) -> Option<String> {
+    use fragmenta_net::{ConnectError, ConnectionError};
+    match e {
+        ConnectError::Rejected(reason) => Some(reason.to_string()),
+        ConnectError::Connection(ConnectionError::ClosedByPeer { code, reason })
+            if *code == u64::from(fragmenta_net::handshake::CLOSE_REJECTED) =>
+        {
+            Some(String::from_utf8_lossy(reason).into_owned())
+        }
+        _ => None,
+    }
 }
 
 impl Net {
@@ -271,8 +307,14 @@ impl Net {
             limits,
             shutdown: Signal::default(),
             me: me.clone(),
+            membership: Membership::default(),
+            retired: Mutex::new(BTreeSet::new()),
+            refused: Mutex::new(None),
         });
         *node.remote.write() = Some(net.clone());
+        *node.fetcher.write() = Some(Arc::new(fetch::NetFetch {
+            net: Arc::downgrade(&net),
+        }));
         net.handle.spawn(net.clone().accept_loop());
         for h in net.config.hosts() {
             if h.id() < host {
@@ -291,13 +333,24 @@ impl Net {
         let waited = self.config.min_hosts_timeout();
         let deadline = Instant::now() + waited;
         let mut links = self.links.lock();
-        while links.len() + 1 < min {
+        // Only links whose host the scheduler knows count (see `Link::ready`).
+        let up = |links: &BTreeMap<HostId, Arc<Link>>| {
+            1 + links
+                .values()
+                .filter(|l| l.ready.load(std::sync::atomic::Ordering::Acquire))
+                .count()
+        };
+        while up(&links) < min {
+            // A live host refused this one (its id was retired): waiting longer cannot help.
+            if let Some((by, reason)) = self.refused.lock().clone() {
+                return Err(JoinError::Refused { by, reason });
+            }
             if self
                 .links_changed
                 .wait_until(&mut links, deadline)
                 .timed_out()
             {
-                if links.len() + 1 >= min {
+                if up(&links) >= min {
                     break;
                 }
                 let missing = self
@@ -336,6 +389,13 @@ impl Net {
                     continue;
                 }
             };
+            // Ids are never reused: a process presenting the id of a host declared dead, or of
+            // a host still connected, is refused before the handshake, with the reason.
+            if let Some(reason) = self.refusal(conn.peer()) {
+                tracing::warn!(host = %self.host, peer = %conn.peer(), %reason, "refusing a host");
+                conn.close(fragmenta_net::handshake::CLOSE_REJECTED, reason.as_bytes());
+                continue;
+            }
             let me = self.clone();
             tokio::spawn(async move {
                 match accept_handshake(conn, me.config.name()).await {
@@ -364,11 +424,37 @@ impl Net {
                     return;
                 }
                 Err(e) => {
+                    if let Some(reason) = rejection(&e) {
+                        // Refused, not unreachable: retrying cannot help. Joining fails with
+                        // the peer's reason.
+                        tracing::error!(host = %self.host, %peer, %reason, "refused by a peer");
+                        self.refused.lock().get_or_insert((peer, reason));
+                        let _links = self.links.lock();
+                        self.links_changed.notify_all();
+                        return;
+                    }
                     tracing::debug!(host = %self.host, %peer, error = %e, "connect failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
+        }
+    }
+
+    /// Why a connection from or to `peer` must be refused, if it must.
+    fn refusal(&self, peer: HostId) -> Option<String> {
+        if self.retired.lock().contains(&peer) {
+            Some(format!(
+                "{peer} was declared dead by {}; host ids are never reused: start the process with a new id",
+                self.host
+            ))
+        } else if self.links.lock().contains_key(&peer) {
+            Some(format!(
+                "{peer} is already connected to {}; host ids are never reused: start the process with a new id",
+                self.host
+            ))
+        } else {
+            None
         }
     }
 
@@ -378,11 +464,13 @@ impl Net {
         let last_seen = Arc::new(Mutex::new(Instant::now()));
         {
             let mut links = self.links.lock();
-            if links.contains_key(&peer) {
-                conn.close(
-                    fragmenta_net::handshake::CLOSE_REJECTED,
-                    b"already connected",
-                );
+            if links.contains_key(&peer) || self.retired.lock().contains(&peer) {
+                let reason = if links.contains_key(&peer) {
+                    "already connected"
+                } else {
+                    "declared dead; host ids are never reused"
+                };
+                conn.close(fragmenta_net::handshake::CLOSE_REJECTED, reason.as_bytes());
                 return;
             }
             links.insert(
@@ -405,8 +493,9 @@ impl Net {
         tokio::spawn(
             self.clone()
                 .stream_acceptor(conn.clone(), last_seen)
-                .instrument(span),
+                .instrument(span.clone()),
         );
+        tokio::spawn(self.clone().request_acceptor(conn.clone()).instrument(span));
         let me = self.clone();
         tokio::spawn(async move {
             let reason = conn.closed().await;
@@ -416,11 +505,16 @@ impl Net {
             let info = info_of(&self.config, peer);
             let _ = tokio::task::spawn_blocking(move || node.host_up(peer, info)).await;
         }
-        {
+        let up = {
             let links = self.links.lock();
-            if let Some(link) = links.get(&peer) {
+            let link = links.get(&peer);
+            if let Some(link) = link {
                 link.ready.store(true, std::sync::atomic::Ordering::Release);
             }
+            link.is_some()
+        };
+        if up {
+            self.membership.emit(peer, HostEventKind::Up);
         }
         self.links_changed.notify_all();
     }
@@ -430,8 +524,17 @@ impl Net {
         let Some(link) = self.links.lock().remove(&peer) else {
             return;
         };
+        // The id is retired before anyone hears of the loss: a process presenting it again
+        // is refused from now on.
+        self.retired.lock().insert(peer);
         link.conn.close(CLOSE_TIMEOUT, b"link lost");
         tracing::warn!(host = %self.host, %peer, reason, "host down");
+        self.membership.emit(
+            peer,
+            HostEventKind::Down {
+                reason: reason.to_owned(),
+            },
+        );
         let node = self.node.upgrade();
         let abandoned: Vec<Arc<RemoteJob>> = {
             let mut jobs = self.remote_jobs.lock();
@@ -449,9 +552,27 @@ impl Net {
             if let Some(node) = &node {
                 node.host_down(peer);
                 for job in &abandoned {
+                    // Running fragments see `is_cancelled()`; unstarted ones are dropped; the
+                    // replica goes once its running fragments return.
                     job.cancel.cancel();
-                    if let RState::Ready { key, .. } = &*job.state.lock() {
-                        node.exec.remove(*key);
+                    let replica = match &mut *job.state.lock() {
+                        RState::Ready { key, replica } => {
+                            node.exec.remove(*key);
+                            Some(replica.clone())
+                        }
+                        // Still deserializing: the replica is cancelled as soon as it exists.
+                        RState::Loading { cancelled, .. } => {
+                            *cancelled = true;
+                            None
+                        }
+                        RState::Failed(_) => None,
+                    };
+                    if let Some(replica) = replica {
+                        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                            || replica.cancel(),
+                        )) {
+                            tracing::error!(job = %job.id, "cancel() panicked: {}", crate::registry::panic_message(&*p));
+                        }
                     }
                 }
             }
@@ -654,7 +775,7 @@ impl Net {
             id: job,
             count,
             params,
-            tx: Transaction::new(self.host, job, cancel.clone()),
+            tx: node.transaction(job, cancel.clone()),
             cancel,
             state: Mutex::new(RState::Loading {
                 pending: Vec::new(),

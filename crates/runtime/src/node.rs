@@ -4,15 +4,17 @@
 
 use crate::executor::{BlockRunner, Executor};
 use crate::registry::{panic_message, Erased, ErasedJob, Registry};
+use fragmenta_fastio::{ContextServer, FastIoError, LocalContext};
 use fragmenta_job::{
-    CancelToken, ExecuteError, ExecutionContext, FailureReason, FragmentedJob, HostId, JobId,
-    JobReport, ResultReader, Transaction,
+    CancelToken, ExecuteError, ExecutionContext, FailureReason, Fetch, FragmentedJob, HostId,
+    JobId, JobReport, ResultReader, Transaction,
 };
 use fragmenta_sched::{Action, Block, HostInfo, JobSpec, Outcome, Scheduler, WorkKey, WorkSpec};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -96,6 +98,47 @@ pub struct NodeConfig {
     pub sub_cluster: u32,
     /// Most worker threads (fragments running at once, whatever their loads).
     pub max_workers: usize,
+    /// Capacity of the host's Fast I/O context in bytes.
+    pub fastio_capacity: u64,
+    /// The Unix socket the Fast I/O context is served on to other processes of the host; `None`
+    /// picks [`default_fastio_socket`].
+    pub fastio_socket: Option<PathBuf>,
+}
+
+/// Default capacity of a host's Fast I/O context: half of the machine's memory (4 GiB where it
+/// cannot be read).
+pub fn default_fastio_capacity() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    total_kib.map_or(4 << 30, |k| k.saturating_mul(1024) / 2)
+}
+
+/// Default socket of a host's Fast I/O context: `fragmenta-<uid>/<label>-host<id>.sock` in
+/// `$XDG_RUNTIME_DIR` or else the temporary folder (the folder is made readable by its owner
+/// only). `label` tells apart clusters sharing a machine (the cluster name, or the process id
+/// for an embedded cluster).
+pub fn default_fastio_socket(label: &str, host: HostId) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    let label: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    base.join(format!("fragmenta-{uid}"))
+        .join(format!("{label}-host{}.sock", host.0))
 }
 
 impl NodeConfig {
@@ -108,6 +151,8 @@ impl NodeConfig {
             gpus: 0,
             sub_cluster: 0,
             max_workers: 0,
+            fastio_capacity: default_fastio_capacity(),
+            fastio_socket: None,
         }
     }
 
@@ -132,6 +177,12 @@ pub(crate) struct Node {
     pub(crate) remote: RwLock<Option<Arc<dyn Remote>>>,
     shut_down: AtomicBool,
     weak: Weak<Node>,
+    /// The host's Fast I/O context, shared by every job on the host.
+    pub(crate) fastio: LocalContext,
+    /// The context's server for other processes of the host, started on first use.
+    fastio_server: Mutex<Option<ContextServer>>,
+    /// Fetches publications from other hosts (set by the network layer).
+    pub(crate) fetcher: RwLock<Option<Arc<dyn Fetch>>>,
 }
 
 impl Node {
@@ -148,6 +199,7 @@ impl Node {
             gpus: config.gpus,
         };
         let (delivery_tx, delivery_rx) = crossbeam_channel::unbounded::<Arc<InitiatedJob>>();
+        let fastio = LocalContext::new(config.fastio_capacity);
         let node = Arc::new_cyclic(|weak| Node {
             weak: weak.clone(),
             sched: Mutex::new(Scheduler::new(config.host, info)),
@@ -159,6 +211,9 @@ impl Node {
             delivery_tx,
             remote: RwLock::new(None),
             shut_down: AtomicBool::new(false),
+            fastio,
+            fastio_server: Mutex::new(None),
+            fetcher: RwLock::new(None),
         });
         // Deliveries run user code (`receive_remote_result`): on their own threads, never on the
         // network's reactor; one job's deliveries run one at a time, in order.
@@ -181,6 +236,32 @@ impl Node {
 
     pub(crate) fn host(&self) -> HostId {
         self.config.host
+    }
+
+    /// A transaction for `job` on this host: its cancellation, the host's Fast I/O context and
+    /// fetching from other hosts.
+    pub(crate) fn transaction(&self, job: JobId, cancel: CancelToken) -> Transaction {
+        let tx = Transaction::new(self.host(), job, cancel).with_fastio(self.fastio.clone());
+        match self.fetcher.read().as_ref() {
+            Some(f) => tx.with_fetch(Arc::clone(f)),
+            None => tx,
+        }
+    }
+
+    /// The socket serving the host's Fast I/O context to other processes, started on first use.
+    pub(crate) fn fastio_socket(&self, label: &str) -> Result<PathBuf, FastIoError> {
+        let mut server = self.fastio_server.lock();
+        if let Some(s) = server.as_ref() {
+            return Ok(s.socket_path().to_owned());
+        }
+        let path = self
+            .config
+            .fastio_socket
+            .clone()
+            .unwrap_or_else(|| default_fastio_socket(label, self.host()));
+        let started = self.fastio.serve(&path)?;
+        *server = Some(started);
+        Ok(path)
     }
 
     /// Starts `job` with `count` fragments; returns the job once it is scheduled.
@@ -217,7 +298,7 @@ impl Node {
         let cancel = CancelToken::new();
         let ij = Arc::new(InitiatedJob {
             id,
-            tx: Transaction::new(self.host(), id, cancel.clone()),
+            tx: self.transaction(id, cancel.clone()),
             job: erased,
             cancel,
             cancel_called: AtomicBool::new(false),

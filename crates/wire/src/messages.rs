@@ -6,6 +6,9 @@
 //! [`Results`] (ordered: a fragment's chunks always precede its `Done`, so the initiator knows
 //! it has every chunk when the fragment is done). Every uni stream starts with a
 //! [`StreamHeader`] frame. Chunk bytes travel as the frame payload, not bincode-encoded.
+//!
+//! Requests that expect an answer ([`Request`]) open a bi stream each: the request is the first
+//! frame, the answer comes back on the same stream.
 
 use fragmenta_job::{ClassId, FailureReason, JobId, JobParams};
 use serde::{Deserialize, Serialize};
@@ -116,6 +119,38 @@ impl Results {
             _ => Some(acc),
         })
     }
+}
+
+/// The first frame of every bi stream: a request answered on the same stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Copy the Fast I/O publication `name` of the receiving host. Answered by a
+    /// [`FetchReply`] frame; after [`FetchReply::Found`] the publication's `size` raw bytes
+    /// follow on the stream, outside any frame, so they can be read straight into the
+    /// requester's mapped allocation.
+    Fetch {
+        /// The publication's name.
+        name: String,
+    },
+}
+
+/// The answer to [`Request::Fetch`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FetchReply {
+    /// The publication exists and is mapped for reading: `size` raw bytes follow.
+    Found {
+        /// Size in bytes.
+        size: u64,
+        /// Its element type and dimensions as published.
+        metadata: fragmenta_fastio::Metadata,
+    },
+    /// Nothing is published under that name.
+    UnknownName,
+    /// The publication exists but cannot be read now (for instance it is mapped for writing).
+    Refused {
+        /// The Fast I/O error, as text.
+        message: String,
+    },
 }
 
 #[cfg(test)]

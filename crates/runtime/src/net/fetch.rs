@@ -1,0 +1,214 @@
+//! Fast I/O fetch across hosts: `Transaction::fetch(host, name)` over the QUIC link.
+//!
+//! The requester opens a bi stream and sends [`Request::Fetch`]; the owner of the publication
+//! `get`s it, maps it for reading (so a writer cannot change it under the copy: a conflicting
+//! map is refused, never read dirty), answers [`FetchReply::Found`] with the metadata, and
+//! writes the raw bytes straight from its mapping. The requester creates an allocation of that
+//! size in its own context, maps it for writing and reads the stream directly into it: the only
+//! copies are the transport's own buffers.
+
+use super::{Link, Net};
+use fragmenta_fastio::{Allocation, FastIo, FastIoError, LocalContext};
+use fragmenta_job::{CancelToken, Fetch, FetchError, HostId};
+use fragmenta_net::handshake::{close_on_frame_error, CLOSE_PROTOCOL_ERROR};
+use fragmenta_net::{Connection, RecvStream, SendStream};
+use fragmenta_wire::messages::{FetchReply, Request};
+use fragmenta_wire::{read_header, write_frame};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bytes handed to the transport per write when serving a fetch.
+const SERVE_SLICE: usize = 4 << 20;
+/// How often a fetch waiting for bytes looks at its job's cancellation.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// The [`Fetch`] implementation the runtime attaches to every transaction of a networked host.
+pub(crate) struct NetFetch {
+    pub(crate) net: Weak<Net>,
+}
+
+impl Fetch for NetFetch {
+    fn fetch(
+        &self,
+        host: HostId,
+        name: &str,
+        into: &LocalContext,
+        cancel: &CancelToken,
+    ) -> Result<Allocation, FetchError> {
+        let net = self.net.upgrade().ok_or(FetchError::UnknownHost(host))?;
+        let link: Arc<Link> = net.link(host).ok_or(FetchError::UnknownHost(host))?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Blocking inside a reactor would stall every connection of the host.
+            return Err(FetchError::Transport {
+                host,
+                reason: "fetch called from an async runtime thread; call it from a fragment or a plain thread".into(),
+            });
+        }
+        let limits = net.limits;
+        net.handle.block_on(fetch_into(
+            link.conn.clone(),
+            host,
+            name,
+            into,
+            cancel,
+            limits,
+        ))
+    }
+}
+
+fn transport(host: HostId, reason: impl std::fmt::Display) -> FetchError {
+    FetchError::Transport {
+        host,
+        reason: reason.to_string(),
+    }
+}
+
+async fn fetch_into(
+    conn: Connection,
+    host: HostId,
+    name: &str,
+    into: &LocalContext,
+    cancel: &CancelToken,
+    limits: fragmenta_wire::FrameLimits,
+) -> Result<Allocation, FetchError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(host, e))?;
+    write_frame(
+        &mut send,
+        &Request::Fetch {
+            name: name.to_owned(),
+        },
+        &[],
+    )
+    .await
+    .map_err(|e| transport(host, e))?;
+    let _ = send.finish();
+    let reply = read_header::<_, FetchReply>(&mut recv, &limits)
+        .await
+        .map_err(|e| transport(host, e))?;
+    let (size, metadata) = match reply {
+        Some((FetchReply::Found { size, metadata }, 0)) => (size, metadata),
+        Some((FetchReply::UnknownName, 0)) => {
+            return Err(FetchError::UnknownName {
+                host,
+                name: name.to_owned(),
+            })
+        }
+        Some((FetchReply::Refused { message }, 0)) => {
+            return Err(FetchError::Remote {
+                host,
+                name: name.to_owned(),
+                message,
+            })
+        }
+        Some((_, len)) => {
+            return Err(transport(
+                host,
+                format!("fetch reply with an unexpected {len}-byte payload"),
+            ))
+        }
+        None => return Err(transport(host, "stream closed before the reply")),
+    };
+    let mut alloc = into.create(size).map_err(FetchError::Local)?;
+    if let Some(element_type) = metadata.element_type {
+        alloc
+            .set_type_and_dimensions(element_type, &metadata.dims)
+            .map_err(|e| transport(host, format!("metadata does not describe the bytes: {e}")))?;
+    }
+    {
+        let mut guard = alloc.map_write().map_err(FetchError::Local)?;
+        read_exact_cancellable(&mut recv, guard.as_mut_bytes(), cancel, host).await?;
+    }
+    Ok(alloc)
+}
+
+/// Reads exactly `buf.len()` bytes into `buf`, giving up once `cancel` is set.
+async fn read_exact_cancellable(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    cancel: &CancelToken,
+    host: HostId,
+) -> Result<(), FetchError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        if cancel.is_cancelled() {
+            return Err(FetchError::Cancelled);
+        }
+        match tokio::time::timeout(CANCEL_POLL, recv.read(&mut buf[filled..])).await {
+            Err(_) => continue,
+            Ok(Ok(0)) => {
+                return Err(transport(
+                    host,
+                    format!("stream ended after {filled} of {} bytes", buf.len()),
+                ))
+            }
+            Ok(Ok(n)) => filled += n,
+            Ok(Err(e)) => return Err(transport(host, e)),
+        }
+    }
+    Ok(())
+}
+
+impl Net {
+    /// Answers the requests other hosts open on bi streams of `conn`.
+    pub(super) async fn request_acceptor(self: Arc<Self>, conn: Connection) {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let me = self.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move { me.serve_request(conn, send, recv).await });
+        }
+    }
+
+    async fn serve_request(&self, conn: Connection, mut send: SendStream, mut recv: RecvStream) {
+        match read_header::<_, Request>(&mut recv, &self.limits).await {
+            Ok(Some((Request::Fetch { name }, 0))) => self.serve_fetch(&mut send, &name).await,
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::error!(host = %self.host, peer = %conn.peer(), "request with a payload");
+                conn.close(CLOSE_PROTOCOL_ERROR, b"request with a payload");
+            }
+            Err(e) => close_on_frame_error(&conn, &e),
+        }
+    }
+
+    async fn serve_fetch(&self, send: &mut SendStream, name: &str) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let alloc = match node.fastio.get(name) {
+            Ok(a) => a,
+            Err(e) => return refuse(send, e).await,
+        };
+        let guard = match alloc.map_read() {
+            Ok(g) => g,
+            Err(e) => return refuse(send, e).await,
+        };
+        let reply = FetchReply::Found {
+            size: alloc.size(),
+            metadata: alloc.metadata().clone(),
+        };
+        if write_frame(send, &reply, &[]).await.is_err() {
+            return;
+        }
+        for slice in guard.as_bytes().chunks(SERVE_SLICE) {
+            if send.write_all(slice).await.is_err() {
+                // The requester went away (cancelled or lost): nothing more to do.
+                return;
+            }
+        }
+        let _ = send.finish();
+        tracing::debug!(host = %self.host, name, bytes = alloc.size(), "served a fetch");
+    }
+}
+
+async fn refuse(send: &mut SendStream, e: FastIoError) {
+    let reply = match e {
+        FastIoError::UnknownName(_) => FetchReply::UnknownName,
+        other => FetchReply::Refused {
+            message: other.to_string(),
+        },
+    };
+    if write_frame(send, &reply, &[]).await.is_ok() {
+        let _ = send.finish();
+    }
+}

@@ -1,0 +1,363 @@
+//! Fast I/O inside jobs: a job publishes into its host's context and a later job reads the same
+//! memory without a copy; other processes reach the runtime's context over its socket; and
+//! `Transaction::fetch` brings a publication from another host over QUIC.
+
+mod common;
+
+use fragmenta::fastio::RemoteContext;
+use fragmenta::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// Publishes `len` f32 values `i * scale` as `name` on the host that runs each fragment.
+#[derive(Serialize, Deserialize, Default)]
+struct Publish {
+    on: u32,
+    name: String,
+    len: u64,
+    scale: f32,
+}
+
+impl Publish {
+    fn publish(&self, tx: &Transaction) {
+        let ctx = tx
+            .fastio()
+            .expect("the runtime gives every transaction a context");
+        let mut alloc = ctx.create(self.len * 4).unwrap();
+        alloc
+            .set_type_and_dimensions(ElementType::F32, &[self.len])
+            .unwrap();
+        {
+            let mut w = alloc.map_write().unwrap();
+            for (i, v) in w.as_mut_slice::<f32>().unwrap().iter_mut().enumerate() {
+                *v = i as f32 * self.scale;
+            }
+        }
+        ctx.publish(&alloc, &self.name).unwrap();
+    }
+}
+
+impl FragmentedJob for Publish {
+    const CLASS_ID: ClassId = ClassId::from_name("test.fastio_jobs.publish");
+    fn execute_fragment(&self, tx: &Transaction, _: usize, _: usize, _: &ExecutionContext) {
+        self.publish(tx);
+    }
+    fn execute_fragment_remote(
+        &self,
+        _: &mut ResultWriter<'_>,
+        tx: &Transaction,
+        _: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        self.publish(tx);
+        Ok(())
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        slots.fill(HostId(self.on));
+    }
+}
+
+/// What one fetch saw.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Values {
+        sum: f64,
+        len: usize,
+        dims: Vec<u64>,
+        element_type: Option<ElementType>,
+        addr: usize,
+    },
+    Error(String),
+}
+
+/// Each fragment fetches `(host, name)` from `targets[index]` and records what it got: on the
+/// initiator directly, on remote hosts through its result chunk.
+#[derive(Serialize, Deserialize, Default)]
+struct FetchJob {
+    /// (fragment runs on, fetch from, name)
+    targets: Vec<(u32, u32, String)>,
+    cancel_first: bool,
+    #[serde(skip)]
+    seen: Mutex<BTreeMap<usize, Seen>>,
+}
+
+fn look(tx: &Transaction, host: HostId, name: &str) -> Seen {
+    match tx.fetch(host, name) {
+        Ok(alloc) => {
+            let r = alloc.map_read().unwrap();
+            let values = r.as_slice::<f32>().unwrap();
+            Seen::Values {
+                sum: values.iter().map(|v| f64::from(*v)).sum(),
+                len: values.len(),
+                dims: alloc.dims().to_vec(),
+                element_type: alloc.element_type(),
+                addr: r.as_ptr() as usize,
+            }
+        }
+        Err(e) => Seen::Error(format!("{e:?}")),
+    }
+}
+
+impl FetchJob {
+    fn run(&self, tx: &Transaction, index: usize) -> Seen {
+        if self.cancel_first {
+            tx.cancel_token().cancel();
+        }
+        let (_, from, name) = &self.targets[index];
+        look(tx, HostId(*from), name)
+    }
+}
+
+impl FragmentedJob for FetchJob {
+    const CLASS_ID: ClassId = ClassId::from_name("test.fastio_jobs.fetch");
+    fn execute_fragment(&self, tx: &Transaction, index: usize, _: usize, _: &ExecutionContext) {
+        let seen = self.run(tx, index);
+        self.seen.lock().unwrap().insert(index, seen);
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        tx: &Transaction,
+        index: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        let text = match self.run(tx, index) {
+            Seen::Values { sum, len, dims, .. } => format!("ok {sum} {len} {dims:?}"),
+            Seen::Error(e) => format!("err {e}"),
+        };
+        out.write_all(text.as_bytes())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        let text = String::from_utf8_lossy(r.bytes()).into_owned();
+        self.seen.lock().unwrap().insert(index, Seen::Error(text));
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (s, t) in slots.iter_mut().zip(&self.targets) {
+            *s = HostId(t.0);
+        }
+    }
+}
+
+fn expected_sum(len: u64, scale: f32) -> f64 {
+    (0..len).map(|i| f64::from(i as f32 * scale)).sum()
+}
+
+#[test]
+fn a_later_job_reads_what_an_earlier_job_published_without_a_copy() {
+    let cluster = Cluster::embedded();
+    let publish = Arc::new(Publish {
+        on: 0,
+        name: "field".into(),
+        len: 1 << 16,
+        scale: 0.5,
+    });
+    assert!(cluster.execute(&publish, 1).unwrap().is_complete());
+
+    let read = Arc::new(FetchJob {
+        targets: vec![(0, 0, "field".into()); 4],
+        ..FetchJob::default()
+    });
+    assert!(cluster.execute(&read, 4).unwrap().is_complete());
+    let mine = cluster.fastio().get("field").unwrap();
+    let mine_addr = mine.map_read().unwrap().as_ptr() as usize;
+    let seen = read.seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    for s in seen.values() {
+        match s {
+            Seen::Values {
+                sum,
+                len,
+                dims,
+                element_type,
+                addr,
+            } => {
+                assert_eq!(*sum, expected_sum(1 << 16, 0.5));
+                assert_eq!(*len, 1 << 16);
+                assert_eq!(dims, &[1u64 << 16]);
+                assert_eq!(*element_type, Some(ElementType::F32));
+                assert_eq!(*addr, mine_addr, "the same mapping: no copy");
+            }
+            Seen::Error(e) => panic!("fetch on the own host failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn another_process_reaches_the_runtime_context_over_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::embedded();
+    let publish = Arc::new(Publish {
+        on: 0,
+        name: "shared".into(),
+        len: 1000,
+        scale: 2.0,
+    });
+    assert!(cluster.execute(&publish, 1).unwrap().is_complete());
+    let socket = cluster.fastio_socket().unwrap();
+    assert_eq!(cluster.fastio_socket().unwrap(), socket, "started once");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "socket readable by its owner only: {mode:o}"
+    );
+    // A client of the socket (what a helper process does) sees the job's publication.
+    let client = RemoteContext::connect(&socket).unwrap();
+    let a = client.get("shared").unwrap();
+    let r = a.map_read().unwrap();
+    let v = r.as_slice::<f32>().unwrap();
+    assert_eq!(v.len(), 1000);
+    assert_eq!(v[999], 1998.0);
+    // And a job sees what the client publishes.
+    let mut b = client.create(8).unwrap();
+    b.set_type_and_dimensions(ElementType::F32, &[2]).unwrap();
+    b.map_write()
+        .unwrap()
+        .as_mut_slice::<f32>()
+        .unwrap()
+        .copy_from_slice(&[1.5, 2.5]);
+    client.publish(&b, "from-client").unwrap();
+    let read = Arc::new(FetchJob {
+        targets: vec![(0, 0, "from-client".into())],
+        ..FetchJob::default()
+    });
+    assert!(cluster.execute(&read, 1).unwrap().is_complete());
+    match &read.seen.lock().unwrap()[&0] {
+        Seen::Values { sum, .. } => assert_eq!(*sum, 4.0),
+        other => panic!("{other:?}"),
+    };
+}
+
+#[test]
+fn fetch_brings_publications_across_quic_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::loopback_config(dir.path(), 3, "");
+    let clusters: Vec<Cluster> = (0..3u32)
+        .map(|h| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                Cluster::builder()
+                    .register::<Publish>()
+                    .register::<FetchJob>()
+                    .join_config(config, HostId(h))
+                    .unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let primary = &clusters[0];
+    // Hosts 0, 1, 2 each publish "brick" with their own scale; 16 MiB on host 1.
+    let len = 4 << 20;
+    for (h, c) in clusters.iter().enumerate() {
+        let job = Arc::new(Publish {
+            on: h as u32,
+            name: "brick".into(),
+            len: if h == 1 { len } else { 1000 },
+            scale: h as f32 + 1.0,
+        });
+        assert!(primary.execute(&job, 1).unwrap().is_complete());
+        assert_eq!(c.fastio().stats().unwrap().publications, 1);
+    }
+    // Host 2 holds a write map on another publication: a fetch of it is refused, not dirty.
+    let busy = clusters[2].fastio().create(64).unwrap();
+    clusters[2].fastio().publish(&busy, "busy").unwrap();
+    let busy_write = busy.map_write().unwrap();
+
+    let job = Arc::new(FetchJob {
+        targets: vec![
+            (0, 1, "brick".into()),   // initiator fetches host 1's 16 MiB
+            (0, 2, "brick".into()),   // and host 2's
+            (0, 1, "nothing".into()), // unknown name
+            (0, 7, "brick".into()),   // unknown host
+            (0, 2, "busy".into()),    // mapped for writing there
+            (2, 1, "brick".into()),   // a remote fragment on host 2 fetches from host 1
+            (1, 0, "brick".into()),   // host 1 fetches from the initiator
+        ],
+        ..FetchJob::default()
+    });
+    let report = primary.execute(&job, 7).unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    drop(busy_write);
+    let host1_addr = clusters[1]
+        .fastio()
+        .get("brick")
+        .unwrap()
+        .map_read()
+        .unwrap()
+        .as_ptr() as usize;
+    let seen = job.seen.lock().unwrap();
+    match &seen[&0] {
+        Seen::Values {
+            sum,
+            len: n,
+            dims,
+            element_type,
+            addr,
+        } => {
+            assert_eq!(*sum, expected_sum(len, 2.0));
+            assert_eq!(*n as u64, len);
+            assert_eq!(dims, &[len]);
+            assert_eq!(*element_type, Some(ElementType::F32));
+            assert_ne!(
+                *addr, host1_addr,
+                "a copy in the fetching host's own context"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match &seen[&1] {
+        Seen::Values { sum, .. } => assert_eq!(*sum, expected_sum(1000, 3.0)),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&seen[&2], Seen::Error(e) if e.starts_with("UnknownName")),
+        "{:?}",
+        seen[&2]
+    );
+    assert!(
+        matches!(&seen[&3], Seen::Error(e) if e.starts_with("UnknownHost")),
+        "{:?}",
+        seen[&3]
+    );
+    assert!(
+        matches!(&seen[&4], Seen::Error(e) if e.starts_with("Remote") && e.contains("conflicting")),
+        "{:?}",
+        seen[&4]
+    );
+    assert_eq!(
+        seen[&5],
+        Seen::Error(format!("ok {} {len} [{len}]", expected_sum(len, 2.0)))
+    );
+    assert_eq!(
+        seen[&6],
+        Seen::Error(format!("ok {} 1000 [1000]", expected_sum(1000, 1.0)))
+    );
+    drop(seen);
+    // The fetched copies were private and are gone: host 0's context holds only its brick.
+    let stats = primary.fastio().stats().unwrap();
+    assert_eq!(stats.used, 4000, "{stats:?}");
+
+    // A cancelled job's fetch stops with Cancelled.
+    let cancelled = Arc::new(FetchJob {
+        targets: vec![(0, 1, "brick".into())],
+        cancel_first: true,
+        ..FetchJob::default()
+    });
+    let _ = primary.execute(&cancelled, 1).unwrap();
+    assert_eq!(
+        cancelled.seen.lock().unwrap()[&0],
+        Seen::Error("Cancelled".into())
+    );
+}
