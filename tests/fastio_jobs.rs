@@ -148,6 +148,42 @@ impl FragmentedJob for FetchJob {
     }
 }
 
+/// On host 0: fetches host 1's brick, then again reusing the first copy; records whether the
+/// second landed in the same memory, and the sums.
+#[derive(Serialize, Deserialize, Default)]
+struct Refetch {
+    #[serde(skip)]
+    seen: Mutex<Option<(bool, f64, f64)>>,
+}
+
+impl FragmentedJob for Refetch {
+    const CLASS_ID: ClassId = ClassId::from_name("test.fastio_jobs.refetch");
+    fn execute_fragment(&self, tx: &Transaction, _: usize, _: usize, _: &ExecutionContext) {
+        let sum = |a: &Allocation| -> f64 {
+            let r = a.map_read().unwrap();
+            r.as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| f64::from(*v))
+                .sum()
+        };
+        let first = tx.fetch(HostId(1), "brick").unwrap();
+        let s1 = sum(&first);
+        // Scribble on the copy: the refetch must overwrite it with the publication's bytes.
+        first.map_write().unwrap().fill(0);
+        let addr = first.map_read().unwrap().as_ptr() as usize;
+        let second = tx.fetch_reusing(HostId(1), "brick", first).unwrap();
+        let same = second.map_read().unwrap().as_ptr() as usize == addr;
+        *self.seen.lock().unwrap() = Some((same, s1, sum(&second)));
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        slots.fill(HostId(0));
+    }
+}
+
 fn expected_sum(len: u64, scale: f32) -> f64 {
     (0..len).map(|i| f64::from(i as f32 * scale)).sum()
 }
@@ -163,13 +199,15 @@ fn a_later_job_reads_what_an_earlier_job_published_without_a_copy() {
     });
     assert!(cluster.execute(&publish, 1).unwrap().is_complete());
 
+    // The process maps a memory once while any handle to it lives: hold one, so the jobs'
+    // handles must resolve to the very same bytes.
+    let mine = cluster.fastio().get("field").unwrap();
+    let mine_addr = mine.map_read().unwrap().as_ptr() as usize;
     let read = Arc::new(FetchJob {
         targets: vec![(0, 0, "field".into()); 4],
         ..FetchJob::default()
     });
     assert!(cluster.execute(&read, 4).unwrap().is_complete());
-    let mine = cluster.fastio().get("field").unwrap();
-    let mine_addr = mine.map_read().unwrap().as_ptr() as usize;
     let seen = read.seen.lock().unwrap();
     assert_eq!(seen.len(), 4);
     for s in seen.values() {
@@ -249,6 +287,7 @@ fn fetch_brings_publications_across_quic_hosts() {
                 Cluster::builder()
                     .register::<Publish>()
                     .register::<FetchJob>()
+                    .register::<Refetch>()
                     .join_config(config, HostId(h))
                     .unwrap()
             })
@@ -275,6 +314,9 @@ fn fetch_brings_publications_across_quic_hosts() {
     clusters[2].fastio().publish(&busy, "busy").unwrap();
     let busy_write = busy.map_write().unwrap();
 
+    // Host 1's own mapping of its brick, held so its address stays put.
+    let host1_brick = clusters[1].fastio().get("brick").unwrap();
+    let host1_addr = host1_brick.map_read().unwrap().as_ptr() as usize;
     let job = Arc::new(FetchJob {
         targets: vec![
             (0, 1, "brick".into()),   // initiator fetches host 1's 16 MiB
@@ -290,13 +332,6 @@ fn fetch_brings_publications_across_quic_hosts() {
     let report = primary.execute(&job, 7).unwrap();
     assert!(report.is_complete(), "{report:?}");
     drop(busy_write);
-    let host1_addr = clusters[1]
-        .fastio()
-        .get("brick")
-        .unwrap()
-        .map_read()
-        .unwrap()
-        .as_ptr() as usize;
     let seen = job.seen.lock().unwrap();
     match &seen[&0] {
         Seen::Values {
@@ -348,6 +383,14 @@ fn fetch_brings_publications_across_quic_hosts() {
     // The fetched copies were private and are gone: host 0's context holds only its brick.
     let stats = primary.fastio().stats().unwrap();
     assert_eq!(stats.used, 4000, "{stats:?}");
+
+    // Fetching again into the previous copy reuses its memory.
+    let refetch = Arc::new(Refetch::default());
+    assert!(primary.execute(&refetch, 1).unwrap().is_complete());
+    let (same, s1, s2) = refetch.seen.lock().unwrap().take().unwrap();
+    assert!(same, "the second fetch landed in the reused allocation");
+    assert_eq!(s1, expected_sum(len, 2.0));
+    assert_eq!(s2, expected_sum(len, 2.0));
 
     // A cancelled job's fetch stops with Cancelled.
     let cancelled = Arc::new(FetchJob {

@@ -94,6 +94,11 @@ impl Allocation {
         )
     }
 
+    /// Faults in the pages of a freshly created allocation (see `Mapping::populate`).
+    pub(crate) fn prefault(&self) {
+        self.mapping.populate();
+    }
+
     pub(crate) fn from_parts(
         port: Arc<dyn Port>,
         handle: HandleId,

@@ -84,7 +84,9 @@ impl LocalContext {
 impl FastIo for LocalContext {
     fn create(&self, size: u64) -> Result<Allocation> {
         let granted = self.core.lock().create(self.owner, size)?;
-        Allocation::from_granted(Arc::clone(&self.port), granted)
+        let alloc = Allocation::from_granted(Arc::clone(&self.port), granted)?;
+        alloc.prefault();
+        Ok(alloc)
     }
 
     fn get(&self, name: &str) -> Result<Allocation> {

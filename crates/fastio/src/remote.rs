@@ -145,7 +145,9 @@ impl RemoteContext {
 
 impl FastIo for RemoteContext {
     fn create(&self, size: u64) -> Result<Allocation> {
-        self.grant(&ToServer::Create { size })
+        let alloc = self.grant(&ToServer::Create { size })?;
+        alloc.prefault();
+        Ok(alloc)
     }
 
     fn get(&self, name: &str) -> Result<Allocation> {

@@ -134,6 +134,25 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// Faults every page of a fresh mapping in with one call, before the creator writes it: on
+    /// virtual machines a page fault per 4 KiB page costs more than the memory bandwidth, and a
+    /// new allocation is about to be filled anyway. Best effort: kernels without
+    /// `MADV_POPULATE_WRITE` (before 5.14) fault the pages in on first touch as usual.
+    pub(crate) fn populate(&self) {
+        if self.len == 0 {
+            return;
+        }
+        // SAFETY: `ptr`/`len` describe a live mapping we own (struct invariant); populating
+        // only allocates and maps its pages, leaving their (zero) contents unchanged.
+        let _ = unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+    }
+
     /// The mapped bytes, for reading.
     ///
     /// Lock-protocol invariant (the one invariant enforced outside this module): only a

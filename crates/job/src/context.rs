@@ -186,7 +186,31 @@ impl Transaction {
             });
         }
         match &self.fetcher {
-            Some(f) => f.fetch(host, name, local, &self.cancel),
+            Some(f) => f.fetch(host, name, local, None, &self.cancel),
+            None => Err(FetchError::UnknownHost(host)),
+        }
+    }
+
+    /// [`fetch`](Self::fetch) into an allocation of this host that is no longer needed: when
+    /// `reuse` is private (unpublished) and has the publication's size, the bytes land in it
+    /// and it comes back with the publication's metadata; otherwise it is released and a new
+    /// allocation is made. For repeated fetches (a frame's image regions, say) this skips the
+    /// cost of fresh memory, which on some machines exceeds the network's.
+    pub fn fetch_reusing(
+        &self,
+        host: HostId,
+        name: &str,
+        reuse: Allocation,
+    ) -> Result<Allocation, FetchError> {
+        if host == self.host {
+            drop(reuse);
+            return self.fetch(host, name);
+        }
+        let Some(local) = self.fastio.as_ref() else {
+            return Err(FetchError::NoContext);
+        };
+        match &self.fetcher {
+            Some(f) => f.fetch(host, name, local, Some(reuse), &self.cancel),
             None => Err(FetchError::UnknownHost(host)),
         }
     }
@@ -195,14 +219,16 @@ impl Transaction {
 /// How the runtime brings a publication from another host: implemented by the multi-host
 /// runtime over its transport. Mirrors the fetch half of Clara's distributed Fast I/O.
 pub trait Fetch: Send + Sync {
-    /// Copies the publication `name` of `host` into a new allocation of `into`, streaming the
-    /// bytes into its mapping, and returns the (unpublished) allocation with the publication's
-    /// metadata. Stops with [`FetchError::Cancelled`] once `cancel` is set.
+    /// Copies the publication `name` of `host` into `reuse` when it is an unpublished
+    /// allocation of the publication's size, else into a new allocation of `into`, streaming
+    /// the bytes into its mapping, and returns the (unpublished) allocation with the
+    /// publication's metadata. Stops with [`FetchError::Cancelled`] once `cancel` is set.
     fn fetch(
         &self,
         host: HostId,
         name: &str,
         into: &LocalContext,
+        reuse: Option<Allocation>,
         cancel: &CancelToken,
     ) -> Result<Allocation, FetchError>;
 }

@@ -34,6 +34,7 @@ impl Fetch for NetFetch {
         host: HostId,
         name: &str,
         into: &LocalContext,
+        reuse: Option<Allocation>,
         cancel: &CancelToken,
     ) -> Result<Allocation, FetchError> {
         let net = self.net.upgrade().ok_or(FetchError::UnknownHost(host))?;
@@ -46,14 +47,21 @@ impl Fetch for NetFetch {
             });
         }
         let limits = net.limits;
-        net.handle.block_on(fetch_into(
+        // The transfer runs on the network runtime, next to the connection's driver; this
+        // thread (a fragment's) only waits for its outcome.
+        let task = net.handle.spawn(fetch_into(
             link.conn.clone(),
             host,
-            name,
-            into,
-            cancel,
+            name.to_owned(),
+            into.clone(),
+            reuse,
+            cancel.clone(),
             limits,
-        ))
+        ));
+        match net.handle.block_on(task) {
+            Ok(result) => result,
+            Err(e) => Err(transport(host, format!("fetch task failed: {e}"))),
+        }
     }
 }
 
@@ -67,11 +75,13 @@ fn transport(host: HostId, reason: impl std::fmt::Display) -> FetchError {
 async fn fetch_into(
     conn: Connection,
     host: HostId,
-    name: &str,
-    into: &LocalContext,
-    cancel: &CancelToken,
+    name: String,
+    into: LocalContext,
+    reuse: Option<Allocation>,
+    cancel: CancelToken,
     limits: fragmenta_wire::FrameLimits,
 ) -> Result<Allocation, FetchError> {
+    let name = name.as_str();
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport(host, e))?;
     write_frame(
         &mut send,
@@ -109,7 +119,10 @@ async fn fetch_into(
         }
         None => return Err(transport(host, "stream closed before the reply")),
     };
-    let mut alloc = into.create(size).map_err(FetchError::Local)?;
+    let mut alloc = match reuse {
+        Some(a) if a.size() == size && !a.is_published() => a,
+        _ => into.create(size).map_err(FetchError::Local)?,
+    };
     if let Some(element_type) = metadata.element_type {
         alloc
             .set_type_and_dimensions(element_type, &metadata.dims)
@@ -117,7 +130,7 @@ async fn fetch_into(
     }
     {
         let mut guard = alloc.map_write().map_err(FetchError::Local)?;
-        read_exact_cancellable(&mut recv, guard.as_mut_bytes(), cancel, host).await?;
+        read_exact_cancellable(&mut recv, guard.as_mut_bytes(), &cancel, host).await?;
     }
     Ok(alloc)
 }
@@ -130,20 +143,25 @@ async fn read_exact_cancellable(
     host: HostId,
 ) -> Result<(), FetchError> {
     let mut filled = 0;
+    // One timer for the whole transfer (a timeout per read would register one per packet).
+    let mut tick = tokio::time::interval(CANCEL_POLL);
     while filled < buf.len() {
         if cancel.is_cancelled() {
             return Err(FetchError::Cancelled);
         }
-        match tokio::time::timeout(CANCEL_POLL, recv.read(&mut buf[filled..])).await {
-            Err(_) => continue,
-            Ok(Ok(0)) => {
-                return Err(transport(
-                    host,
-                    format!("stream ended after {filled} of {} bytes", buf.len()),
-                ))
-            }
-            Ok(Ok(n)) => filled += n,
-            Ok(Err(e)) => return Err(transport(host, e)),
+        tokio::select! {
+            biased;
+            read = recv.read(&mut buf[filled..]) => match read {
+                Ok(0) => {
+                    return Err(transport(
+                        host,
+                        format!("stream ended after {filled} of {} bytes", buf.len()),
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) => return Err(transport(host, e)),
+            },
+            _ = tick.tick() => {}
         }
     }
     Ok(())
