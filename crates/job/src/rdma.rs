@@ -154,6 +154,7 @@ impl RdmaContext {
             inner: Arc::new(BufferInner {
                 data: RwLock::new(data),
                 size,
+                filled: std::sync::atomic::AtomicUsize::new(size),
                 pool: Arc::downgrade(&self.pool),
             }),
         })
@@ -168,6 +169,7 @@ impl RdmaContext {
 struct BufferInner {
     data: RwLock<Vec<u8>>,
     size: usize,
+    filled: std::sync::atomic::AtomicUsize,
     pool: Weak<Pool>,
 }
 
@@ -221,6 +223,21 @@ impl RdmaBuffer {
     /// Exclusive access to the bytes (waits for readers to finish).
     pub fn write(&self) -> RdmaWrite<'_> {
         RdmaWrite(self.inner.data.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Bytes of the last result received into this buffer: a remote fragment's result may be
+    /// shorter than the buffer the receiver offered. The buffer's length until a result lands.
+    pub fn filled(&self) -> usize {
+        self.inner.filled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that a result of `len` bytes (at most the buffer's length) now starts the
+    /// buffer. Called by the transport when it has written a result into the buffer.
+    pub fn set_filled(&self, len: usize) {
+        self.inner.filled.store(
+            len.min(self.inner.size),
+            std::sync::atomic::Ordering::Release,
+        );
     }
 
     /// Whether both handles refer to the same memory.

@@ -7,6 +7,7 @@
 //! - [`handshake`]: the hello exchange that opens every connection.
 pub mod certs;
 pub mod handshake;
+pub mod rdma;
 pub mod tls;
 pub mod transport;
 

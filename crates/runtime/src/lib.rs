@@ -158,7 +158,7 @@ impl ClusterBuilder {
                 .fastio_socket
                 .or_else(|| me.fastio_socket().map(ToOwned::to_owned)),
         };
-        let label = format!("{}-{}", config.name(), std::process::id());
+        let label = format!("{}-{}", config.name(), process_label());
         let node = Node::new(node_config, self.registry);
         // A host of a real cluster serves its context to the other processes of its machine
         // from the start.
@@ -177,6 +177,14 @@ impl ClusterBuilder {
             }
         }
     }
+}
+
+/// `<pid>-<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in
+/// one process (tests, benchmarks) never collide.
+fn process_label() -> String {
+    static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 impl Cluster {
@@ -246,7 +254,7 @@ impl Cluster {
     /// context (with `fragmenta_fastio::RemoteContext::connect`). An embedded cluster starts
     /// serving on the first call; a host of a configured cluster serves from the start.
     pub fn fastio_socket(&self) -> Result<std::path::PathBuf, FastIoError> {
-        let label = format!("pid{}", std::process::id());
+        let label = format!("embedded-{}", process_label());
         self.node.fastio_socket(&label)
     }
 

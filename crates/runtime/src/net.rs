@@ -13,9 +13,11 @@ use crate::node::{InitiatedJob, Node, Remote};
 use crate::registry::ErasedJob;
 use fragmenta_config::ClusterConfig;
 use fragmenta_job::{
-    CancelToken, ChunkSink, ExecutionContext, FailureReason, HostId, JobId, JobParams, Transaction,
+    CancelToken, ChunkSink, ExecutionContext, FailureReason, HostId, JobId, JobParams, RdmaBuffer,
+    RdmaContext, Transaction,
 };
 use fragmenta_net::handshake::{accept_handshake, close_on_frame_error, connect_handshake};
+use fragmenta_net::rdma::RdmaPath;
 use fragmenta_net::{Connection, Endpoint, NetConfig, RecvStream, SendStream, TlsFiles};
 use fragmenta_sched::{Block, HostInfo, WorkKey, WorkSpec};
 use fragmenta_wire::handshake::Hello;
@@ -59,7 +61,7 @@ pub enum JoinError {
         reason: String,
     },
     /// Not enough hosts joined in time.
-    #[error("waited {waited:?} for {min} hosts; missing: {missing:?}")]
+    #[error("waited {waited:?} for {min} hosts; missing: {}", host_list(missing))]
     MinHosts {
         /// Hosts required (this one included).
         min: usize,
@@ -113,6 +115,11 @@ enum RState {
 
 enum Out {
     Item(ResultItem),
+    /// A fragment's result in this host's RDMA buffer, for the initiator's buffer.
+    Rdma {
+        fragment: u64,
+        buffer: RdmaBuffer,
+    },
     Chunk {
         fragment: u64,
         seq: u32,
@@ -132,6 +139,8 @@ struct RemoteJob {
     /// Chunk bytes queued and not yet written: fragments wait above [`MAX_IN_FLIGHT`].
     in_flight: Mutex<usize>,
     drained: Condvar,
+    /// Receiver buffer sizes of fragments whose result goes to an RDMA buffer.
+    rdma: Mutex<HashMap<u64, u64>>,
 }
 
 impl RemoteJob {
@@ -207,6 +216,8 @@ pub(crate) struct Net {
     links_changed: Condvar,
     remote_jobs: Mutex<HashMap<JobId, Arc<RemoteJob>>>,
     limits: FrameLimits,
+    /// How RDMA results travel (QUIC unless verbs are available).
+    rdma_path: Arc<dyn RdmaPath>,
     pub(crate) shutdown: Signal,
     me: Weak<Net>,
     /// Subscribers of host up/down events.
@@ -241,6 +252,12 @@ fn from_wire(r: &[WireRange], count: usize) -> Vec<Range<usize>> {
         .map(|&(a, b)| (a.min(count as u64) as usize)..(b.min(count as u64) as usize))
         .filter(|r| r.start < r.end)
         .collect()
+}
+
+/// `host-1, host-2`.
+fn host_list(hosts: &[HostId]) -> String {
+    let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }
 
 /// The peer's reason when `e` is a refusal (a rejected handshake, or a connection the peer
@@ -305,6 +322,7 @@ impl Net {
             links_changed: Condvar::new(),
             remote_jobs: Mutex::new(HashMap::new()),
             limits,
+            rdma_path: fragmenta_net::rdma::select(&fragmenta_net::rdma::probe()),
             shutdown: Signal::default(),
             me: me.clone(),
             membership: Membership::default(),
@@ -324,7 +342,11 @@ impl Net {
             }
         }
         net.handle.spawn(net.clone().failure_detector());
-        net.wait_min_hosts()?;
+        if let Err(e) = net.wait_min_hosts() {
+            // Nothing may outlive a failed join: not the tasks, the runtime or the socket.
+            net.shutdown(false);
+            return Err(e);
+        }
         Ok(net)
     }
 
@@ -365,7 +387,11 @@ impl Net {
                 });
             }
         }
-        Ok(())
+        // Refused by one host while enough others accepted: still not a member.
+        match self.refused.lock().clone() {
+            Some((by, reason)) => Err(JoinError::Refused { by, reason }),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn is_primary(&self) -> bool {
@@ -713,7 +739,11 @@ impl Net {
                     }
                     self.on_replica(job, class, params, count as usize, payload);
                 }
-                Control::Dispatch { job, fragments } => self.on_dispatch(job, &fragments),
+                Control::Dispatch {
+                    job,
+                    fragments,
+                    rdma,
+                } => self.on_dispatch(job, &fragments, rdma),
                 Control::Cancel { job } => self.on_cancel(job),
                 Control::Release { job } => self.on_release(job),
                 Control::Shutdown => {
@@ -748,6 +778,34 @@ impl Net {
                 return;
             }
             *last_seen.lock() = Instant::now();
+            if let [ResultItem::Rdma { fragment, len }] = results.items.as_slice() {
+                match self.receive_rdma(stream, job, peer, *fragment, *len).await {
+                    Ok(s) => {
+                        stream = s;
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::error!(host = %self.host, %peer, %job, %reason, "bad RDMA result");
+                        conn.close(
+                            fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR,
+                            b"bad RDMA result",
+                        );
+                        return;
+                    }
+                }
+            }
+            if results
+                .items
+                .iter()
+                .any(|i| matches!(i, ResultItem::Rdma { .. }))
+            {
+                tracing::error!(host = %self.host, %peer, %job, "RDMA result not alone in its frame");
+                conn.close(
+                    fragmenta_net::handshake::CLOSE_PROTOCOL_ERROR,
+                    b"RDMA result not alone in its frame",
+                );
+                return;
+            }
             let payload = match self.read_payload(&mut stream, len).await {
                 Ok(p) => p,
                 Err(e) => return close_on_frame_error(&conn, &e),
@@ -756,6 +814,40 @@ impl Net {
                 node.on_results(job, peer, results.items, payload, &mut partial);
             }
         }
+    }
+
+    /// Reads an RDMA result of `len` bytes straight from the stream into the initiator's
+    /// buffer for `fragment`, then hands it to the scheduler as the fragment's chunk 0. Bytes
+    /// for a buffer that is no longer waiting (job finished, fragment reassigned) are skipped.
+    /// The buffer's lock is not `Send`, so the read runs on the blocking pool.
+    async fn receive_rdma(
+        &self,
+        mut stream: RecvStream,
+        job: JobId,
+        peer: HostId,
+        fragment: u64,
+        len: u64,
+    ) -> Result<RecvStream, String> {
+        use tokio::io::AsyncReadExt;
+        let node = self.node.upgrade().ok_or("node shut down")?;
+        let index = usize::try_from(fragment).map_err(|_| "fragment index out of range")?;
+        let Some(buffer) = node.rdma_target(job, index, peer) else {
+            let skipped = tokio::io::copy(&mut (&mut stream).take(len), &mut tokio::io::sink())
+                .await
+                .map_err(|e| e.to_string())?;
+            if skipped != len {
+                return Err("stream ended inside an RDMA result".into());
+            }
+            return Ok(stream);
+        };
+        let n = usize::try_from(len).map_err(|_| "RDMA result too large")?;
+        let (stream, buffer) = self
+            .rdma_path
+            .receive(stream, buffer, n)
+            .await
+            .map_err(|e| e.to_string())?;
+        node.on_rdma_result(job, peer, index, buffer);
+        Ok(stream)
     }
 
     fn on_replica(
@@ -783,6 +875,7 @@ impl Net {
             }),
             in_flight: Mutex::new(0),
             drained: Condvar::new(),
+            rdma: Mutex::new(HashMap::new()),
             out: out_tx,
         });
         self.remote_jobs.lock().insert(job, rj.clone());
@@ -793,7 +886,7 @@ impl Net {
             .map(|l| l.conn.clone());
         if let (Some(conn), Some(me)) = (conn, self.me.upgrade()) {
             self.handle
-                .spawn(me.results_writer(conn, rj.clone(), out_rx));
+                .spawn(me.results_writer(conn, Arc::downgrade(&rj), out_rx));
         }
         let host = self.host;
         self.handle.spawn_blocking(move || {
@@ -827,8 +920,8 @@ impl Net {
                         key,
                         replica: replica.clone(),
                     };
-                    drop(state);
                     if cancelled {
+                        drop(state);
                         replica.cancel();
                         rj.send(Out::Item(ResultItem::NotStarted {
                             ranges: to_wire(&pending),
@@ -845,11 +938,18 @@ impl Net {
                         job: rj.clone(),
                         replica,
                         host,
+                        rdma: node.rdma.clone(),
                     });
-                    if let Err(e) = node.exec.submit(key, spec, runner, pending.clone()) {
+                    // The state stays locked until the executor knows the key: a dispatch
+                    // that sees `Ready` adds its fragments to that key, and one arriving in
+                    // between would find no work there and hand its fragments back unstarted
+                    // (cancelled, for jobs whose fragments are never reassigned).
+                    let submitted = node.exec.submit(key, spec, runner, pending.clone());
+                    if let Err(e) = submitted {
                         let reason =
                             FailureReason::Returned(format!("{host} cannot run the job: {e:?}"));
-                        *rj.state.lock() = RState::Failed(reason.clone());
+                        *state = RState::Failed(reason.clone());
+                        drop(state);
                         for f in pending.into_iter().flatten() {
                             rj.send(Out::Item(ResultItem::Failed {
                                 fragment: f as u64,
@@ -862,11 +962,14 @@ impl Net {
         });
     }
 
-    fn on_dispatch(&self, job: JobId, fragments: &[WireRange]) {
+    fn on_dispatch(&self, job: JobId, fragments: &[WireRange], rdma: Vec<(u64, u64)>) {
         let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else {
             tracing::warn!(host = %self.host, %job, "dispatch for an unknown job");
             return;
         };
+        if !rdma.is_empty() {
+            rj.rdma.lock().extend(rdma);
+        }
         let ranges = from_wire(fragments, rj.count);
         let Some(node) = self.node.upgrade() else {
             return;
@@ -931,27 +1034,43 @@ impl Net {
         let Some(rj) = self.remote_jobs.lock().remove(&job) else {
             return;
         };
-        let key = match &*rj.state.lock() {
-            RState::Ready { key, .. } => Some(*key),
-            _ => None,
-        };
-        if let (Some(node), Some(key)) = (self.node.upgrade(), key) {
-            node.exec.remove(key);
-        }
+        let node = self.node.upgrade();
+        // The replica may go with the last reference: its `Drop` is user code, kept off the
+        // reactor.
+        self.handle.spawn_blocking(move || {
+            let key = match &*rj.state.lock() {
+                RState::Ready { key, .. } => Some(*key),
+                _ => None,
+            };
+            if let (Some(node), Some(key)) = (node, key) {
+                node.exec.remove(key);
+            }
+            drop(rj);
+        });
     }
 
     async fn results_writer(
         self: Arc<Self>,
         conn: Connection,
-        rj: Arc<RemoteJob>,
+        rj: Weak<RemoteJob>,
         mut rx: mpsc::UnboundedReceiver<Out>,
     ) {
-        let job = rj.id;
+        // Weak: the job's sender lives in the job, so holding it here would keep the channel,
+        // the job and its replica alive forever. Once the job is released and its fragments
+        // are done, the channel closes and the stream is finished.
+        let Some(job) = rj.upgrade().map(|rj| rj.id) else {
+            return;
+        };
+        let written = |bytes: usize| {
+            if let Some(rj) = rj.upgrade() {
+                rj.written(bytes);
+            }
+        };
         let mut stream: Option<SendStream> = None;
         while let Some(first) = rx.recv().await {
             let mut bytes = match &first {
                 Out::Chunk { data, .. } => data.len(),
-                Out::Item(_) => 0,
+                Out::Item(_) | Out::Rdma { .. } => 0,
             };
             let mut batch = vec![first];
             while batch.len() < BATCH_ITEMS && bytes < BATCH_BYTES {
@@ -983,13 +1102,13 @@ impl Net {
                 }
             }
             let Some(s) = stream.as_mut() else { return };
-            if let Err(e) = write_batch(s, batch).await {
+            if let Err(e) = write_batch(s, batch, &*self.rdma_path).await {
                 tracing::warn!(host = %self.host, %job, error = %e, "result stream failed");
                 rx.close();
-                rj.written(usize::MAX);
+                written(usize::MAX);
                 return;
             }
-            rj.written(bytes);
+            written(bytes);
         }
         if let Some(mut s) = stream {
             let _ = s.finish();
@@ -1025,12 +1144,27 @@ impl Net {
 async fn write_batch(
     s: &mut SendStream,
     batch: Vec<Out>,
+    path: &dyn RdmaPath,
 ) -> Result<(), fragmenta_wire::FrameError> {
     let mut items = Vec::new();
     let mut payload = Vec::new();
     for out in batch {
         match out {
             Out::Item(i) => items.push(i),
+            Out::Rdma { fragment, buffer } => {
+                if !items.is_empty() {
+                    write_frame(
+                        s,
+                        &Results {
+                            items: std::mem::take(&mut items),
+                        },
+                        &payload,
+                    )
+                    .await?;
+                    payload.clear();
+                }
+                write_rdma(s, fragment, &buffer, path).await?;
+            }
             Out::Chunk {
                 fragment,
                 seq,
@@ -1080,6 +1214,21 @@ async fn write_batch(
     Ok(())
 }
 
+/// Writes a fragment's RDMA result as one frame whose payload is the buffer's bytes, sent by
+/// this host's RDMA path.
+async fn write_rdma(
+    s: &mut SendStream,
+    fragment: u64,
+    buffer: &RdmaBuffer,
+    path: &dyn RdmaPath,
+) -> Result<(), fragmenta_wire::FrameError> {
+    let len = buffer.len() as u64;
+    let item = ResultItem::Rdma { fragment, len };
+    fragmenta_wire::write_frame_header(s, &Results { items: vec![item] }, len).await?;
+    path.send(s, buffer).await?;
+    Ok(())
+}
+
 impl Remote for Net {
     fn send_replica(&self, job: &InitiatedJob, host: HostId) {
         let (Some(link), Some(bytes)) = (self.link(host), job.serialized.clone()) else {
@@ -1096,12 +1245,52 @@ impl Remote for Net {
     }
 
     fn dispatch(&self, job: &InitiatedJob, host: HostId, fragments: Vec<Range<usize>>) {
-        if let Some(link) = self.link(host) {
+        let Some(link) = self.link(host) else {
+            return;
+        };
+        if job.rdma.is_none() {
             let _ = link.control.send(Outgoing::Msg(Control::Dispatch {
                 job: job.id,
                 fragments: to_wire(&fragments),
+                rdma: Vec::new(),
             }));
+            return;
         }
+        // RDMA results: ask the job for each fragment's receive buffer first. That is user code,
+        // and this may be running on the reactor under the scheduler's lock: do it on the
+        // blocking pool, then send the dispatch with the buffer sizes.
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let Some(ij) = node.job(job.id) else {
+            return;
+        };
+        let id = job.id;
+        self.handle.spawn(async move {
+            let wire = to_wire(&fragments);
+            let sizes = tokio::task::spawn_blocking(move || {
+                let Some(map) = &ij.rdma else {
+                    return Vec::new();
+                };
+                let mut sizes = Vec::new();
+                for f in fragments.into_iter().flatten() {
+                    let existing = map.lock().get(&f).map(|(b, _)| b.clone());
+                    let buffer = existing.or_else(|| ij.job.rdma_buffer(&node.rdma, f));
+                    if let Some(b) = buffer {
+                        sizes.push((f as u64, b.len() as u64));
+                        map.lock().insert(f, (b, host));
+                    }
+                }
+                sizes
+            })
+            .await
+            .unwrap_or_default();
+            let _ = link.control.send(Outgoing::Msg(Control::Dispatch {
+                job: id,
+                fragments: wire,
+                rdma: sizes,
+            }));
+        });
     }
 
     fn cancel(&self, job: JobId, host: HostId) {
@@ -1122,6 +1311,8 @@ struct RemoteRunner {
     job: Arc<RemoteJob>,
     replica: Arc<dyn ErasedJob>,
     host: HostId,
+    /// This host's RDMA buffer cache.
+    rdma: RdmaContext,
 }
 
 struct ChannelSink<'a> {
@@ -1146,6 +1337,39 @@ impl ChunkSink for ChannelSink<'_> {
     }
 }
 
+impl RemoteRunner {
+    /// Runs fragment `f` on the RDMA path: the job fills a buffer from this host's context,
+    /// limited to the receiver's `size`, which goes to the initiator's buffer as chunk 0.
+    fn run_rdma(&self, f: usize, size: u64, ctx: &ExecutionContext) -> Result<u32, FailureReason> {
+        let rj = &self.job;
+        let limited = self
+            .rdma
+            .for_receiver(usize::try_from(size).unwrap_or(usize::MAX));
+        match self
+            .replica
+            .run_remote_rdma(&rj.tx, f, rj.count, &limited, ctx)?
+        {
+            None => Ok(0),
+            Some(buffer) if buffer.len() as u64 > size => Err(FailureReason::Returned(format!(
+                "RDMA result of {} bytes exceeds the receiver's buffer of {size} bytes",
+                buffer.len()
+            ))),
+            Some(buffer) => {
+                if rj.send(Out::Rdma {
+                    fragment: f as u64,
+                    buffer,
+                }) {
+                    Ok(1)
+                } else {
+                    Err(FailureReason::Returned(
+                        "the job was released or its initiator is gone".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
 impl BlockRunner for RemoteRunner {
     fn run(&self, block: &Block, worker: usize) -> Range<usize> {
         let rj = &self.job;
@@ -1162,14 +1386,19 @@ impl BlockRunner for RemoteRunner {
                 }));
                 return 0..0;
             }
-            let mut sink = ChannelSink {
-                job: rj,
-                fragment: f as u64,
+            let receiver = rj.rdma.lock().remove(&(f as u64));
+            let outcome = match receiver {
+                Some(size) => self.run_rdma(f, size, &ctx),
+                None => {
+                    let mut sink = ChannelSink {
+                        job: rj,
+                        fragment: f as u64,
+                    };
+                    self.replica
+                        .run_remote(&rj.tx, f, rj.count, &ctx, &mut sink)
+                }
             };
-            let item = match self
-                .replica
-                .run_remote(&rj.tx, f, rj.count, &ctx, &mut sink)
-            {
+            let item = match outcome {
                 Ok(chunks) => ResultItem::Done {
                     fragment: f as u64,
                     chunks,

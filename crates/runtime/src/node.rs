@@ -7,7 +7,7 @@ use crate::registry::{panic_message, Erased, ErasedJob, Registry};
 use fragmenta_fastio::{ContextServer, FastIoError, LocalContext};
 use fragmenta_job::{
     CancelToken, ExecuteError, ExecutionContext, FailureReason, Fetch, FragmentedJob, HostId,
-    JobId, JobReport, ResultReader, Transaction,
+    JobId, JobReport, RdmaBuffer, RdmaContext, ResultReader, Transaction,
 };
 use fragmenta_sched::{Action, Block, HostInfo, JobSpec, Outcome, Scheduler, WorkKey, WorkSpec};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -24,6 +24,8 @@ use std::time::Instant;
 pub(crate) enum Payload {
     /// Bytes of one `flush()`.
     Bytes(Vec<u8>),
+    /// A whole result received into the initiator's RDMA buffer.
+    Rdma(RdmaBuffer),
 }
 
 /// Sends the scheduler's remote actions to peers. Implemented by the network layer.
@@ -65,6 +67,10 @@ pub(crate) struct InitiatedJob {
     work: Mutex<Option<WorkKey>>,
     /// The job serialized once for every remote host (absent for LOCAL jobs or one host).
     pub(crate) serialized: Option<Arc<Vec<u8>>>,
+    /// For a job whose results use RDMA buffers: the buffer of each remote fragment from
+    /// `get_rdma_result_buffer`, with the host it was last dispatched to (the only host whose
+    /// bytes may land in it), until its result is delivered.
+    pub(crate) rdma: Option<Mutex<HashMap<usize, (RdmaBuffer, HostId)>>>,
     deliveries: Mutex<DeliveryQueue>,
     result: Mutex<Option<Result<JobReport, ExecuteError>>>,
     finished: Condvar,
@@ -77,6 +83,11 @@ impl InitiatedJob {
     }
 
     fn complete(&self, result: Result<JobReport, ExecuteError>) {
+        // Buffers of fragments that failed or ran elsewhere go back to their context before the
+        // initiator sees the report.
+        if let Some(map) = &self.rdma {
+            map.lock().clear();
+        }
         let mut r = self.result.lock();
         if r.is_none() {
             *r = Some(result);
@@ -183,6 +194,8 @@ pub(crate) struct Node {
     fastio_server: Mutex<Option<ContextServer>>,
     /// Fetches publications from other hosts (set by the network layer).
     pub(crate) fetcher: RwLock<Option<Arc<dyn Fetch>>>,
+    /// The host's cache of RDMA result buffers, used by its jobs on both sides.
+    pub(crate) rdma: RdmaContext,
 }
 
 impl Node {
@@ -214,6 +227,7 @@ impl Node {
             fastio,
             fastio_server: Mutex::new(None),
             fetcher: RwLock::new(None),
+            rdma: RdmaContext::default(),
         });
         // Deliveries run user code (`receive_remote_result`): on their own threads, never on the
         // network's reactor; one job's deliveries run one at a time, in order.
@@ -291,6 +305,17 @@ impl Node {
         } else {
             None
         };
+        // A job takes the RDMA result path if it gives fragment 0 a buffer (asked here, on the
+        // submitting thread, never on the network's reactor); each other remote fragment is
+        // asked when it is dispatched.
+        let rdma = match &serialized {
+            Some(_) if count > 0 => erased.rdma_buffer(&self.rdma, 0).map(|b| {
+                let mut buffers = HashMap::new();
+                buffers.insert(0, (b, HostId::UNASSIGNED));
+                Mutex::new(buffers)
+            }),
+            _ => None,
+        };
         let id = JobId {
             initiator: self.host(),
             seq: self.next_job.fetch_add(1, Ordering::Relaxed),
@@ -306,6 +331,7 @@ impl Node {
             done: AtomicUsize::new(0),
             work: Mutex::new(None),
             serialized,
+            rdma,
             deliveries: Mutex::new(DeliveryQueue::default()),
             result: Mutex::new(None),
             finished: Condvar::new(),
@@ -438,6 +464,9 @@ impl Node {
                     ResultItem::Failed { fragment, reason } => {
                         s.on_fragment_failed(job, host, fragment as usize, reason);
                     }
+                    // The network reads an RDMA result straight into its buffer
+                    // (`Node::on_rdma_result`); it never arrives in a batch.
+                    ResultItem::Rdma { .. } => {}
                     ResultItem::NotStarted { ranges } => {
                         let ranges: Vec<Range<usize>> = ranges
                             .into_iter()
@@ -453,7 +482,37 @@ impl Node {
         }
     }
 
-    fn job(&self, id: JobId) -> Option<Arc<InitiatedJob>> {
+    /// The RDMA buffer `host` may write the result of `fragment` of `job` into: only the host
+    /// the fragment was last dispatched to, and only while the result is outstanding.
+    pub(crate) fn rdma_target(
+        &self,
+        job: JobId,
+        fragment: usize,
+        host: HostId,
+    ) -> Option<RdmaBuffer> {
+        let ij = self.job(job)?;
+        let map = ij.rdma.as_ref()?.lock();
+        match map.get(&fragment) {
+            Some((buffer, to)) if *to == host => Some(buffer.clone()),
+            _ => None,
+        }
+    }
+
+    /// The result of `fragment` arrived in its RDMA buffer: chunk 0 of the fragment, delivered
+    /// exactly once and in order like any chunk (a stale one is dropped by the scheduler).
+    pub(crate) fn on_rdma_result(
+        &self,
+        job: JobId,
+        host: HostId,
+        fragment: usize,
+        buffer: RdmaBuffer,
+    ) {
+        self.with_sched(|s| {
+            s.on_chunk(job, host, fragment, 0, Payload::Rdma(buffer));
+        });
+    }
+
+    pub(crate) fn job(&self, id: JobId) -> Option<Arc<InitiatedJob>> {
         self.jobs.lock().get(&id).cloned()
     }
 
@@ -667,6 +726,14 @@ fn drain_deliveries(ij: &Arc<InitiatedJob>) {
                     Payload::Bytes(bytes) => {
                         let mut reader = ResultReader::new(seq, bytes);
                         job.receive(&mut reader, &ij.tx, fragment, count);
+                    }
+                    Payload::Rdma(buffer) => {
+                        // Reception is confirmed: the runtime lets go of the buffer, which
+                        // returns to its context once the job drops it too.
+                        if let Some(map) = &ij.rdma {
+                            map.lock().remove(&fragment);
+                        }
+                        job.receive_rdma(buffer, &ij.tx, fragment, count);
                     }
                 }));
                 if let Err(p) = r {

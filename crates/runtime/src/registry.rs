@@ -2,7 +2,7 @@
 
 use fragmenta_job::{
     ChunkSink, ClassId, ExecutionContext, FailureReason, FragmentedJob, HostId, JobParams,
-    ResultReader, ResultWriter, Transaction,
+    RdmaBuffer, RdmaContext, ResultReader, ResultWriter, Transaction,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -47,6 +47,18 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
         sink: &mut dyn ChunkSink,
     ) -> Result<u32, FailureReason>;
     fn receive(&self, reader: &mut ResultReader, tx: &Transaction, index: usize, count: usize);
+    /// `get_rdma_result_buffer`; a panic counts as no buffer.
+    fn rdma_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer>;
+    /// `execute_fragment_remote_rdma`, with a panic reported as the fragment's failure.
+    fn run_remote_rdma(
+        &self,
+        tx: &Transaction,
+        index: usize,
+        count: usize,
+        rdma: &RdmaContext,
+        ctx: &ExecutionContext,
+    ) -> Result<Option<RdmaBuffer>, FailureReason>;
+    fn receive_rdma(&self, buffer: RdmaBuffer, tx: &Transaction, index: usize, count: usize);
     fn assign(&self, slots: &mut [HostId]);
     fn cancel(&self);
     fn serialize(&self) -> Result<Vec<u8>, String>;
@@ -166,6 +178,41 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
 
     fn receive(&self, reader: &mut ResultReader, tx: &Transaction, index: usize, count: usize) {
         self.0.receive_remote_result(reader, tx, index, count);
+    }
+
+    fn rdma_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer> {
+        match catch_unwind(AssertUnwindSafe(|| {
+            self.0.get_rdma_result_buffer(rdma, index)
+        })) {
+            Ok(b) => b,
+            Err(p) => {
+                tracing::error!(
+                    index,
+                    "get_rdma_result_buffer panicked: {}",
+                    panic_message(&*p)
+                );
+                None
+            }
+        }
+    }
+
+    fn run_remote_rdma(
+        &self,
+        tx: &Transaction,
+        index: usize,
+        count: usize,
+        rdma: &RdmaContext,
+        ctx: &ExecutionContext,
+    ) -> Result<Option<RdmaBuffer>, FailureReason> {
+        catch_unwind(AssertUnwindSafe(|| {
+            self.0
+                .execute_fragment_remote_rdma(tx, index, count, rdma, ctx)
+        }))
+        .map_err(|p| FailureReason::Panicked(panic_message(&*p)))
+    }
+
+    fn receive_rdma(&self, buffer: RdmaBuffer, tx: &Transaction, index: usize, count: usize) {
+        self.0.receive_remote_result_rdma(buffer, tx, index, count);
     }
 
     fn assign(&self, slots: &mut [HostId]) {

@@ -47,23 +47,55 @@ pub enum DecodeError {
 /// every decoded primitive and the length of every decoded string and byte array, and fails the
 /// decode past this many (4 GiB).
 ///
-/// The caller's `limit` bounds the *input* length instead, which is what bounds memory: every
-/// decoded element consumes input bytes, and serde preallocates at most 1 MiB per container on
-/// the strength of a length prefix, so a lying length prefix allocates nothing large.
+/// Memory is bounded by the *input* instead. The caller's `limit` bounds the input length; every
+/// decoded element consumes input bytes; serde preallocates at most 1 MiB per sequence on the
+/// strength of a length prefix; and since bincode allocates a string or byte array of the length
+/// its prefix claims before reading it, [`decode`] lowers bincode's count limit to
+/// [`DECODED_BYTES_PER_INPUT_BYTE`] times the input's length (rounded up to a power of 4, at
+/// least 4 KiB): a lying length prefix inside a message allocates at most that, never what it
+/// claims.
 pub const MAX_DECODED_BYTES: usize = 1 << 32;
 
-type Config = bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<MAX_DECODED_BYTES>,
->;
+/// The most bytes bincode counts per input byte for a valid message: a primitive counts its
+/// in-memory size (at most 16, for a `u128` that may take one byte), a string or byte array its
+/// length, which is also the input it takes.
+pub const DECODED_BYTES_PER_INPUT_BYTE: usize = 16;
 
 fn encode_config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-fn decode_config() -> Config {
-    bincode::config::standard().with_limit::<MAX_DECODED_BYTES>()
+/// Decodes `M` from `bytes` with bincode counting at most `DECODED_BYTES_PER_INPUT_BYTE` ×
+/// `bytes.len()` decoded bytes (rounded up to a power of 4 between 4 KiB and
+/// [`MAX_DECODED_BYTES`]).
+fn decode_bounded<M: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(M, usize), bincode::error::DecodeError> {
+    let need = bytes.len().saturating_mul(DECODED_BYTES_PER_INPUT_BYTE);
+    macro_rules! first_fitting {
+        ($($limit:expr),*) => {
+            $(
+                if need <= $limit {
+                    let config = bincode::config::standard().with_limit::<{ $limit }>();
+                    return bincode::serde::decode_from_slice::<M, _>(bytes, config);
+                }
+            )*
+        };
+    }
+    first_fitting!(
+        1 << 12,
+        1 << 14,
+        1 << 16,
+        1 << 18,
+        1 << 20,
+        1 << 22,
+        1 << 24,
+        1 << 26,
+        1 << 28,
+        1 << 30
+    );
+    let config = bincode::config::standard().with_limit::<MAX_DECODED_BYTES>();
+    bincode::serde::decode_from_slice::<M, _>(bytes, config)
 }
 
 /// Encodes `msg` with bincode 2's standard configuration.
@@ -80,8 +112,7 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<M, Deco
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge { limit });
     }
-    let (msg, used) = bincode::serde::decode_from_slice::<M, _>(bytes, decode_config())
-        .map_err(|e| map_decode_error(e, limit))?;
+    let (msg, used) = decode_bounded::<M>(bytes).map_err(|e| map_decode_error(e, limit))?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes {
             extra: bytes.len() - used,

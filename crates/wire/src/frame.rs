@@ -119,6 +119,25 @@ where
     W: AsyncWrite + Unpin + ?Sized,
     M: Serialize + ?Sized,
 {
+    write_frame_header(w, msg, payload.len() as u64).await?;
+    if !payload.is_empty() {
+        w.write_all(payload).await?;
+    }
+    w.flush().await?;
+    Ok(())
+}
+
+/// Writes the prefix and header of a frame whose `payload_len` payload bytes the caller writes
+/// next, straight from wherever they are (for payloads that are not one contiguous slice).
+pub async fn write_frame_header<W, M>(
+    w: &mut W,
+    msg: &M,
+    payload_len: u64,
+) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+    M: Serialize + ?Sized,
+{
     let header = codec::encode(msg)?;
     let header_len = u32::try_from(header.len()).map_err(|_| FrameError::HeaderTooLarge {
         len: header.len() as u64,
@@ -126,13 +145,9 @@ where
     })?;
     let mut head = Vec::with_capacity(PREFIX_LEN + header.len());
     head.extend_from_slice(&header_len.to_le_bytes());
-    head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    head.extend_from_slice(&payload_len.to_le_bytes());
     head.extend_from_slice(&header);
     w.write_all(&head).await?;
-    if !payload.is_empty() {
-        w.write_all(payload).await?;
-    }
-    w.flush().await?;
     Ok(())
 }
 

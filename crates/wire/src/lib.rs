@@ -19,8 +19,8 @@ pub mod messages;
 
 pub use codec::{decode, encode, DecodeError, EncodeError};
 pub use frame::{
-    read_frame, read_header, read_payload_into, write_frame, FrameError, FrameLimits,
-    DEFAULT_MAX_HEADER, DEFAULT_MAX_PAYLOAD,
+    read_frame, read_header, read_payload_into, write_frame, write_frame_header, FrameError,
+    FrameLimits, DEFAULT_MAX_HEADER, DEFAULT_MAX_PAYLOAD,
 };
 
 /// The version of the protocol spoken between hosts, exchanged in the

@@ -51,6 +51,10 @@ pub enum Control {
         job: JobId,
         /// Fragment ranges.
         fragments: Vec<WireRange>,
+        /// `(fragment, bytes)` for each dispatched fragment whose result goes to an RDMA
+        /// buffer of that size on the initiator (`get_rdma_result_buffer`); the others use
+        /// chunked results.
+        rdma: Vec<(u64, u64)>,
     },
     /// Cancel a job: drop unstarted fragments (answered with `NotStarted`), call `cancel()` on
     /// the replica, let running fragments see `is_cancelled()`.
@@ -96,6 +100,15 @@ pub enum ResultItem {
         /// Why.
         reason: FailureReason,
     },
+    /// The result of `fragment` for its initiator's RDMA buffer: `len` bytes, the whole frame
+    /// payload (an `Rdma` item travels alone in its frame), to be read straight into the
+    /// buffer. Counts as the fragment's chunk 0; its `Done` follows.
+    Rdma {
+        /// Fragment index.
+        fragment: u64,
+        /// Bytes of the result.
+        len: u64,
+    },
     /// Fragments dropped without starting (after a cancel).
     NotStarted {
         /// Fragment ranges.
@@ -115,7 +128,7 @@ impl Results {
     /// Total payload bytes the items announce, or `None` on overflow.
     pub fn payload_len(&self) -> Option<u64> {
         self.items.iter().try_fold(0u64, |acc, item| match item {
-            ResultItem::Chunk { len, .. } => acc.checked_add(*len),
+            ResultItem::Chunk { len, .. } | ResultItem::Rdma { len, .. } => acc.checked_add(*len),
             _ => Some(acc),
         })
     }
@@ -169,6 +182,7 @@ mod tests {
             Control::Dispatch {
                 job,
                 fragments: vec![(0, 10), (20, 21)],
+                rdma: vec![(3, 4096)],
             },
             Control::Cancel { job },
             Control::Shutdown,

@@ -1,0 +1,262 @@
+//! The RDMA result path across real host processes (`fragmenta launch -n 3`), over QUIC: the
+//! initiator offers a buffer per remote fragment (`get_rdma_result_buffer`, never on a reactor
+//! thread), remote hosts fill buffers from their own `RdmaContext` limited to the receiver's
+//! size, the bytes land in the initiator's buffer, `receive_remote_result_rdma` gets it once,
+//! and buffers go back to their context once received.
+//!
+//! A custom harness (no libtest): `main` is either the runner or a host program.
+
+use fragmenta::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const SCENARIO: &str = "FRAGMENTA_TEST_SCENARIO";
+/// Size of every receive buffer the initiator offers.
+const RECV: usize = 64 << 10;
+
+#[derive(Serialize, Deserialize, Default)]
+struct Gather {
+    /// This fragment asks its context for one byte more than the receiver offered.
+    oversize_on: usize,
+    #[serde(skip)]
+    initiator_ctx: Mutex<Option<RdmaContext>>,
+    #[serde(skip)]
+    offered: AtomicUsize,
+    #[serde(skip)]
+    offered_on_reactor: AtomicUsize,
+    #[serde(skip)]
+    received: Mutex<BTreeMap<usize, Result<(), String>>>,
+    #[serde(skip)]
+    shared: Mutex<Option<RdmaBuffer>>,
+}
+
+/// What remote fragment `i` sends: `len(i)` bytes of a pattern of `i`; every 7th fragment
+/// sends the host's one shared constant buffer instead.
+fn len_of(i: usize) -> usize {
+    1 + (i * 7919) % RECV
+}
+
+fn byte(i: usize, k: usize) -> u8 {
+    (i.wrapping_mul(31) ^ k) as u8
+}
+
+const SHARED_LEN: usize = 100;
+
+/// Whether this thread runs async tasks (where blocking stalls the network): there, entering
+/// the runtime with `block_on` is refused. Plain and blocking-pool threads may block.
+fn on_async_worker() -> bool {
+    match tokio::runtime::Handle::try_current() {
+        Err(_) => false,
+        Ok(h) => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.block_on(async {}))).is_err()
+        }
+    }
+}
+
+impl FragmentedJob for Gather {
+    const CLASS_ID: ClassId = ClassId::from_name("test.rdma.gather");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+    fn get_rdma_result_buffer(&self, rdma: &RdmaContext, _index: usize) -> Option<RdmaBuffer> {
+        self.offered.fetch_add(1, Ordering::SeqCst);
+        if on_async_worker() {
+            self.offered_on_reactor.fetch_add(1, Ordering::SeqCst);
+        }
+        self.initiator_ctx
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| rdma.clone());
+        rdma.allocate(RECV).ok()
+    }
+    fn execute_fragment_remote_rdma(
+        &self,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+        rdma: &RdmaContext,
+        _: &ExecutionContext,
+    ) -> Option<RdmaBuffer> {
+        let limit = rdma.receiver_limit().expect("a receiver-limited context");
+        assert_eq!(limit, RECV);
+        if index == self.oversize_on {
+            match rdma.allocate(limit + 1) {
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("an oversized allocation succeeded"),
+            }
+        }
+        if index % 7 == 0 {
+            let mut shared = self.shared.lock().unwrap();
+            let b = shared.get_or_insert_with(|| {
+                let b = rdma.allocate(SHARED_LEN).expect("shared buffer");
+                b.write().fill(0xAB);
+                b
+            });
+            return Some(b.clone());
+        }
+        let n = len_of(index);
+        let b = rdma.allocate(n).expect("within the receiver's buffer");
+        for (k, v) in b.write().iter_mut().enumerate() {
+            *v = byte(index, k);
+        }
+        Some(b)
+    }
+    fn receive_remote_result_rdma(
+        &self,
+        buffer: RdmaBuffer,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+    ) {
+        let bytes = buffer.read();
+        let got = &bytes[..buffer.filled()];
+        let ok = if index % 7 == 0 {
+            got.len() == SHARED_LEN && got.iter().all(|v| *v == 0xAB)
+        } else {
+            got.len() == len_of(index) && got.iter().enumerate().all(|(k, v)| *v == byte(index, k))
+        };
+        let entry = if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "fragment {index}: {} bytes, wrong content",
+                got.len()
+            ))
+        };
+        if self.received.lock().unwrap().insert(index, entry).is_some() {
+            self.received
+                .lock()
+                .unwrap()
+                .insert(index, Err(format!("fragment {index} received twice")));
+        }
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = HostId(1 + (i % 2) as u32);
+        }
+    }
+}
+
+fn host_main(scenario: &str) -> Result<(), String> {
+    let cluster = Cluster::builder()
+        .register::<Gather>()
+        .join()
+        .map_err(|e| e.to_string())?;
+    if !cluster.is_primary() {
+        return cluster.serve().map_err(|e| e.to_string());
+    }
+    match scenario {
+        "rdma" => {
+            let n = 600;
+            let mut registered_first = None;
+            for round in 0..2 {
+                let job = Arc::new(Gather {
+                    oversize_on: 301,
+                    ..Gather::default()
+                });
+                let report = cluster.execute(&job, n).map_err(|e| e.to_string())?;
+                let received = job.received.lock().unwrap();
+                let bad: Vec<&String> =
+                    received.values().filter_map(|r| r.as_ref().err()).collect();
+                if !bad.is_empty() {
+                    return Err(format!("wrong results: {bad:?}"));
+                }
+                if report.failed.to_vec() != [301] {
+                    return Err(format!("only the oversized fragment fails: {report:?}"));
+                }
+                let msg = report.failures[0].reason.to_string();
+                if !msg.contains("exceeds the receiver's buffer") {
+                    return Err(format!("oversize failure names no limit: {msg}"));
+                }
+                if received.len() != n - 1 || received.contains_key(&301) {
+                    return Err(format!(
+                        "{} results received for {} fragments",
+                        received.len(),
+                        n - 1
+                    ));
+                }
+                let offered = job.offered.load(Ordering::SeqCst);
+                if offered != n {
+                    return Err(format!(
+                        "{offered} buffers offered for {n} remote fragments"
+                    ));
+                }
+                let on_reactor = job.offered_on_reactor.load(Ordering::SeqCst);
+                if on_reactor > 0 {
+                    return Err(format!(
+                        "{on_reactor} get_rdma_result_buffer calls on a reactor thread"
+                    ));
+                }
+                let ctx = job
+                    .initiator_ctx
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .ok_or("no buffer offered")?;
+                drop(received);
+                let stats = ctx.stats();
+                if stats.in_use != 0 {
+                    return Err(format!("buffers not returned after reception: {stats:?}"));
+                }
+                // Every buffer of a job is offered before its results arrive; the next job reuses
+                // them instead of registering new ones.
+                match registered_first {
+                    None => registered_first = Some(stats.registered),
+                    Some(first) if stats.registered != first || (stats.reused as usize) < n => {
+                        return Err(format!("the second job registered new buffers: {stats:?}"));
+                    }
+                    Some(_) => {}
+                }
+                println!("round {round}:");
+                println!(
+                "rdma ok: {n} remote fragments ({:?}), {offered} buffers offered, {} registered, {} reused",
+                report.per_host, stats.registered, stats.reused
+            );
+            }
+            Ok(())
+        }
+        other => Err(format!("unknown scenario {other}")),
+    }
+}
+
+fn main() {
+    if let Ok(scenario) = std::env::var(SCENARIO) {
+        match host_main(&scenario) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("host failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new(env!("CARGO_BIN_EXE_fragmenta"))
+        .args(["launch", "-n", "3", "--"])
+        .arg(exe)
+        .env(SCENARIO, "rdma")
+        .output()
+        .expect("run the launcher");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = out.status.success() && text.contains("[host-0] rdma ok");
+    println!(
+        "running 1 test\ntest rdma_results_across_processes ... {}",
+        if ok { "ok" } else { "FAILED" }
+    );
+    if !ok {
+        println!("exit {:?}\n{text}", out.status.code());
+        println!("\ntest result: FAILED. 0 passed; 1 failed");
+        std::process::exit(1);
+    }
+    for line in text.lines().filter(|l| l.contains("rdma ok")) {
+        println!("{line}");
+    }
+    println!("\ntest result: ok. 1 passed; 0 failed");
+}
