@@ -11,7 +11,7 @@
 //! min_hosts = 4                        # default: number of [[host]] tables
 //! min_hosts_timeout_ms = 30000         # how long to wait for min_hosts (default 30000)
 //! heartbeat_interval_ms = 500          # default 500
-//! failure_timeout_ms = 3000            # default 3000; must exceed heartbeat_interval_ms
+//! failure_timeout_ms = 2500            # default 2500; must exceed heartbeat_interval_ms
 //! max_frame_bytes = 268435456          # optional
 //!
 //! [[host]]
@@ -50,7 +50,7 @@
 //!     "/etc/fragmenta",
 //! )?;
 //! assert_eq!(config.hosts()[0].id(), fragmenta_job::HostId(7));
-//! assert_eq!(config.failure_timeout(), std::time::Duration::from_secs(3));
+//! assert_eq!(config.failure_timeout(), std::time::Duration::from_millis(2500));
 //! assert_eq!(config.ca_cert(), std::path::Path::new("/etc/fragmenta/ca.pem"));
 //! # Ok::<(), fragmenta_config::ConfigError>(())
 //! ```

@@ -59,7 +59,15 @@ pub enum HandshakeError {
 
 /// Logs `err` (a peer's malformed or oversized frame, or a broken stream) and closes `conn`
 /// with [`CLOSE_PROTOCOL_ERROR`]: what a receiver does when a peer breaks the framing.
+///
+/// A stream that failed because the connection itself is gone (an I/O error once the
+/// connection has a close reason: peer died, shutdown) is not the peer's fault: that is logged
+/// at debug level only, as the failure detector reports the loss.
 pub fn close_on_frame_error(conn: &Connection, err: &FrameError) {
+    if matches!(err, FrameError::Io { .. }) && conn.close_reason().is_some() {
+        tracing::debug!(peer = %conn.peer(), error = %err, "stream ended with its connection");
+        return;
+    }
     tracing::error!(peer = %conn.peer(), remote = %conn.remote_address(), error = %err,
         "closing connection after a bad frame");
     conn.close(CLOSE_PROTOCOL_ERROR, err.to_string().as_bytes());

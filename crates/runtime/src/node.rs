@@ -6,8 +6,8 @@ use crate::executor::{BlockRunner, Executor};
 use crate::registry::{panic_message, Erased, ErasedJob, Registry};
 use fragmenta_fastio::{ContextServer, FastIoError, LocalContext};
 use fragmenta_job::{
-    CancelToken, ExecuteError, ExecutionContext, FailureReason, Fetch, FragmentedJob, HostId,
-    JobId, JobReport, RdmaBuffer, RdmaContext, ResultReader, Transaction,
+    CancelToken, ChunkSink, ExecuteError, ExecutionContext, FailureReason, Fetch, FragmentedJob,
+    HostId, JobId, JobReport, RdmaBuffer, RdmaContext, ResultReader, Transaction,
 };
 use fragmenta_sched::{Action, Block, HostInfo, JobSpec, Outcome, Scheduler, WorkKey, WorkSpec};
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -680,9 +680,62 @@ impl BlockRunner for LocalRunner {
         };
         let count = ij.count.load(Ordering::Acquire);
         let ctx = ExecutionContext::new(node.host(), worker, block.gpus.clone(), ij.cancel.clone());
-        let out = ij
-            .job
-            .run_local_block(&ij.tx, block.range.clone(), count, &ctx);
+        // Fragments whose earlier attempt on a failed host already delivered (or buffered)
+        // chunks run remote style, so the scheduler drops the chunks already delivered.
+        let rerun = node
+            .sched
+            .lock()
+            .rerun_with_chunks(ij.id, block.range.clone());
+        if rerun.is_empty() {
+            return self.run_local(&node, block.range.clone(), count, &ctx);
+        }
+        let end = block.range.end;
+        let mut i = block.range.start;
+        for f in rerun.into_iter().chain(std::iter::once(end)) {
+            if i < f {
+                let left = self.run_local(&node, i..f, count, &ctx);
+                if !left.is_empty() {
+                    // Yielded: the rest of the block (later reruns included) goes back.
+                    return left.start..end;
+                }
+                if ij.cancel.is_cancelled() {
+                    // `run_local` reported its own unstarted part; report the rest.
+                    if f < end {
+                        node.with_sched(|s| {
+                            s.on_not_started(ij.id, node.host(), std::slice::from_ref(&(f..end)))
+                        });
+                    }
+                    return end..end;
+                }
+            }
+            if f == end {
+                break;
+            }
+            if ij.cancel.is_cancelled() {
+                node.with_sched(|s| {
+                    s.on_not_started(ij.id, node.host(), std::slice::from_ref(&(f..end)))
+                });
+                return end..end;
+            }
+            self.run_with_chunks(&node, f, count, &ctx);
+            i = f + 1;
+        }
+        end..end
+    }
+}
+
+impl LocalRunner {
+    /// Runs `range` with `execute_fragment` on the original; returns the part given back
+    /// because the time slice ran out.
+    fn run_local(
+        &self,
+        node: &Node,
+        range: Range<usize>,
+        count: usize,
+        ctx: &ExecutionContext,
+    ) -> Range<usize> {
+        let ij = &self.job;
+        let out = ij.job.run_local_block(&ij.tx, range, count, ctx);
         let done: usize = out.done.iter().map(|r| r.len()).sum();
         let host = node.host();
         node.with_sched(|s| {
@@ -698,6 +751,47 @@ impl BlockRunner for LocalRunner {
         });
         ij.done.fetch_add(done, Ordering::Relaxed);
         out.yielded
+    }
+
+    /// Runs fragment `f` with `execute_fragment_remote` on the original, its chunks going
+    /// through the scheduler as chunks from this host: exactly once and in order.
+    fn run_with_chunks(&self, node: &Node, f: usize, count: usize, ctx: &ExecutionContext) {
+        let ij = &self.job;
+        let host = node.host();
+        let mut sink = SchedSink {
+            node,
+            job: ij.id,
+            host,
+            fragment: f,
+        };
+        let result = ij.job.run_remote(&ij.tx, f, count, ctx, &mut sink);
+        let applied = node.with_sched(|s| match result {
+            Ok(chunks) => s.on_fragment_done(ij.id, host, f, chunks) == Outcome::Applied,
+            Err(reason) => {
+                s.on_fragment_failed(ij.id, host, f, reason);
+                false
+            }
+        });
+        if applied {
+            ij.done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Feeds the chunks of a fragment rerun on the initiator into its scheduler.
+struct SchedSink<'a> {
+    node: &'a Node,
+    job: JobId,
+    host: HostId,
+    fragment: usize,
+}
+
+impl ChunkSink for SchedSink<'_> {
+    fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
+        let (job, host, fragment) = (self.job, self.host, self.fragment);
+        self.node
+            .with_sched(|s| s.on_chunk(job, host, fragment, seq, Payload::Bytes(data)));
+        Ok(())
     }
 }
 

@@ -1,0 +1,254 @@
+//! USER_DEFINED scheduling: data lives on particular hosts, and each fragment goes to the host
+//! that holds its part (the sort-last pattern DiCE's `assign_fragments_to_hosts` is made for).
+//!
+//! ```text
+//! cargo run --release --example user_defined                       # one host holds every shard
+//! cargo build --release --example user_defined --bin fragmenta
+//! target/release/fragmenta launch -n 4 -- target/release/examples/user_defined
+//! ```
+//!
+//! When it starts, every host generates the shards it owns (shard `s` belongs to the
+//! `s mod n`-th host of the cluster, in id order) and keeps them in its memory. The job's
+//! `assign_fragments_to_hosts` sends fragment `s` to the owner of shard `s`, so only the small
+//! per-shard statistics cross the network, never the shards. A fragment that does not find its
+//! shard where it runs fails (the report would list it); with a correct assignment none does.
+//!
+//! On the embedded one-host cluster (no configuration) the one host owns and processes every
+//! shard, and the table shows them all on `host-0`.
+
+use fragmenta::{
+    ClassId, Cluster, ExecutionContext, FragmentedJob, HostId, ResultReader, ResultWriter,
+    SchedulingMode, Transaction,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Number of shards of the data set.
+const SHARDS: usize = 12;
+/// Values per shard.
+const SHARD_LEN: usize = 1 << 20;
+
+/// Shards by number.
+type Shards = BTreeMap<usize, Vec<u32>>;
+
+/// The shards this process holds, set once at start-up. Fragments wait for it: another host may
+/// send work before this one has finished generating its data.
+struct Store {
+    shards: Mutex<Option<Shards>>,
+    ready: Condvar,
+}
+
+static STORE: Store = Store {
+    shards: Mutex::new(None),
+    ready: Condvar::new(),
+};
+
+/// The owner of `shard` among `hosts` (the cluster's hosts in id order).
+fn owner(shard: usize, hosts: &[HostId]) -> HostId {
+    hosts[shard % hosts.len()]
+}
+
+/// Generates shard `s`: pseudo-random "readings" in 0..1_000_000, the same on every run.
+fn generate(shard: usize) -> Vec<u32> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (shard as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (0..SHARD_LEN)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 1_000_000) as u32
+        })
+        .collect()
+}
+
+/// Statistics of one shard, computed where it lives.
+#[derive(Clone, Copy, Debug)]
+struct Stats {
+    host: u32,
+    count: u64,
+    sum: u64,
+    min: u32,
+    max: u32,
+}
+
+impl Stats {
+    fn encode(&self) -> [u8; 28] {
+        let mut b = [0u8; 28];
+        b[0..4].copy_from_slice(&self.host.to_le_bytes());
+        b[4..12].copy_from_slice(&self.count.to_le_bytes());
+        b[12..20].copy_from_slice(&self.sum.to_le_bytes());
+        b[20..24].copy_from_slice(&self.min.to_le_bytes());
+        b[24..28].copy_from_slice(&self.max.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Stats> {
+        let u32_at = |i: usize| b.get(i..i + 4)?.try_into().ok().map(u32::from_le_bytes);
+        let u64_at = |i: usize| b.get(i..i + 8)?.try_into().ok().map(u64::from_le_bytes);
+        Some(Stats {
+            host: u32_at(0)?,
+            count: u64_at(4)?,
+            sum: u64_at(12)?,
+            min: u32_at(20)?,
+            max: u32_at(24)?,
+        })
+    }
+}
+
+/// Statistics of every shard, each computed on the host holding the shard.
+#[derive(Serialize, Deserialize)]
+struct ShardStats {
+    /// `owners[s]` holds shard `s`.
+    owners: Vec<HostId>,
+    #[serde(skip)]
+    results: Mutex<BTreeMap<usize, Stats>>,
+}
+
+impl ShardStats {
+    /// Computes the statistics of `shard` from this host's store, or says why it cannot.
+    fn compute(&self, shard: usize, ctx: &ExecutionContext) -> Result<Stats, String> {
+        let mut store = STORE.shards.lock().unwrap_or_else(|e| e.into_inner());
+        while store.is_none() {
+            store = STORE.ready.wait(store).unwrap_or_else(|e| e.into_inner());
+        }
+        let data = store
+            .as_ref()
+            .and_then(|s| s.get(&shard))
+            .ok_or_else(|| format!("shard {shard} does not live on {}", ctx.host()))?;
+        Ok(Stats {
+            host: ctx.host().0,
+            count: data.len() as u64,
+            sum: data.iter().map(|&v| u64::from(v)).sum(),
+            min: data.iter().copied().min().unwrap_or(0),
+            max: data.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    fn record(&self, shard: usize, stats: Stats) {
+        self.results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(shard, stats);
+    }
+}
+
+impl FragmentedJob for ShardStats {
+    const CLASS_ID: ClassId = ClassId::from_name("fragmenta.examples.shard-stats");
+
+    fn execute_fragment(&self, _: &Transaction, shard: usize, _: usize, ctx: &ExecutionContext) {
+        match self.compute(shard, ctx) {
+            Ok(stats) => self.record(shard, stats),
+            Err(why) => panic!("{why}"), // reported as a failed fragment
+        }
+    }
+
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        shard: usize,
+        _: usize,
+        ctx: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        let stats = self.compute(shard, ctx).map_err(std::io::Error::other)?;
+        out.write_all(&stats.encode())
+    }
+
+    fn receive_remote_result(
+        &self,
+        result: &mut ResultReader,
+        _: &Transaction,
+        shard: usize,
+        _: usize,
+    ) {
+        if let Some(stats) = Stats::decode(result.bytes()) {
+            self.record(shard, stats);
+        }
+    }
+
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (slot, owner) in slots.iter_mut().zip(&self.owners) {
+            *slot = *owner;
+        }
+    }
+
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
+    let cluster = Cluster::builder().register::<ShardStats>().join()?;
+    let hosts = cluster.hosts();
+    let me = cluster.host_id();
+
+    // Load (here: generate) the shards this host owns, then make them visible to fragments.
+    let mine: Shards = (0..SHARDS)
+        .filter(|&s| owner(s, &hosts) == me)
+        .map(|s| (s, generate(s)))
+        .collect();
+    let held: Vec<usize> = mine.keys().copied().collect();
+    *STORE.shards.lock().unwrap_or_else(|e| e.into_inner()) = Some(mine);
+    STORE.ready.notify_all();
+    println!("{me} holds shards {held:?}");
+
+    if !cluster.is_primary() {
+        cluster.serve()?;
+        return Ok(());
+    }
+    let job = Arc::new(ShardStats {
+        owners: (0..SHARDS).map(|s| owner(s, &hosts)).collect(),
+        results: Mutex::new(BTreeMap::new()),
+    });
+    let report = cluster.execute(&job, SHARDS)?;
+
+    let results = job.results.lock().unwrap_or_else(|e| e.into_inner());
+    println!(
+        "{:<6} {:<8} {:>9} {:>12} {:>6} {:>7}",
+        "SHARD", "HOST", "VALUES", "MEAN", "MIN", "MAX"
+    );
+    let (mut count, mut sum) = (0u64, 0u64);
+    for (shard, s) in results.iter() {
+        println!(
+            "{:<6} {:<8} {:>9} {:>12.1} {:>6} {:>7}",
+            shard,
+            HostId(s.host).to_string(),
+            s.count,
+            s.sum as f64 / s.count.max(1) as f64,
+            s.min,
+            s.max
+        );
+        count += s.count;
+        sum += s.sum;
+    }
+    println!(
+        "{} of {} shards on {} host(s): {count} values, mean {:.1}",
+        results.len(),
+        SHARDS,
+        hosts.len(),
+        sum as f64 / count.max(1) as f64
+    );
+    let misplaced: Vec<usize> = results
+        .iter()
+        .filter(|(s, st)| HostId(st.host) != job.owners[**s])
+        .map(|(s, _)| *s)
+        .collect();
+    for f in &report.failures {
+        eprintln!("shard {} failed on {}: {}", f.index, f.host, f.reason);
+    }
+    if !report.is_complete() || !misplaced.is_empty() {
+        return Err(format!(
+            "incomplete: skipped {:?}, failed {:?}, computed away from their data {misplaced:?}",
+            report.skipped, report.failed
+        )
+        .into());
+    }
+    Ok(())
+}
