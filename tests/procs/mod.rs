@@ -119,10 +119,10 @@ impl FragmentedJob for Chaos {
 
 /// Checks a finished [`Chaos`] job: complete; every chunk received at most once, with the
 /// right bytes; every fragment done, either remotely with all its chunks (a prefix of them
-/// possibly from a host that then died) or on the initiator (at most once, and then any chunks
-/// it has came from a killed host: the runtime re-runs such a fragment here with
-/// `execute_fragment`, and the summary counts them as `rerun_here_after_delivery`). Returns a
-/// summary.
+/// possibly from a host that then died; a fragment rerun on the initiator after its host died
+/// with chunks delivered runs remote style, so its last chunks name the initiator) or on the
+/// initiator with `execute_fragment` (at most once, and then with no chunk at all: a fragment
+/// the application saw both ways ran twice). Returns a summary.
 fn verify_chaos(
     job: &Chaos,
     report: &JobReport,
@@ -185,6 +185,13 @@ fn verify_chaos(
                 ));
             }
             rerun += usize::from(!seqs.is_empty());
+            if !seqs.is_empty() {
+                return Err(format!(
+                    "fragment {i} ran here with execute_fragment after chunks {:?} from {hosts:?} \
+                     were delivered (rerun_here_after_delivery={rerun})",
+                    seqs.keys()
+                ));
+            }
         } else if seqs.len() as u32 == job.flushes + 1 {
             // Chunks come from one host, except a prefix left by a host that then died.
             remote += 1;

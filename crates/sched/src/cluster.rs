@@ -128,6 +128,10 @@ struct JobState<P> {
     next_seq: BTreeMap<usize, u32>,
     cursor: usize,
     buffered: BTreeMap<(usize, u32), P>,
+    /// CLUSTER fragments reassigned after a host failure with chunks of an earlier attempt
+    /// delivered or buffered: wherever they run next (the initiator included) their chunks must
+    /// go through `on_chunk` so no `(fragment, seq)` reaches the application twice.
+    tainted: FragmentSet,
 }
 
 impl<P> JobState<P> {
@@ -244,6 +248,13 @@ impl<P> Scheduler<P> {
             if job.cancelling {
                 job.cancelled.extend_from(&lost);
             } else if job.reassign {
+                for i in lost.iter() {
+                    let delivered = job.next_seq.get(&i).is_some_and(|n| *n > 0);
+                    let buffered = job.buffered.range((i, 0)..=(i, u32::MAX)).next().is_some();
+                    if delivered || buffered {
+                        job.tainted.insert(i);
+                    }
+                }
                 job.unassigned.extend_from(&lost);
             } else {
                 for i in lost.iter() {
@@ -281,7 +292,14 @@ impl<P> Scheduler<P> {
     pub fn submit(&mut self, job: JobId, spec: JobSpec) -> Result<usize, InvalidArgument> {
         spec.params.validate()?;
         let params = spec.params;
-        if params.gpu_load > 0.0 && !self.hosts.values().any(|h| h.gpus > 0) {
+        // A LOCAL job runs on this host alone, so only this host's GPUs count for it.
+        let local_only = params.mode == SchedulingMode::Local;
+        if params.gpu_load > 0.0
+            && !self
+                .hosts
+                .iter()
+                .any(|(h, i)| i.gpus > 0 && (!local_only || *h == self.local))
+        {
             return Err(InvalidArgument::NoGpuHost(params.gpu_load));
         }
         let local_sub = self.hosts.get(&self.local).map_or(0, |h| h.sub_cluster);
@@ -326,6 +344,7 @@ impl<P> Scheduler<P> {
             next_seq: BTreeMap::new(),
             cursor: 0,
             buffered: BTreeMap::new(),
+            tainted: FragmentSet::new(),
         };
         match state.params.mode {
             SchedulingMode::Local => {
@@ -487,6 +506,16 @@ impl<P> Scheduler<P> {
                 .get(&id)
                 .and_then(|j| j.assigned.get(&host))
                 .is_some_and(|s| s.contains(fragment))
+    }
+
+    /// Fragments of `range` that must run "remote style" (their chunks fed to `on_chunk` and
+    /// completion to `on_fragment_done`) even on the initiator, because chunks of an earlier
+    /// attempt on a failed host were already delivered or are buffered. Ascending.
+    pub fn rerun_with_chunks(&self, id: JobId, range: Range<usize>) -> Vec<usize> {
+        self.jobs
+            .get(&id)
+            .map(|j| j.tainted.intersect_range(range).to_vec())
+            .unwrap_or_default()
     }
 
     /// A chunk of a remote fragment's result arrived from `host`.
@@ -715,9 +744,12 @@ impl<P> Scheduler<P> {
         if !(all_terminal && delivered && nothing_out) {
             return;
         }
-        let Some(job) = self.jobs.remove(&id) else {
+        let Some(mut job) = self.jobs.remove(&id) else {
             return;
         };
+        // Failures arrive in event order (a failed host's fragments after earlier ones); the
+        // report lists them by index.
+        job.failures.sort_by_key(|f| f.index);
         for host in &job.replicas {
             self.actions.push_back(Action::Release {
                 job: id,

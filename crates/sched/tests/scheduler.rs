@@ -558,3 +558,74 @@ fn negative_priority_is_rejected() {
         Err(InvalidArgument::NegativePriority(-3))
     );
 }
+
+#[test]
+fn fragment_rerun_on_the_initiator_after_partial_delivery_dedupes_its_chunks() {
+    let mut s = cluster(2);
+    let r = HostId(1);
+    let id = job(1);
+    s.submit(
+        id,
+        JobSpec {
+            params: params(SchedulingMode::Cluster),
+            count: 2,
+            assignment: None,
+        },
+    )
+    .unwrap();
+    let first = drain(&mut s);
+    assert_eq!(
+        dispatched(&first),
+        vec![(L, vec![0..1]), (r, vec![1..2])],
+        "{first:?}"
+    );
+    // Host 1 sends chunks 0 and 2 of fragment 1: both wait for fragment 0.
+    assert_eq!(s.on_chunk(id, r, 1, 0, 10), Outcome::Applied);
+    assert_eq!(s.on_chunk(id, r, 1, 2, 12), Outcome::Applied);
+    assert!(drain(&mut s).is_empty());
+    // Fragment 0 ran here: chunk (1, 0) is delivered, (1, 2) stays buffered.
+    assert_eq!(s.on_local_done(id, 0..1), Outcome::Applied);
+    let mut delivered: Vec<(usize, u32, u32)> = Vec::new();
+    let mut take = |s: &mut Scheduler<u32>| {
+        let actions = drain(s);
+        for a in &actions {
+            if let Action::Deliver {
+                fragment,
+                seq,
+                payload,
+                ..
+            } = a
+            {
+                delivered.push((*fragment, *seq, *payload));
+            }
+        }
+        actions
+    };
+    take(&mut s);
+    assert_eq!(s.rerun_with_chunks(id, 0..2), Vec::<usize>::new());
+    // Host 1 dies: fragment 1 goes to the initiator, marked to run with chunks.
+    assert_eq!(s.host_down(r), Outcome::Applied);
+    let again = take(&mut s);
+    assert_eq!(dispatched(&again), vec![(L, vec![1..2])]);
+    assert_eq!(s.rerun_with_chunks(id, 0..2), vec![1]);
+    assert_eq!(s.rerun_with_chunks(id, 0..1), Vec::<usize>::new());
+    // The initiator runs it remote style: chunk 0 was delivered, 1 and 2 are not.
+    assert_eq!(s.on_chunk(id, L, 1, 0, 100), Outcome::Stale);
+    assert_eq!(s.on_chunk(id, L, 1, 1, 101), Outcome::Applied);
+    assert_eq!(s.on_chunk(id, L, 1, 2, 102), Outcome::Applied);
+    take(&mut s);
+    assert_eq!(s.on_fragment_done(id, L, 1, 3), Outcome::Applied);
+    let end = take(&mut s);
+    // Done exactly once: neither a second report nor the local path counts it again.
+    assert_eq!(s.on_fragment_done(id, L, 1, 3), Outcome::Stale);
+    assert_eq!(s.on_local_done(id, 1..2), Outcome::Stale);
+    let report = finished(&end).expect("finished");
+    assert!(report.is_complete());
+    assert_eq!(report.done.len(), 2);
+    assert_eq!(report.done_on(L), 2);
+    // Every (fragment, seq) once, in order; chunk 2 from either attempt (they are equal).
+    let keys: Vec<(usize, u32)> = delivered.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(keys, vec![(1, 0), (1, 1), (1, 2)]);
+    assert_eq!(delivered[0].2, 10);
+    assert_eq!(delivered[1].2, 101);
+}
