@@ -1,5 +1,6 @@
 //! kd-style brick decomposition, ghost layers and brick loading.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, VolrenError};
@@ -168,47 +169,86 @@ impl BrickData {
 /// and copies the sub-box. Fails when `brick` does not belong to a volume of `source`'s size
 /// or when the file cannot be read or has the wrong size.
 pub fn load_brick(source: &VolumeSource, brick: &Brick) -> Result<BrickData> {
-    let dims = source.dims();
-    validate_dims(dims)?;
-    if brick.volume_dims != dims || (0..3).any(|a| brick.ghost_hi[a] > dims[a]) {
-        return Err(VolrenError::InvalidArgument(format!(
-            "brick {} was made for a {:?} volume, source is {:?}",
-            brick.id, brick.volume_dims, dims
-        )));
-    }
-    let gd = brick.ghost_dims().map(|d| d as usize);
-    let g0 = brick.ghost_lo.map(|d| d as usize);
-    let mut voxels = Vec::with_capacity(gd.iter().product());
-    match source {
-        VolumeSource::MarschnerLobb { .. } => {
-            let coord = |i: usize, a: usize| -1.0 + 2.0 * i as f64 / f64::from(dims[a] - 1);
-            for k in g0[2]..g0[2] + gd[2] {
-                let z = coord(k, 2);
-                for j in g0[1]..g0[1] + gd[1] {
-                    let y = coord(j, 1);
-                    for i in g0[0]..g0[0] + gd[0] {
-                        voxels.push(marschner_lobb(coord(i, 0), y, z) as f32);
-                    }
-                }
-            }
-        }
-        VolumeSource::Raw { path, voxel, .. } => {
-            let bytes = read_raw_bytes(path, dims, *voxel)?;
-            let (nx, ny) = (dims[0] as usize, dims[1] as usize);
-            for k in g0[2]..g0[2] + gd[2] {
-                for j in g0[1]..g0[1] + gd[1] {
-                    let row = (k * ny + j) * nx;
-                    for i in g0[0]..g0[0] + gd[0] {
-                        voxels.push(raw_value(&bytes, *voxel, row + i));
-                    }
-                }
-            }
-        }
-    }
+    check_brick(source.dims(), brick)?;
+    let mut voxels = vec![0.0; brick.ghost_voxel_count()];
+    load_brick_into(source, brick, &mut voxels)?;
     Ok(BrickData {
         header: BrickHeader {
             brick: brick.clone(),
         },
         voxels,
     })
+}
+
+/// Checks that `brick` is a brick of a `dims` volume (so its sizes cannot overflow).
+fn check_brick(dims: [u32; 3], brick: &Brick) -> Result<()> {
+    validate_dims(dims)?;
+    let inside = (0..3).all(|a| {
+        brick.ghost_lo[a] <= brick.lo[a]
+            && brick.lo[a] < brick.hi[a]
+            && brick.hi[a] <= brick.ghost_hi[a]
+            && brick.ghost_hi[a] <= dims[a]
+    });
+    if brick.volume_dims != dims || !inside {
+        return Err(VolrenError::InvalidArgument(format!(
+            "brick {} was made for a {:?} volume, source is {:?}",
+            brick.id, brick.volume_dims, dims
+        )));
+    }
+    Ok(())
+}
+
+/// [`load_brick`] into a caller's buffer (for instance a mapped shared-memory allocation), so
+/// the voxels are written once, where they will be read. `out` must hold exactly
+/// `brick.ghost_voxel_count()` values; they are written x fastest. Slices along z are filled
+/// in parallel (rayon).
+pub fn load_brick_into(source: &VolumeSource, brick: &Brick, out: &mut [f32]) -> Result<()> {
+    let dims = source.dims();
+    check_brick(dims, brick)?;
+    if out.len() != brick.ghost_voxel_count() {
+        return Err(VolrenError::InvalidArgument(format!(
+            "brick {} holds {} voxels, the buffer {}",
+            brick.id,
+            brick.ghost_voxel_count(),
+            out.len()
+        )));
+    }
+    let gd = brick.ghost_dims().map(|d| d as usize);
+    let g0 = brick.ghost_lo.map(|d| d as usize);
+    let slice_len = gd[0] * gd[1];
+    if slice_len == 0 {
+        return Ok(());
+    }
+    match source {
+        VolumeSource::MarschnerLobb { .. } => {
+            let coord = |i: usize, a: usize| -1.0 + 2.0 * i as f64 / f64::from(dims[a] - 1);
+            out.par_chunks_mut(slice_len)
+                .enumerate()
+                .for_each(|(dk, slice)| {
+                    let z = coord(g0[2] + dk, 2);
+                    for (dj, row) in slice.chunks_exact_mut(gd[0]).enumerate() {
+                        let y = coord(g0[1] + dj, 1);
+                        for (di, v) in row.iter_mut().enumerate() {
+                            *v = marschner_lobb(coord(g0[0] + di, 0), y, z) as f32;
+                        }
+                    }
+                });
+        }
+        VolumeSource::Raw { path, voxel, .. } => {
+            let bytes = read_raw_bytes(path, dims, *voxel)?;
+            let (nx, ny) = (dims[0] as usize, dims[1] as usize);
+            out.par_chunks_mut(slice_len)
+                .enumerate()
+                .for_each(|(dk, slice)| {
+                    let k = g0[2] + dk;
+                    for (dj, row) in slice.chunks_exact_mut(gd[0]).enumerate() {
+                        let start = (k * ny + g0[1] + dj) * nx + g0[0];
+                        for (di, v) in row.iter_mut().enumerate() {
+                            *v = raw_value(&bytes, *voxel, start + di);
+                        }
+                    }
+                });
+        }
+    }
+    Ok(())
 }

@@ -84,6 +84,21 @@ impl Camera {
         }
     }
 
+    /// The same camera at the distance where the bounding sphere of a `dims` volume just
+    /// fills the narrower of the two fields of view (plus 2%), whatever the angles.
+    pub fn fitted(self, dims: [u32; 3]) -> Self {
+        let (lo, hi) = world_box(dims);
+        let d = sub(hi, lo);
+        let radius = 0.5 * dot(d, d).sqrt();
+        let half_y = (self.fov_y.to_radians() * 0.5).clamp(1e-3, 1.5);
+        let aspect = self.width.max(1) as f32 / self.height.max(1) as f32;
+        let half = half_y.min((half_y.tan() * aspect).atan());
+        Camera {
+            distance: radius / half.sin() * 1.02,
+            ..self
+        }
+    }
+
     /// Eye position in world space.
     pub fn eye(&self) -> [f32; 3] {
         let (az, el) = (self.azimuth.to_radians(), self.elevation.to_radians());

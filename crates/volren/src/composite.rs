@@ -2,7 +2,7 @@
 
 use crate::brick::Brick;
 use crate::camera::{Camera, VolumeSpace};
-use crate::image::{over, Image, PartialImage};
+use crate::image::{Image, PartialImage};
 
 /// Front-to-back order of `bricks` (indices into the slice) for `camera`, exact for bricks
 /// from one [`crate::bricks`] call: the kd split tree stored in each brick's `path` is
@@ -48,13 +48,7 @@ fn traverse(bricks: &[Brick], idx: Vec<usize>, depth: usize, eye: [f32; 3], out:
 pub fn composite_direct(partials_in_order: &[&PartialImage], width: u32, height: u32) -> Image {
     let mut img = Image::transparent(width, height);
     for p in partials_in_order {
-        let r = p.rect.intersect(&crate::Rect::full(width, height));
-        for y in r.y0..r.y1 {
-            for x in r.x0..r.x1 {
-                let dst = &mut img.pixels[y as usize * width as usize + x as usize];
-                *dst = over(*dst, p.get(x, y));
-            }
-        }
+        img.blend_behind(p);
     }
     img
 }

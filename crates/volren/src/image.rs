@@ -135,6 +135,106 @@ impl PartialImage {
     pub fn wire_bytes(&self) -> u64 {
         self.rect.area() as u64 * 16
     }
+
+    /// The same image with `rect` shrunk to the smallest rectangle holding every pixel that
+    /// is not fully transparent (all four channels 0); empty when there is none. Compositing
+    /// the result gives the same image: `over` with a transparent pixel changes nothing.
+    pub fn trimmed(self) -> PartialImage {
+        let w = self.rect.width() as usize;
+        let mut bbox = Rect::default();
+        if w > 0 {
+            for (row, px) in self.pixels.chunks_exact(w).enumerate() {
+                let Some(first) = px.iter().position(|p| *p != [0.0; 4]) else {
+                    continue;
+                };
+                let last = px.iter().rposition(|p| *p != [0.0; 4]).unwrap_or(first);
+                let y = self.rect.y0 + row as u32;
+                bbox = bbox.union(&Rect {
+                    x0: self.rect.x0 + first as u32,
+                    y0: y,
+                    x1: self.rect.x0 + last as u32 + 1,
+                    y1: y + 1,
+                });
+            }
+        }
+        if bbox == self.rect {
+            return self;
+        }
+        let mut pixels = Vec::with_capacity(bbox.area());
+        for y in bbox.y0..bbox.y1 {
+            let start = (y - self.rect.y0) as usize * w + (bbox.x0 - self.rect.x0) as usize;
+            pixels.extend_from_slice(&self.pixels[start..start + bbox.width() as usize]);
+        }
+        PartialImage {
+            width: self.width,
+            height: self.height,
+            rect: bbox,
+            pixels,
+        }
+    }
+
+    /// Encodes the image for the wire: `x0, y0, x1, y1` (u32 little-endian) followed by the
+    /// pixels of `rect` as f32 little-endian RGBA, row-major. The full image size is not
+    /// included: the receiver knows it.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.pixels.len() * 16);
+        self.write_wire(&mut out);
+        out
+    }
+
+    /// Appends [`PartialImage::to_wire`]'s bytes to `out`.
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        out.reserve(16 + self.pixels.len() * 16);
+        for v in [self.rect.x0, self.rect.y0, self.rect.x1, self.rect.y1] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for c in self.pixels.as_flattened() {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+
+    /// Decodes [`PartialImage::to_wire`] bytes for a `width x height` image. Fails when the
+    /// rectangle does not fit in the image or the byte count does not match it.
+    pub fn from_wire(width: u32, height: u32, bytes: &[u8]) -> Result<PartialImage> {
+        let bad = |why: String| VolrenError::InvalidArgument(format!("partial image: {why}"));
+        let Some((head, body)) = bytes.split_first_chunk::<16>() else {
+            return Err(bad(format!("{} bytes, too short", bytes.len())));
+        };
+        let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let rect = Rect {
+            x0: word(0),
+            y0: word(4),
+            x1: word(8),
+            y1: word(12),
+        };
+        if rect.x0 > rect.x1 || rect.y0 > rect.y1 || rect.x1 > width || rect.y1 > height {
+            return Err(bad(format!("{rect:?} does not fit in {width}x{height}")));
+        }
+        if body.len() as u64 != rect.area() as u64 * 16 {
+            return Err(bad(format!(
+                "{} pixel bytes for {rect:?}, expected {}",
+                body.len(),
+                rect.area() * 16
+            )));
+        }
+        let pixels = body
+            .chunks_exact(16)
+            .map(|p| {
+                let c = |i: usize| f32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+                [c(0), c(4), c(8), c(12)]
+            })
+            .collect();
+        Ok(PartialImage {
+            width,
+            height,
+            rect: if rect.is_empty() {
+                Rect::default()
+            } else {
+                rect
+            },
+            pixels,
+        })
+    }
 }
 
 impl Image {
@@ -150,6 +250,36 @@ impl Image {
     /// Pixel `(x, y)`.
     pub fn get(&self, x: u32, y: u32) -> Rgba {
         self.pixels[y as usize * self.width as usize + x as usize]
+    }
+
+    /// Composites `back` behind this image: `self = self over back` on the pixels of
+    /// `back.rect` (the part inside this image). Blending partial images front to back, one
+    /// `blend_behind` each, is [`crate::composite_direct`].
+    pub fn blend_behind(&mut self, back: &PartialImage) {
+        let r = back.rect.intersect(&Rect::full(self.width, self.height));
+        let (w, bw) = (self.width as usize, back.rect.width() as usize);
+        for y in r.y0..r.y1 {
+            let dst = y as usize * w;
+            let src = (y - back.rect.y0) as usize * bw + (r.x0 - back.rect.x0) as usize;
+            let n = r.width() as usize;
+            let d = &mut self.pixels[dst + r.x0 as usize..dst + r.x0 as usize + n];
+            for (d, s) in d.iter_mut().zip(&back.pixels[src..src + n]) {
+                *d = over(*d, *s);
+            }
+        }
+    }
+
+    /// Copies `part`'s pixels (the part inside this image) into this image, replacing what
+    /// was there.
+    pub fn paste(&mut self, part: &PartialImage) {
+        let r = part.rect.intersect(&Rect::full(self.width, self.height));
+        let (w, pw) = (self.width as usize, part.rect.width() as usize);
+        for y in r.y0..r.y1 {
+            let dst = y as usize * w + r.x0 as usize;
+            let src = (y - part.rect.y0) as usize * pw + (r.x0 - part.rect.x0) as usize;
+            let n = r.width() as usize;
+            self.pixels[dst..dst + n].copy_from_slice(&part.pixels[src..src + n]);
+        }
     }
 
     /// 8-bit RGB of the image composited over an opaque `background`: each channel is

@@ -1,5 +1,5 @@
-//! Sort-last volume rendering core of fragmenta: the library the distributed volume
-//! rendering example calls from its fragments.
+//! Sort-last volume rendering for fragmenta: the rendering core, and the jobs and driver that
+//! run it on a cluster (the `sort_last` example).
 //!
 //! Pipeline of one frame:
 //!
@@ -16,6 +16,10 @@
 //!    [`composite_direct`] or [`binary_swap_simulate`] (using [`binary_swap_plan`])
 //!    composites the partials with [`over`].
 //! 5. [`Image::to_png`] writes the result over an opaque background.
+//!
+//! On a cluster, [`distributed`] runs this pipeline as fragmenta jobs: [`SortLast`] loads one
+//! brick per host into the host's Fast I/O store, renders each where it lives and composites
+//! directly on the initiator or by binary swap between the hosts ([`Compositing`]).
 //!
 //! World space: the volume is a box whose longest side is 1, centred at the origin; voxel
 //! `i` of an axis with `n` voxels sits at `-(n-1)/2 + i` voxel spacings.
@@ -40,6 +44,7 @@
 mod brick;
 mod camera;
 mod composite;
+pub mod distributed;
 mod error;
 mod image;
 mod render;
@@ -47,13 +52,20 @@ mod swap;
 mod tf;
 mod volume;
 
-pub use brick::{bricks, load_brick, Brick, BrickData, BrickHeader, Split};
+pub use brick::{bricks, load_brick, load_brick_into, Brick, BrickData, BrickHeader, Split};
 pub use camera::{world_box, Camera};
 pub use composite::{composite_direct, direct_bytes_received, visibility_order};
+pub use distributed::{
+    Compositing, Frame, FreePublications, JobRunner, LoadBricks, LoadReport, RenderBricks,
+    SortLast, SortLastError, SwapStep, MAX_IMAGE_SIDE,
+};
 pub use error::{Result, VolrenError};
 pub use image::{over, Image, PartialImage, Rect, Rgba};
-pub use render::{render_brick, RenderParams};
-pub use swap::{binary_swap_plan, binary_swap_simulate, split_region, Exchange, Fold, Plan};
+pub use render::{render_brick, render_voxels, RenderParams};
+pub use swap::{
+    binary_swap_plan, binary_swap_schedule, binary_swap_simulate, split_region, Exchange, Fold,
+    Plan, Schedule, Step, Transfer,
+};
 pub use tf::{ControlPoint, TransferFunction, LUT_SIZE};
 pub use volume::{
     marschner_lobb, parse_dims, read_raw_bytes, validate_dims, VolumeSource, VoxelType, ML_A,

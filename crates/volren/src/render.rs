@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::brick::BrickData;
+use crate::brick::{Brick, BrickData};
 use crate::camera::{Camera, Frame, VolumeSpace, V3};
 use crate::image::{PartialImage, Rect, Rgba};
 use crate::tf::{TransferFunction, LUT_SIZE};
@@ -98,12 +98,25 @@ pub fn render_brick(
     tf: &TransferFunction,
     params: &RenderParams,
 ) -> PartialImage {
-    let brick = data.brick();
+    render_voxels(data.brick(), &data.voxels, camera, tf, params)
+}
+
+/// [`render_brick`] on borrowed voxels: `voxels` holds `brick.ghost_voxel_count()` values, x
+/// fastest, covering `brick.ghost_lo .. brick.ghost_hi` (the layout of [`BrickData::voxels`]),
+/// for instance a mapped shared-memory publication, read in place. A slice of the wrong length
+/// renders nothing (an empty partial image).
+pub fn render_voxels(
+    brick: &Brick,
+    voxels: &[f32],
+    camera: &Camera,
+    tf: &TransferFunction,
+    params: &RenderParams,
+) -> PartialImage {
     let vs = VolumeSpace::new(brick.volume_dims);
     let frame = camera.frame();
     let (slo, shi) = brick.sample_region();
     let empty_region = (0..3).any(|a| shi[a] <= slo[a]);
-    let rect = if empty_region || data.voxels.len() != brick.ghost_voxel_count() {
+    let rect = if empty_region || voxels.len() != brick.ghost_voxel_count() {
         Rect::default()
     } else {
         // Slightly enlarged box for the screen rectangle and slab test; ownership is decided
@@ -131,7 +144,7 @@ pub fn render_brick(
     let glo = brick.ghost_lo.map(|d| d as usize);
     let term = params.early_termination;
     let ctx = RayCtx {
-        data,
+        voxels,
         vs: &vs,
         lut: &lut,
         slo,
@@ -188,7 +201,7 @@ fn shade(c: Rgba, g: V3, dir: V3) -> Rgba {
 }
 
 struct RayCtx<'a> {
-    data: &'a BrickData,
+    voxels: &'a [f32],
     vs: &'a VolumeSpace,
     lut: &'a [[f32; 4]],
     slo: V3,
@@ -249,7 +262,7 @@ impl RayCtx<'_> {
         let (sx, sy) = (1, self.gd[0]);
         let sz = self.gd[0] * self.gd[1];
         let base = i[2] * sz + i[1] * sy + i[0];
-        let v = &self.data.voxels;
+        let v = self.voxels;
         let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
         let (v000, v100) = (v[base], v[base + sx]);
         let (v010, v110) = (v[base + sy], v[base + sy + sx]);

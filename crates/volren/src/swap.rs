@@ -130,17 +130,226 @@ impl Plan {
     }
 }
 
-/// A simulated rank: full-frame buffer, bounding rect of its data, and the ranks merged in.
-struct RankState {
-    img: Vec<Rgba>,
-    bbox: Rect,
-    members: Vec<usize>,
+/// One transfer of a binary-swap step: rank `from` sends the pixels of its image inside
+/// `region` (cut to the bounding rectangle of its data) to rank `to`, which composites them
+/// with its own: `received over own` when `sender_in_front`, else `own over received`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Sending rank.
+    pub from: usize,
+    /// Receiving rank.
+    pub to: usize,
+    /// Image region sent (before cutting it to the sender's data).
+    pub region: Rect,
+    /// Whether the sender's bricks are in front of the receiver's for the schedule's order.
+    pub sender_in_front: bool,
 }
 
-/// Executes [`binary_swap_plan`]`(partials.len())` in-process. `partials[r]` is rank `r`'s
-/// partial image, rendered from brick `r` of `bricks(dims, partials.len())`; `order` is the
+/// One step of a [`Schedule`]: the folds, or one round of pairwise exchanges. The transfers of
+/// a step are independent: every sender reads its image as it was before the step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// The transfers, each to a different receiver.
+    pub transfers: Vec<Transfer>,
+    /// The image region each rank is responsible for after the step (empty for a rank that
+    /// folded).
+    pub regions: Vec<Rect>,
+}
+
+/// A [`binary_swap_plan`] turned into data movements for one camera: the steps (the folds
+/// first when there are any, then one step per round), with who sends what to whom and in
+/// which compositing order. Every rank starts responsible for the whole image; at the end
+/// the non-empty [`Schedule::final_regions`] partition it, and rank 0's region is never
+/// empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Number of ranks.
+    pub ranks: usize,
+    /// Image width.
+    pub width: u32,
+    /// Image height.
+    pub height: u32,
+    /// The steps, in execution order.
+    pub steps: Vec<Step>,
+}
+
+impl Schedule {
+    /// The region `rank` is responsible for before step `step` (`step == steps.len()`: at
+    /// the end).
+    pub fn region_before(&self, rank: usize, step: usize) -> Rect {
+        match step.checked_sub(1).and_then(|s| self.steps.get(s)) {
+            Some(prev) => prev.regions.get(rank).copied().unwrap_or_default(),
+            None => Rect::full(self.width, self.height),
+        }
+    }
+
+    /// The region each rank holds at the end (empty for ranks that folded).
+    pub fn final_regions(&self) -> Vec<Rect> {
+        (0..self.ranks)
+            .map(|r| self.region_before(r, self.steps.len()))
+            .collect()
+    }
+
+    /// The transfer `rank` receives in `step`, if any.
+    pub fn received_by(&self, rank: usize, step: usize) -> Option<&Transfer> {
+        self.steps
+            .get(step)?
+            .transfers
+            .iter()
+            .find(|t| t.to == rank)
+    }
+
+    /// The transfer `rank` sends in `step`, if any.
+    pub fn sent_by(&self, rank: usize, step: usize) -> Option<&Transfer> {
+        self.steps
+            .get(step)?
+            .transfers
+            .iter()
+            .find(|t| t.from == rank)
+    }
+
+    /// The next step after `after` (`None`: from the start) in which `rank` sends, provided it
+    /// receives nothing before that: the step whose data `rank` can prepare as soon as its
+    /// work up to `after` is done.
+    pub fn next_send(&self, rank: usize, after: Option<usize>) -> Option<(usize, &Transfer)> {
+        let first = after.map_or(0, |s| s + 1);
+        for step in first..self.steps.len() {
+            if let Some(t) = self.sent_by(rank, step) {
+                return Some((step, t));
+            }
+            if self.received_by(rank, step).is_some() {
+                return None;
+            }
+        }
+        None
+    }
+}
+
+/// The binary-swap [`Schedule`] for `order.len()` ranks holding the bricks of
+/// `bricks(dims, order.len())` (rank `r` holds brick `r`), `order` being their visibility
+/// order ([`crate::visibility_order`]), for a `width x height` image.
+///
+/// Fails when `order` is not a permutation of the ranks, or is not contiguous on the plan's
+/// kd groups (bricks not from [`crate::bricks`]).
+pub fn binary_swap_schedule(order: &[usize], width: u32, height: u32) -> Result<Schedule> {
+    let p = order.len();
+    if p == 0 {
+        return Err(VolrenError::InvalidArgument("no ranks".into()));
+    }
+    let mut pos = vec![usize::MAX; p];
+    for (i, &r) in order.iter().enumerate() {
+        if r >= p || pos[r] != usize::MAX {
+            return Err(VolrenError::InvalidArgument(format!(
+                "order {order:?} is not a permutation of 0..{p}"
+            )));
+        }
+        pos[r] = i;
+    }
+    let plan = binary_swap_plan(p);
+    let full = Rect::full(width, height);
+    let mut members: Vec<Vec<usize>> = (0..p).map(|r| vec![r]).collect();
+    // Whether `from`'s bricks lie in front of `to`'s; both sets must be contiguous runs of
+    // the visibility order.
+    let in_front = |members: &[Vec<usize>], from: usize, to: usize| -> Result<bool> {
+        let span = |m: &[usize]| {
+            let it = m.iter().map(|&r| pos[r]);
+            (it.clone().min().unwrap_or(0), it.max().unwrap_or(0))
+        };
+        let (fa, fb) = span(&members[from]);
+        let (ta, tb) = span(&members[to]);
+        let contiguous = fb - fa + 1 == members[from].len() && tb - ta + 1 == members[to].len();
+        if !contiguous || !(fb < ta || tb < fa) {
+            return Err(VolrenError::InvalidArgument(format!(
+                "visibility order {order:?} is not contiguous on the kd groups of the plan"
+            )));
+        }
+        Ok(fb < ta)
+    };
+    let mut region = vec![full; p];
+    let mut steps = Vec::new();
+    if !plan.folds.is_empty() {
+        let mut transfers = Vec::new();
+        for f in &plan.folds {
+            transfers.push(Transfer {
+                from: f.from,
+                to: f.to,
+                region: full,
+                sender_in_front: in_front(&members, f.from, f.to)?,
+            });
+            let moved = std::mem::take(&mut members[f.from]);
+            members[f.to].extend(moved);
+            region[f.from] = Rect::default();
+        }
+        steps.push(Step {
+            transfers,
+            regions: region.clone(),
+        });
+    }
+    for round in &plan.rounds {
+        let mut transfers = Vec::new();
+        for e in round {
+            let (keep_low, keep_high) = split_region(region[e.low]);
+            let high_in_front = in_front(&members, e.high, e.low)?;
+            transfers.push(Transfer {
+                from: e.low,
+                to: e.high,
+                region: keep_high,
+                sender_in_front: !high_in_front,
+            });
+            transfers.push(Transfer {
+                from: e.high,
+                to: e.low,
+                region: keep_low,
+                sender_in_front: high_in_front,
+            });
+            region[e.low] = keep_low;
+            region[e.high] = keep_high;
+        }
+        for e in round {
+            let (ml, mh) = (members[e.low].clone(), members[e.high].clone());
+            members[e.low].extend(mh);
+            members[e.high].extend(ml);
+        }
+        steps.push(Step {
+            transfers,
+            regions: region.clone(),
+        });
+    }
+    Ok(Schedule {
+        ranks: p,
+        width,
+        height,
+        steps,
+    })
+}
+
+/// Composites `src`'s pixels inside `rect` into `dst` (both full-frame, row-major, `width`
+/// wide): `src over dst` when `src_in_front`, else `dst over src`.
+pub(crate) fn composite_rect(
+    dst: &mut [Rgba],
+    src: &[Rgba],
+    width: u32,
+    rect: Rect,
+    src_in_front: bool,
+) {
+    for y in rect.y0..rect.y1 {
+        let row = y as usize * width as usize;
+        let (a, b) = (row + rect.x0 as usize, row + rect.x1 as usize);
+        for (d, s) in dst[a..b].iter_mut().zip(&src[a..b]) {
+            *d = if src_in_front {
+                over(*s, *d)
+            } else {
+                over(*d, *s)
+            };
+        }
+    }
+}
+
+/// Executes the binary-swap [`Schedule`] in-process. `partials[r]` is rank `r`'s partial
+/// image, rendered from brick `r` of `bricks(dims, partials.len())`; `order` is the
 /// visibility order ([`crate::visibility_order`]). Returns the final image (gathered on rank
-/// 0) and the bytes each rank received (swaps, folds and the final gather).
+/// 0) and the bytes each rank received (folds, swaps and the final gather), counting only
+/// the part of each region that holds the sender's data, at 16 bytes per pixel.
 ///
 /// Fails when the inputs do not fit together: sizes differ, `order` is not a permutation,
 /// or `order` is not contiguous on the plan's kd groups (bricks not from `bricks()`).
@@ -154,123 +363,60 @@ pub fn binary_swap_simulate(
     if p == 0 {
         return Err(VolrenError::InvalidArgument("no partial images".into()));
     }
-    let mut pos = vec![usize::MAX; p];
-    for (i, &r) in order.iter().enumerate() {
-        if r >= p || pos[r] != usize::MAX {
-            return Err(VolrenError::InvalidArgument(format!(
-                "order {order:?} is not a permutation of 0..{p}"
-            )));
-        }
-        pos[r] = i;
-    }
     if order.len() != p {
         return Err(VolrenError::InvalidArgument(format!(
             "order has {} entries for {p} partials",
             order.len()
         )));
     }
+    let schedule = binary_swap_schedule(order, width, height)?;
     let full = Rect::full(width, height);
     let npx = width as usize * height as usize;
-    let mut st: Vec<RankState> = partials
-        .iter()
-        .enumerate()
-        .map(|(r, part)| {
-            let mut img = vec![[0.0; 4]; npx];
-            let bbox = part.rect.intersect(&full);
-            for y in bbox.y0..bbox.y1 {
-                for x in bbox.x0..bbox.x1 {
-                    img[y as usize * width as usize + x as usize] = part.get(x, y);
-                }
+    let mut img: Vec<Vec<Rgba>> = Vec::with_capacity(p);
+    let mut bbox: Vec<Rect> = Vec::with_capacity(p);
+    for part in partials {
+        let mut buf = vec![[0.0; 4]; npx];
+        let b = part.rect.intersect(&full);
+        for y in b.y0..b.y1 {
+            for x in b.x0..b.x1 {
+                buf[y as usize * width as usize + x as usize] = part.get(x, y);
             }
-            RankState {
-                img,
-                bbox,
-                members: vec![r],
-            }
-        })
-        .collect();
+        }
+        img.push(buf);
+        bbox.push(b);
+    }
     let mut bytes = vec![0u64; p];
-    let plan = binary_swap_plan(p);
-
-    // Receives `rect` of `from`'s buffer into `to`, compositing in visibility order.
-    let mut transfer =
-        |st: &mut Vec<RankState>, from: usize, to: usize, rect: Rect| -> Result<()> {
-            let span = |m: &[usize]| {
-                let it = m.iter().map(|&r| pos[r]);
-                (it.clone().min().unwrap_or(0), it.max().unwrap_or(0))
-            };
-            let (fa, fb) = span(&st[from].members);
-            let (ta, tb) = span(&st[to].members);
-            if !(fb < ta || tb < fa) || fb - fa + 1 != st[from].members.len() {
-                return Err(VolrenError::InvalidArgument(format!(
-                    "visibility order {order:?} is not contiguous on the kd groups of the plan"
-                )));
+    for step in &schedule.steps {
+        let rects: Vec<Rect> = step
+            .transfers
+            .iter()
+            .map(|t| bbox[t.from].intersect(&t.region))
+            .collect();
+        for (t, &rect) in step.transfers.iter().zip(&rects) {
+            let src = std::mem::take(&mut img[t.from]);
+            composite_rect(&mut img[t.to], &src, width, rect, t.sender_in_front);
+            img[t.from] = src;
+            bytes[t.to] += rect.area() as u64 * 16;
+        }
+        for t in &step.transfers {
+            for r in [t.from, t.to] {
+                bbox[r] = bbox[r].intersect(&step.regions[r]);
             }
-            let sender_in_front = fb < ta;
-            let (src, dst) = if from < to {
-                let (a, b) = st.split_at_mut(to);
-                (&a[from], &mut b[0])
-            } else {
-                let (a, b) = st.split_at_mut(from);
-                (&b[0], &mut a[to])
-            };
-            for y in rect.y0..rect.y1 {
-                let row = y as usize * width as usize;
-                for x in rect.x0..rect.x1 {
-                    let i = row + x as usize;
-                    dst.img[i] = if sender_in_front {
-                        over(src.img[i], dst.img[i])
-                    } else {
-                        over(dst.img[i], src.img[i])
-                    };
-                }
-            }
-            bytes[to] += rect.area() as u64 * 16;
-            Ok(())
-        };
-
-    for f in &plan.folds {
-        let rect = st[f.from].bbox;
-        transfer(&mut st, f.from, f.to, rect)?;
-        st[f.to].bbox = st[f.to].bbox.union(&rect);
-        let moved = std::mem::take(&mut st[f.from].members);
-        st[f.to].members.extend(moved);
-        st[f.from].bbox = Rect::default();
-    }
-    let mut region = vec![Rect::default(); p];
-    for l in plan.leaders() {
-        region[l] = full;
-    }
-    for round in &plan.rounds {
-        for e in round {
-            let (keep_low, keep_high) = split_region(region[e.low]);
-            let to_high = st[e.low].bbox.intersect(&keep_high);
-            let to_low = st[e.high].bbox.intersect(&keep_low);
-            transfer(&mut st, e.low, e.high, to_high)?;
-            transfer(&mut st, e.high, e.low, to_low)?;
-            let low_bbox = st[e.low].bbox.intersect(&keep_low).union(&to_low);
-            let high_bbox = st[e.high].bbox.intersect(&keep_high).union(&to_high);
-            st[e.low].bbox = low_bbox;
-            st[e.high].bbox = high_bbox;
-            let (ml, mh) = (st[e.low].members.clone(), st[e.high].members.clone());
-            st[e.low].members.extend(mh);
-            st[e.high].members.extend(ml);
-            region[e.low] = keep_low;
-            region[e.high] = keep_high;
+        }
+        for (t, &rect) in step.transfers.iter().zip(&rects) {
+            bbox[t.to] = bbox[t.to].union(&rect);
         }
     }
-    // Gather on rank 0 (always the first leader).
+    // Gather on rank 0.
     let mut out = Image::transparent(width, height);
-    for l in plan.leaders() {
-        let rect = region[l];
-        for y in rect.y0..rect.y1 {
+    for (r, region) in schedule.final_regions().into_iter().enumerate() {
+        for y in region.y0..region.y1 {
             let row = y as usize * width as usize;
-            for x in rect.x0..rect.x1 {
-                out.pixels[row + x as usize] = st[l].img[row + x as usize];
-            }
+            let (a, b) = (row + region.x0 as usize, row + region.x1 as usize);
+            out.pixels[a..b].copy_from_slice(&img[r][a..b]);
         }
-        if l != 0 {
-            bytes[0] += st[l].bbox.intersect(&rect).area() as u64 * 16;
+        if r != 0 {
+            bytes[0] += bbox[r].intersect(&region).area() as u64 * 16;
         }
     }
     Ok((out, bytes))

@@ -256,7 +256,9 @@ fn visibility_order_front_to_back_for_cameras_on_every_side() {
 
 fn check_bricks_cover_once(dims: [u32; 3], n: usize) {
     let bs = bricks(dims, n);
-    assert_eq!(bs.len(), n.max(1));
+    // `n` is clamped to the voxel count: a 2x2x2 volume has at most 8 bricks.
+    let voxels: usize = dims.iter().map(|&d| d as usize).product();
+    assert_eq!(bs.len(), n.clamp(1, voxels));
     let mut count = vec![0u8; dims.iter().map(|&d| d as usize).product()];
     for (id, b) in bs.iter().enumerate() {
         assert_eq!(b.id, id);
@@ -624,4 +626,142 @@ fn png_is_straight_colour_over_background() {
     let path = dir.path().join("x.png");
     img.write_png(&path, [0, 0, 0]).unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() > 0);
+}
+
+#[test]
+fn trimmed_partials_travel_and_composite_unchanged() {
+    let src = VolumeSource::marschner_lobb(24).unwrap();
+    let tf = TransferFunction::preset("ct").unwrap();
+    let c = cam(30.0, 20.0, 57, 43);
+    let (bs, parts) = render_bricks(&src, 3, &c, &tf, &RenderParams::default());
+    let trimmed: Vec<PartialImage> = parts.iter().cloned().map(PartialImage::trimmed).collect();
+    for (p, t) in parts.iter().zip(&trimmed) {
+        assert_eq!(t.pixels.len(), t.rect.area());
+        assert!(t.rect.area() <= p.rect.area());
+        assert_eq!(t.rect.intersect(&p.rect), t.rect, "trimming only shrinks");
+        // The wire encoding round-trips exactly.
+        assert_eq!(&PartialImage::from_wire(57, 43, &t.to_wire()).unwrap(), t);
+    }
+    assert_eq!(direct(&bs, &trimmed, &c), direct(&bs, &parts, &c));
+    // A transparent partial trims to nothing.
+    let empty = PartialImage {
+        width: 4,
+        height: 4,
+        rect: Rect::full(4, 4),
+        pixels: vec![[0.0; 4]; 16],
+    }
+    .trimmed();
+    assert!(empty.rect.is_empty() && empty.pixels.is_empty());
+    // Wire bytes that do not fit the image or their rectangle are refused.
+    let wire = trimmed[0].to_wire();
+    assert!(PartialImage::from_wire(8, 8, &wire).is_err());
+    assert!(PartialImage::from_wire(57, 43, &wire[..wire.len() - 4]).is_err());
+    assert!(PartialImage::from_wire(57, 43, &wire[..10]).is_err());
+}
+
+#[test]
+fn blend_behind_and_paste_work_on_sub_rectangles() {
+    let mut img = Image {
+        width: 3,
+        height: 2,
+        pixels: vec![[0.0, 0.25, 0.5, 0.5]; 6],
+    };
+    let back = PartialImage {
+        width: 3,
+        height: 2,
+        rect: Rect {
+            x0: 1,
+            y0: 1,
+            x1: 3,
+            y1: 2,
+        },
+        pixels: vec![[0.5, 0.5, 0.5, 1.0]; 2],
+    };
+    img.blend_behind(&back);
+    assert_eq!(img.get(0, 1), [0.0, 0.25, 0.5, 0.5]);
+    assert_eq!(img.get(1, 1), [0.25, 0.5, 0.75, 1.0]);
+    assert_eq!(img.get(2, 1), [0.25, 0.5, 0.75, 1.0]);
+    assert_eq!(img.get(2, 0), [0.0, 0.25, 0.5, 0.5]);
+    img.paste(&back);
+    assert_eq!(img.get(1, 1), [0.5, 0.5, 0.5, 1.0]);
+    assert_eq!(img.get(0, 1), [0.0, 0.25, 0.5, 0.5]);
+}
+
+#[test]
+fn fitted_camera_frames_the_whole_volume() {
+    let tf = TransferFunction::from_points(&[(0.0, [1.0, 1.0, 1.0, 0.5]), (1.0, [1.0; 4])]);
+    let params = RenderParams {
+        shading: false,
+        ..RenderParams::default()
+    };
+    for dims in [[24, 24, 24], [32, 32, 12], [10, 30, 20]] {
+        let src = VolumeSource::MarschnerLobb { dims };
+        for (az, el, w, h) in [
+            (35.0, 50.0, 40, 40),
+            (0.0, 0.0, 60, 30),
+            (200.0, -80.0, 30, 60),
+        ] {
+            let c = cam(az, el, w, h).fitted(dims);
+            let (bs, parts) = render_bricks(&src, 1, &c, &tf, &params);
+            let img = direct(&bs, &parts, &c);
+            // Every voxel is visible: the volume's silhouette must stay off the image border
+            // and still fill a good part of it.
+            for x in 0..w {
+                for y in [0, h - 1] {
+                    assert_eq!(img.get(x, y)[3], 0.0, "{dims:?} {c:?}: ({x},{y})");
+                }
+            }
+            for y in 0..h {
+                for x in [0, w - 1] {
+                    assert_eq!(img.get(x, y)[3], 0.0, "{dims:?} {c:?}: ({x},{y})");
+                }
+            }
+            assert!(coverage(&img) > 0.08, "{dims:?} {c:?}: {}", coverage(&img));
+        }
+    }
+}
+
+#[test]
+fn binary_swap_schedule_publishes_before_each_step() {
+    // 3 ranks: rank 2 folds into rank 1, then ranks 0 and 1 swap halves.
+    let order = [2, 1, 0];
+    let s = binary_swap_schedule(&order, 10, 4).unwrap();
+    assert_eq!(s.steps.len(), 2);
+    let fold = s.steps[0].transfers[0];
+    assert_eq!((fold.from, fold.to), (2, 1));
+    assert!(fold.sender_in_front, "rank 2 is first in the order");
+    assert_eq!(s.steps[0].regions[2], Rect::default());
+    // Rank 2 sends right after rendering; rank 1 only after its fold; rank 0 skips the fold.
+    assert_eq!(s.next_send(2, None).map(|(st, _)| st), Some(0));
+    assert_eq!(s.next_send(1, None), None);
+    assert_eq!(s.next_send(1, Some(0)).map(|(st, _)| st), Some(1));
+    assert_eq!(s.next_send(0, None).map(|(st, _)| st), Some(1));
+    let round = &s.steps[1].transfers;
+    let to_1 = round.iter().find(|t| t.to == 1).unwrap();
+    assert_eq!(to_1.from, 0);
+    assert!(!to_1.sender_in_front, "rank 0 is behind ranks 2 and 1");
+    assert_eq!(
+        s.final_regions(),
+        vec![
+            Rect {
+                x0: 0,
+                y0: 0,
+                x1: 5,
+                y1: 4
+            },
+            Rect {
+                x0: 5,
+                y0: 0,
+                x1: 10,
+                y1: 4
+            },
+            Rect::default()
+        ]
+    );
+    // One rank: nothing to do, rank 0 holds the whole image.
+    let one = binary_swap_schedule(&[0], 7, 3).unwrap();
+    assert!(one.steps.is_empty());
+    assert_eq!(one.final_regions(), vec![Rect::full(7, 3)]);
+    assert!(binary_swap_schedule(&[], 7, 3).is_err());
+    assert!(binary_swap_schedule(&[0, 0], 7, 3).is_err());
 }
