@@ -60,8 +60,9 @@ impl Brick {
 /// Splits a volume into `n` bricks kd-style: each node is cut across its longest axis, at a
 /// position proportional to how its brick count is shared between the two halves
 /// (`floor(c/2)` low, the rest high), so any `n ≥ 1` works. Bricks are numbered in
-/// depth-first order (low side first). `n` is clamped to `1..=voxel count`; nodes of one
-/// voxel along every axis are not split further.
+/// depth-first order (low side first). `n` below 1 counts as 1. A node one voxel long on
+/// its longest axis is not split further, so a tiny volume may give fewer than `n` bricks
+/// (never more); with at least `n` voxels along every axis there are exactly `n`.
 pub fn bricks(dims: [u32; 3], n: usize) -> Vec<Brick> {
     let mut out = Vec::with_capacity(n.max(1));
     split(dims, [0; 3], dims, n.max(1), &mut Vec::new(), &mut out);
