@@ -9,9 +9,13 @@
 //!   and in order when the job asks for it.
 //! - [`host::HostQueue`]: on every host, admits waiting fragments of all jobs by priority, CPU
 //!   and GPU load and thread limit, in blocks for one worker each.
+//! - [`sim`]: a deterministic simulation of a cluster of hosts built from both, with seeded
+//!   crashes, restarts, partitions, delays and duplicates, checking the scheduling contract
+//!   after every step.
 
 pub mod cluster;
 pub mod host;
+pub mod sim;
 
 pub use cluster::{Action, HostInfo, JobSpec, Outcome, Scheduler};
 pub use host::{Block, HostQueue, SubmitError, WorkKey, WorkSpec};
