@@ -117,8 +117,7 @@ pub fn frames(data: &[u8]) {
         1 => frames_of::<Control>(rest, &limits, step),
         2 => {
             frames_of::<Results>(rest, &limits, step);
-            if let Ok(Some((r, _))) =
-                poll_once(read_header::<_, Results>(&mut &rest[..], &limits))
+            if let Ok(Some((r, _))) = poll_once(read_header::<_, Results>(&mut &rest[..], &limits))
             {
                 let _ = r.payload_len();
             }

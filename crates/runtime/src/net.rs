@@ -541,6 +541,10 @@ impl Net {
         };
         if up {
             self.membership.emit(peer, HostEventKind::Up);
+        } else if let Some(node) = self.node.upgrade() {
+            // The link was lost while the scheduler learned of the host: `link_lost`'s
+            // `host_down` may have run before `host_up` and been ignored. Tell it again, after.
+            let _ = tokio::task::spawn_blocking(move || node.host_down(peer)).await;
         }
         self.links_changed.notify_all();
     }

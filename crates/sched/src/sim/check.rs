@@ -618,12 +618,22 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
             );
         }
         *per_host.entry(host).or_insert(0) += 1;
+        // Done remote style (on a remote host, or re-run on the initiator after a failed host
+        // had delivered some of its chunks): every chunk, once. Done plain on the initiator
+        // (`execute_fragment`, no chunks): none.
         let chunks = b.chunks(i);
         let got = j.delivered.range((i, 0)..(i + 1, 0)).count() as u32;
-        if host != j.initiator && got != chunks {
+        let want = if j.remote_done.contains_key(&i) {
+            chunks
+        } else {
+            0
+        };
+        if got != want {
             bad(
                 Invariant::ExactlyOnce,
-                format!("fragment {i} done on {host} with {got} of its {chunks} chunks delivered"),
+                format!(
+                    "fragment {i} done on {host} with {got} of its {chunks} chunks delivered, expected {want}"
+                ),
             );
         }
     }

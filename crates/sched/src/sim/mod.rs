@@ -13,10 +13,12 @@
 //! `Done`, `Failed` or `NotStarted`). A replica loads asynchronously (dispatches wait for it); a
 //! host that lacks the job's class answers every fragment with `UnknownClass`. Fragments run in
 //! blocks with a time slice, emit their chunks over their duration, and some always panic after a
-//! few chunks. Heartbeats go out every 50 ms; a peer silent for 300 ms, or whose connection
-//! closes, is declared down: its fragments are reassigned or failed by the scheduler, its jobs
-//! here are abandoned, and anything still arriving on the closed connection is dropped. Host ids
-//! are never reused: a restarted host joins with a new id.
+//! few chunks. A fragment re-run on its initiator after a failed host delivered some of its
+//! chunks runs "remote style" there ([`Scheduler::rerun_with_chunks`]), as the runtime does.
+//! Heartbeats go out every 50 ms; a peer silent for 300 ms, or whose connection closes, is
+//! declared down: its fragments are reassigned or failed by the scheduler, its jobs here are
+//! abandoned, and anything still arriving on the closed connection is dropped. Host ids are
+//! never reused: a restarted host joins with a new id.
 //!
 //! **The network** delivers each stream reliably and in order, as QUIC does, with a random delay
 //! per message (plus rare spikes and slow periods longer than the failure timeout); messages of
@@ -34,8 +36,9 @@
 //!
 //! **The invariants**, checked after every step (see [`Invariant`]): `submit` accepts and rejects
 //! exactly as the contract says; every chunk of a CLUSTER (or any remote) fragment is delivered
-//! exactly once with its content, in (fragment, seq) order when the job asks for it; nothing is
-//! delivered or reported after a job finished; the report's four sets partition the fragments,
+//! exactly once with its content (a fragment done plain on its initiator has none delivered), in
+//! (fragment, seq) order when the job asks for it; nothing is delivered or reported after a job
+//! finished; the report's four sets partition the fragments,
 //! skipped is exactly the USER_DEFINED fragments on unknown hosts, every failure has a cause this
 //! run produced (a panicking fragment, a host lacking the class, a host the initiator declared
 //! down in a mode that never moves fragments), per-host counts are right and ONCE_PER_HOST runs
@@ -258,6 +261,9 @@ pub struct SimStats {
     pub cancelled: u64,
     /// CLUSTER jobs with remote fragments finished by an initiator left alone.
     pub finished_alone: u64,
+    /// Fragments re-run on their initiator with their chunks through the scheduler, because a
+    /// failed host had delivered some of them.
+    pub reruns_with_chunks: u64,
 }
 
 impl SimStats {
@@ -302,6 +308,7 @@ impl SimStats {
             skipped,
             cancelled,
             finished_alone,
+            reruns_with_chunks,
         } = other;
         self.runs += runs;
         self.steps += steps;
@@ -330,6 +337,7 @@ impl SimStats {
         self.skipped += skipped;
         self.cancelled += cancelled;
         self.finished_alone += finished_alone;
+        self.reruns_with_chunks += reruns_with_chunks;
     }
 }
 
@@ -516,6 +524,9 @@ struct Run {
     done: Vec<Range<usize>>,
     failed: Vec<usize>,
     not_started: Range<usize>,
+    /// Local blocks: fragments to run "remote style" (chunks through the scheduler), because an
+    /// earlier attempt on a failed host delivered or buffered some of their chunks.
+    rerun: BTreeSet<usize>,
 }
 
 struct SimHost {
@@ -555,6 +566,28 @@ fn spec_of(p: &JobParams) -> WorkSpec {
         cpu_load: p.cpu_load,
         gpu_load: p.gpu_load,
         thread_limit: p.thread_limit,
+    }
+}
+
+/// Reports what a local block ran plain (with `execute_fragment`): done ranges, panicked
+/// fragments, and what it left unstarted after a cancel.
+fn report_local(
+    sched: &mut Scheduler<u64>,
+    h: HostId,
+    job: JobId,
+    done: &[Range<usize>],
+    failed: &[usize],
+    not_started: &Range<usize>,
+) {
+    for r in done {
+        sched.on_local_done(job, r.clone());
+    }
+    for f in failed {
+        let reason = FailureReason::Panicked(format!("fragment {f} panicked"));
+        sched.on_fragment_failed(job, h, *f, reason);
+    }
+    if !not_started.is_empty() {
+        sched.on_not_started(job, h, std::slice::from_ref(not_started));
     }
 }
 
@@ -1541,6 +1574,14 @@ impl Sim {
                 let id = x.next_run;
                 let start = block.range.start;
                 let end = block.range.end;
+                let rerun = if local {
+                    x.sched
+                        .rerun_with_chunks(job, block.range.clone())
+                        .into_iter()
+                        .collect()
+                } else {
+                    BTreeSet::new()
+                };
                 x.runs.insert(
                     id,
                     Run {
@@ -1556,6 +1597,7 @@ impl Sim {
                         done: Vec::new(),
                         failed: Vec::new(),
                         not_started: end..end,
+                        rerun,
                     },
                 );
                 started.push(id);
@@ -1583,7 +1625,32 @@ impl Sim {
         let conn = run.conn;
         if run.in_fragment {
             let f = run.next;
-            if run.local {
+            if run.local && run.rerun.contains(&f) {
+                // Run remote style on the initiator: chunks and completion go to its scheduler.
+                let emits = b.panics(f).unwrap_or(b.chunks(f));
+                if run.chunk < emits {
+                    let seq = run.chunk;
+                    run.chunk += 1;
+                    let part = (b.duration(f, h) / (u64::from(emits) + 1)).max(1);
+                    x.sched.on_chunk(job, h, f, seq, b.data(f, seq));
+                    self.process(h);
+                    self.schedule(part, Event::Work(h, id));
+                    return;
+                }
+                let outcome = match b.panics(f) {
+                    Some(_) => {
+                        let reason = FailureReason::Panicked(format!("fragment {f} panicked"));
+                        x.sched.on_fragment_failed(job, h, f, reason);
+                        Outcome::Stale
+                    }
+                    None => x.sched.on_fragment_done(job, h, f, emits),
+                };
+                if outcome == Outcome::Applied {
+                    self.checker.remote_done(job, f, h);
+                }
+                self.stats.reruns_with_chunks += 1;
+                self.process(h);
+            } else if run.local {
                 match b.panics(f) {
                     Some(_) => run.failed.push(f),
                     None => match run.done.last_mut() {
@@ -1677,12 +1744,23 @@ impl Sim {
         }
         run.in_fragment = true;
         run.chunk = 0;
-        let d = if run.local {
+        let local = run.local;
+        let rerun = local && run.rerun.contains(&f);
+        let d = if local && !rerun {
             b.duration(f, h)
         } else {
             let emits = b.panics(f).unwrap_or(b.chunks(f));
             (b.duration(f, h) / (u64::from(emits) + 1)).max(1)
         };
+        if rerun {
+            // What ran plain before it is reported first, as the runtime's local runner does.
+            let (done, failed) = (
+                std::mem::take(&mut run.done),
+                std::mem::take(&mut run.failed),
+            );
+            report_local(&mut x.sched, h, job, &done, &failed, &(end..end));
+            self.process(h);
+        }
         self.schedule(d, Event::Work(h, id));
     }
 
@@ -1695,17 +1773,14 @@ impl Sim {
             return;
         };
         if run.local {
-            for r in &run.done {
-                x.sched.on_local_done(run.job, r.clone());
-            }
-            for f in &run.failed {
-                let reason = FailureReason::Panicked(format!("fragment {f} panicked"));
-                x.sched.on_fragment_failed(run.job, h, *f, reason);
-            }
-            if !run.not_started.is_empty() {
-                x.sched
-                    .on_not_started(run.job, h, std::slice::from_ref(&run.not_started));
-            }
+            report_local(
+                &mut x.sched,
+                h,
+                run.job,
+                &run.done,
+                &run.failed,
+                &run.not_started,
+            );
         }
         x.queue.finish(&run.block);
         if let Some(rest) = rest {
