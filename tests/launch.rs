@@ -5,10 +5,11 @@
 //!
 //! A custom harness (no libtest): `main` is either the scenario runner or a host program.
 
+mod common;
+
 use fragmenta::*;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::io::Write;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -324,19 +325,7 @@ fn host_main(scenario: &str) -> Result<(), String> {
 }
 
 fn launch(scenario: &str) -> (i32, String) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new(env!("CARGO_BIN_EXE_fragmenta"))
-        .args(["launch", "-n", "4", "--"])
-        .arg(exe)
-        .env(SCENARIO, scenario)
-        .output()
-        .expect("run the launcher");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    common::launch_self(4, (SCENARIO, scenario))
 }
 
 fn main() {

@@ -6,10 +6,11 @@
 //!
 //! A custom harness (no libtest): `main` is either the runner or a host program.
 
+mod common;
+
 use fragmenta::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -240,25 +241,14 @@ fn main() {
             }
         }
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new(env!("CARGO_BIN_EXE_fragmenta"))
-        .args(["launch", "-n", "3", "--"])
-        .arg(exe)
-        .env(SCENARIO, "rdma")
-        .output()
-        .expect("run the launcher");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success() && text.contains("[host-0] rdma ok");
+    let (status, text) = common::launch_self(3, (SCENARIO, "rdma"));
+    let ok = status == 0 && text.contains("[host-0] rdma ok");
     println!(
         "running 1 test\ntest rdma_results_across_processes ... {}",
         if ok { "ok" } else { "FAILED" }
     );
     if !ok {
-        println!("exit {:?}\n{text}", out.status.code());
+        println!("exit {status}\n{text}");
         println!("\ntest result: FAILED. 0 passed; 1 failed");
         std::process::exit(1);
     }

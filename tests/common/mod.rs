@@ -30,3 +30,22 @@ pub(crate) fn loopback_config(dir: &Path, n: usize, extra_host: &str) -> Cluster
     }
     ClusterConfig::from_toml_str(&toml, dir).expect("config")
 }
+
+/// Runs this test binary as `n` host processes through `fragmenta launch -n N`, with the
+/// environment variable `scenario.0` set to `scenario.1` in every host; returns the launcher's
+/// exit status and its prefixed output (stdout then stderr).
+pub(crate) fn launch_self(n: usize, scenario: (&str, &str)) -> (i32, String) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fragmenta"))
+        .args(["launch", "-n", &n.to_string(), "--"])
+        .arg(exe)
+        .env(scenario.0, scenario.1)
+        .output()
+        .expect("run the launcher");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

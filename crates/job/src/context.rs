@@ -176,19 +176,7 @@ impl Transaction {
     /// Blocks the calling fragment until the bytes are in; returns
     /// [`FetchError::Cancelled`] if the job is cancelled meanwhile.
     pub fn fetch(&self, host: HostId, name: &str) -> Result<Allocation, FetchError> {
-        let Some(local) = self.fastio.as_ref() else {
-            return Err(FetchError::NoContext);
-        };
-        if host == self.host {
-            return local.get(name).map_err(|e| match e {
-                FastIoError::UnknownName(name) => FetchError::UnknownName { host, name },
-                other => FetchError::Local(other),
-            });
-        }
-        match &self.fetcher {
-            Some(f) => f.fetch(host, name, local, None, &self.cancel),
-            None => Err(FetchError::UnknownHost(host)),
-        }
+        self.fetch_into(host, name, None)
     }
 
     /// [`fetch`](Self::fetch) into an allocation of this host that is no longer needed: when
@@ -202,15 +190,28 @@ impl Transaction {
         name: &str,
         reuse: Allocation,
     ) -> Result<Allocation, FetchError> {
-        if host == self.host {
-            drop(reuse);
-            return self.fetch(host, name);
-        }
+        self.fetch_into(host, name, Some(reuse))
+    }
+
+    fn fetch_into(
+        &self,
+        host: HostId,
+        name: &str,
+        reuse: Option<Allocation>,
+    ) -> Result<Allocation, FetchError> {
         let Some(local) = self.fastio.as_ref() else {
             return Err(FetchError::NoContext);
         };
+        if host == self.host {
+            // The same memory: nothing to copy, so nothing to reuse.
+            drop(reuse);
+            return local.get(name).map_err(|e| match e {
+                FastIoError::UnknownName(name) => FetchError::UnknownName { host, name },
+                other => FetchError::Local(other),
+            });
+        }
         match &self.fetcher {
-            Some(f) => f.fetch(host, name, local, Some(reuse), &self.cancel),
+            Some(f) => f.fetch(host, name, local, reuse, &self.cancel),
             None => Err(FetchError::UnknownHost(host)),
         }
     }

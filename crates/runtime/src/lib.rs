@@ -158,11 +158,11 @@ impl ClusterBuilder {
                 .fastio_socket
                 .or_else(|| me.fastio_socket().map(ToOwned::to_owned)),
         };
-        let label = format!("{}-{}", config.name(), process_label());
+        let name = config.name().to_owned();
         let node = Node::new(node_config, self.registry);
         // A host of a real cluster serves its context to the other processes of its machine
         // from the start.
-        if let Err(e) = node.fastio_socket(&label) {
+        if let Err(e) = node.fastio_socket(|| format!("{name}-{}", process_label())) {
             node.shutdown();
             return Err(JoinError::FastIo(e));
         }
@@ -254,8 +254,8 @@ impl Cluster {
     /// context (with `fragmenta_fastio::RemoteContext::connect`). An embedded cluster starts
     /// serving on the first call; a host of a configured cluster serves from the start.
     pub fn fastio_socket(&self) -> Result<std::path::PathBuf, FastIoError> {
-        let label = format!("embedded-{}", process_label());
-        self.node.fastio_socket(&label)
+        self.node
+            .fastio_socket(|| format!("embedded-{}", process_label()))
     }
 
     /// This host's id.

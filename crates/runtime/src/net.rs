@@ -1248,7 +1248,7 @@ impl Remote for Net {
         let _ = link.control.send(Outgoing::WithPayload(msg, bytes));
     }
 
-    fn dispatch(&self, job: &InitiatedJob, host: HostId, fragments: Vec<Range<usize>>) {
+    fn dispatch(&self, job: &Arc<InitiatedJob>, host: HostId, fragments: Vec<Range<usize>>) {
         let Some(link) = self.link(host) else {
             return;
         };
@@ -1266,9 +1266,7 @@ impl Remote for Net {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        let Some(ij) = node.job(job.id) else {
-            return;
-        };
+        let ij = Arc::clone(job);
         let id = job.id;
         self.handle.spawn(async move {
             let wire = to_wire(&fragments);

@@ -33,7 +33,7 @@ pub(crate) trait Remote: Send + Sync + 'static {
     /// Serialize-once-per-host replica for `host`.
     fn send_replica(&self, job: &InitiatedJob, host: HostId);
     /// Fragments for `host` to run.
-    fn dispatch(&self, job: &InitiatedJob, host: HostId, fragments: Vec<Range<usize>>);
+    fn dispatch(&self, job: &Arc<InitiatedJob>, host: HostId, fragments: Vec<Range<usize>>);
     /// Tell `host` to cancel the job.
     fn cancel(&self, job: JobId, host: HostId);
     /// Tell `host` to drop its replica.
@@ -263,7 +263,10 @@ impl Node {
     }
 
     /// The socket serving the host's Fast I/O context to other processes, started on first use.
-    pub(crate) fn fastio_socket(&self, label: &str) -> Result<PathBuf, FastIoError> {
+    pub(crate) fn fastio_socket(
+        &self,
+        label: impl FnOnce() -> String,
+    ) -> Result<PathBuf, FastIoError> {
         let mut server = self.fastio_server.lock();
         if let Some(s) = server.as_ref() {
             return Ok(s.socket_path().to_owned());
@@ -272,7 +275,7 @@ impl Node {
             .config
             .fastio_socket
             .clone()
-            .unwrap_or_else(|| default_fastio_socket(label, self.host()));
+            .unwrap_or_else(|| default_fastio_socket(&label(), self.host()));
         let started = self.fastio.serve(&path)?;
         *server = Some(started);
         Ok(path)
@@ -512,7 +515,7 @@ impl Node {
         });
     }
 
-    pub(crate) fn job(&self, id: JobId) -> Option<Arc<InitiatedJob>> {
+    fn job(&self, id: JobId) -> Option<Arc<InitiatedJob>> {
         self.jobs.lock().get(&id).cloned()
     }
 
