@@ -27,6 +27,12 @@ pub(crate) struct BlockOutcome {
 /// cancellation and priorities stay responsive when fragments are slow.
 pub(crate) const TIME_SLICE: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// The target time between two clock reads in a block of fragments.
+const CHECK_EVERY: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The most fragments run between two clock reads.
+const MAX_STEP: usize = 1 << 16;
+
 /// A job behind a vtable: one virtual call per block, a monomorphized loop inside.
 pub(crate) trait ErasedJob: Send + Sync + 'static {
     fn class_id(&self) -> ClassId;
@@ -94,38 +100,50 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
     ) -> BlockOutcome {
         let job = &*self.0;
         let mut out = BlockOutcome::default();
-        let deadline = std::time::Instant::now() + TIME_SLICE;
+        let started = std::time::Instant::now();
+        let deadline = started + TIME_SLICE;
         let cancelled = ctx.cancel_token().flag();
         let end = range.end;
         let mut i = range.start;
         let mut yielded = false;
-        // Clock checks after 1, 2, 4 … fragments, then every 1024: a loop of no-op fragments
-        // reads the clock a handful of times, a loop of slow ones after almost every fragment.
+        // The clock is read between passes of `step` fragments. The step doubles while a pass
+        // takes less than CHECK_EVERY and halves when it takes more, so a loop of no-op
+        // fragments reads the clock a few dozen times per million, and a loop of slow ones
+        // after almost every fragment; a block overruns its slice by about one pass at most.
         let mut step = 1usize;
+        let mut last = started;
         while i < end && !yielded {
             let start = i;
-            // The index of the running fragment, stored before each call so a panic can name it;
-            // the loop counter itself stays in a register.
+            // The index of the running fragment, stored before each call so a panic can name it.
             let mut running = i;
             let result = catch_unwind(AssertUnwindSafe(|| {
                 let mut j = start;
-                let mut next_check = j + step;
-                while j < end {
-                    if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                loop {
+                    // One bound per pass: the end of the pass is the end of the block or the
+                    // next clock check, whichever is first.
+                    let stop = end.min(j.saturating_add(step));
+                    while j < stop {
+                        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                            return (j, false);
+                        }
+                        running = j;
+                        job.execute_fragment(tx, j, count, ctx);
+                        j += 1;
+                    }
+                    if j >= end {
                         return (j, false);
                     }
-                    running = j;
-                    job.execute_fragment(tx, j, count, ctx);
-                    j += 1;
-                    if j == next_check {
-                        if std::time::Instant::now() >= deadline {
-                            return (j, true);
-                        }
-                        step = (step * 2).min(1024);
-                        next_check = j + step;
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        return (j, true);
                     }
+                    step = if now - last < CHECK_EVERY {
+                        (step * 2).min(MAX_STEP)
+                    } else {
+                        (step / 2).max(1)
+                    };
+                    last = now;
                 }
-                (j, false)
             }));
             match result {
                 Ok((j, y)) => {
