@@ -150,7 +150,11 @@ impl FragmentedJob for FetchBench {
         for _ in 0..self.rounds {
             let alloc = match kept.take() {
                 Some(old) if self.reuse => tx.fetch_reusing(HostId(1), &self.name, old),
-                _ => tx.fetch(HostId(1), &self.name),
+                // A loop that drops each copy before fetching the next (the usual shape).
+                old => {
+                    drop(old);
+                    tx.fetch(HostId(1), &self.name)
+                }
             }
             .expect("fetch");
             self.bytes
@@ -313,10 +317,17 @@ fn main() {
         assert_eq!(job.bytes.load(Ordering::Relaxed), rounds * size);
         (rounds * size) as f64 / secs / 1e6
     };
-    let fetch = fetch_rate(false);
-    let fetch_reusing = fetch_rate(true);
-    let raw = raw_quic(dir.path(), rounds * size);
-    // What first-touching a new allocation costs on this machine (a fetch pays it too).
+    // The first transfer on a link ramps up its congestion window; measure after it, and
+    // interleave the three ways so noise from other processes hits them alike.
+    let _ = fetch_rate(true);
+    let (mut fetch, mut fetch_reusing, mut raw) = (0f64, 0f64, 0f64);
+    for _ in 0..3 {
+        fetch = fetch.max(fetch_rate(false));
+        fetch_reusing = fetch_reusing.max(fetch_rate(true));
+        raw = raw.max(raw_quic(dir.path(), rounds * size));
+    }
+    // What creating and first-touching a new allocation costs on this machine (a fetch into a
+    // new allocation pays it too).
     let t = Instant::now();
     for _ in 0..rounds {
         use fragmenta::fastio::FastIo;
@@ -325,6 +336,6 @@ fn main() {
     }
     let touch = (rounds * size) as f64 / t.elapsed().as_secs_f64() / 1e6;
     println!("(creating and first-touching a local 256 MiB allocation alone: {touch:.0} MB/s)");
-    println!("Fast I/O fetch, {rounds} x 256 MiB from host-1 into host-0's context: new allocation each time {fetch:.0} MB/s, reusing one {fetch_reusing:.0} MB/s; raw QUIC stream: {raw:.0} MB/s; ratios {:.2} / {:.2} (target >= 0.8)", fetch / raw, fetch_reusing / raw);
+    println!("Fast I/O fetch, {rounds} x 256 MiB from host-1 into host-0's context (best of 3): new allocation each time {fetch:.0} MB/s, reusing one {fetch_reusing:.0} MB/s; raw QUIC stream: {raw:.0} MB/s; ratios {:.2} / {:.2} (target >= 0.8)", fetch / raw, fetch_reusing / raw);
     drop(clusters);
 }

@@ -149,11 +149,14 @@ impl FragmentedJob for FetchJob {
 }
 
 /// On host 0: fetches host 1's brick, then again reusing the first copy; records whether the
-/// second landed in the same memory, and the sums.
+/// second landed in the same memory, the sums, and the context's pooled bytes around the first.
+/// (same memory, first sum, second sum, (pooled bytes before, after) the first fetch)
+type RefetchSeen = (bool, f64, f64, (u64, u64));
+
 #[derive(Serialize, Deserialize, Default)]
 struct Refetch {
     #[serde(skip)]
-    seen: Mutex<Option<(bool, f64, f64)>>,
+    seen: Mutex<Option<RefetchSeen>>,
 }
 
 impl FragmentedJob for Refetch {
@@ -167,14 +170,17 @@ impl FragmentedJob for Refetch {
                 .map(|v| f64::from(*v))
                 .sum()
         };
+        let pooled = || tx.fastio().unwrap().stats().unwrap().pooled;
+        let before = pooled();
         let first = tx.fetch(HostId(1), "brick").unwrap();
+        let after = pooled();
         let s1 = sum(&first);
         // Scribble on the copy: the refetch must overwrite it with the publication's bytes.
         first.map_write().unwrap().fill(0);
         let addr = first.map_read().unwrap().as_ptr() as usize;
         let second = tx.fetch_reusing(HostId(1), "brick", first).unwrap();
         let same = second.map_read().unwrap().as_ptr() as usize == addr;
-        *self.seen.lock().unwrap() = Some((same, s1, sum(&second)));
+        *self.seen.lock().unwrap() = Some((same, s1, sum(&second), (before, after)));
     }
     fn scheduling_mode(&self) -> SchedulingMode {
         SchedulingMode::UserDefined
@@ -383,12 +389,22 @@ fn fetch_brings_publications_across_quic_hosts() {
     // The fetched copies were private and are gone: host 0's context holds only its brick.
     let stats = primary.fastio().stats().unwrap();
     assert_eq!(stats.used, 4000, "{stats:?}");
+    // The 16 MiB copy's memory is kept for the next fetch of that size (default capacity:
+    // half the machine's memory, so a quarter of it is far above 16 MiB).
+    assert_eq!(stats.pooled, len * 4, "{stats:?}");
 
     // Fetching again into the previous copy reuses its memory.
     let refetch = Arc::new(Refetch::default());
     assert!(primary.execute(&refetch, 1).unwrap().is_complete());
-    let (same, s1, s2) = refetch.seen.lock().unwrap().take().unwrap();
+    let (same, s1, s2, pooled) = refetch.seen.lock().unwrap().take().unwrap();
+    assert_eq!(
+        pooled,
+        (len * 4, 0),
+        "the first fetch takes the pooled memory"
+    );
     assert!(same, "the second fetch landed in the reused allocation");
+    // The first fetch took the pooled memory (which held the earlier copy's bytes) and
+    // overwrote all of it.
     assert_eq!(s1, expected_sum(len, 2.0));
     assert_eq!(s2, expected_sum(len, 2.0));
 

@@ -5,7 +5,7 @@
 //! or a client connection) so a disconnecting owner can be cleaned up in one step. The only
 //! side effect is creating memfds; the caller maps and sends them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -55,7 +55,18 @@ pub(crate) struct Core {
     handles: HashMap<HandleId, Handle>,
     names: HashMap<String, Publication>,
     owners: HashMap<OwnerId, HashSet<HandleId>>,
+    /// Reclaimed memory kept for [`Core::create_reusing`], oldest first: `(size, memfd)`.
+    pool: VecDeque<(u64, Arc<OwnedFd>)>,
+    /// Bytes in `pool`. `used + pooled <= capacity` always: a `create` that needs the room
+    /// evicts pooled memory first.
+    pooled: u64,
 }
+
+/// Reclaimed memory smaller than this is closed at once, not pooled.
+const POOL_MIN: u64 = 1 << 20;
+/// At most this much reclaimed memory is pooled (and less in a small context: a quarter of
+/// its capacity).
+const POOL_MAX: u64 = 1 << 30;
 
 impl Core {
     pub(crate) fn new(capacity: u64) -> Core {
@@ -67,6 +78,8 @@ impl Core {
             handles: HashMap::new(),
             names: HashMap::new(),
             owners: HashMap::new(),
+            pool: VecDeque::new(),
+            pooled: 0,
         }
     }
 
@@ -105,7 +118,37 @@ impl Core {
     }
 
     /// Creates a memory resource of `size` bytes and a first handle to it, private to `owner`.
+    /// Its bytes are zero.
     pub(crate) fn create(&mut self, owner: OwnerId, size: u64) -> Result<Granted, FastIoError> {
+        self.check_room(owner, size)?;
+        self.evict_pool(size);
+        let fd = Arc::new(
+            crate::sys::memfd_create(size).map_err(|e| FastIoError::io(IoOp::CreateMemory, &e))?,
+        );
+        self.grant_new(owner, size, fd)
+    }
+
+    /// Like [`Core::create`], but takes reclaimed memory of exactly `size` bytes from the pool
+    /// when there is some: its bytes are whatever they were, and its pages are already
+    /// allocated. For callers that overwrite every byte before anyone reads (a fetch).
+    pub(crate) fn create_reusing(
+        &mut self,
+        owner: OwnerId,
+        size: u64,
+    ) -> Result<Granted, FastIoError> {
+        self.check_room(owner, size)?;
+        match self.pool.iter().rposition(|(s, _)| *s == size) {
+            Some(i) => {
+                let (_, fd) = self.pool.remove(i).ok_or(FastIoError::InvalidHandle)?;
+                self.pooled -= size;
+                tracing::debug!(size, "reusing pooled memory");
+                self.grant_new(owner, size, fd)
+            }
+            None => self.create(owner, size),
+        }
+    }
+
+    fn check_room(&self, owner: OwnerId, size: u64) -> Result<(), FastIoError> {
         if !self.owners.contains_key(&owner) {
             return Err(FastIoError::InvalidHandle);
         }
@@ -116,9 +159,25 @@ impl Core {
                 available,
             });
         }
-        let fd = Arc::new(
-            crate::sys::memfd_create(size).map_err(|e| FastIoError::io(IoOp::CreateMemory, &e))?,
-        );
+        Ok(())
+    }
+
+    /// Closes pooled memory, oldest first, until `size` more bytes fit in the capacity.
+    fn evict_pool(&mut self, size: u64) {
+        while self.used + self.pooled + size > self.capacity {
+            let Some((s, _fd)) = self.pool.pop_front() else {
+                break;
+            };
+            self.pooled -= s;
+        }
+    }
+
+    fn grant_new(
+        &mut self,
+        owner: OwnerId,
+        size: u64,
+        fd: Arc<OwnedFd>,
+    ) -> Result<Granted, FastIoError> {
         let mem = MemId(self.next());
         self.mems.insert(
             mem,
@@ -312,6 +371,24 @@ impl Core {
             if let Some(mem) = self.mems.remove(&mem_id) {
                 self.used -= mem.size;
                 tracing::debug!(mem = mem_id.0, size = mem.size, "reclaimed");
+                self.pool_reclaimed(mem.size, mem.fd);
+            }
+        }
+    }
+
+    /// Keeps reclaimed memory for reuse if it is large enough and nothing else holds its
+    /// memfd; evicts the oldest pooled memory beyond the pool's limit.
+    fn pool_reclaimed(&mut self, size: u64, fd: Arc<OwnedFd>) {
+        let limit = POOL_MAX.min(self.capacity / 4);
+        if size < POOL_MIN || size > limit || Arc::strong_count(&fd) != 1 {
+            return;
+        }
+        self.pool.push_back((size, fd));
+        self.pooled += size;
+        while self.pooled > limit {
+            match self.pool.pop_front() {
+                Some((s, _fd)) => self.pooled -= s,
+                None => break,
             }
         }
     }
@@ -323,6 +400,7 @@ impl Core {
             allocations: self.mems.len() as u64,
             publications: self.names.len() as u64,
             handles: self.handles.len() as u64,
+            pooled: self.pooled,
         }
     }
 }
@@ -360,5 +438,59 @@ mod tests {
         );
         core.free(b, g.handle).unwrap();
         assert_eq!(core.stats().used, 0);
+    }
+
+    #[test]
+    fn reclaimed_memory_is_pooled_reused_by_size_and_evicted_for_room() {
+        const MIB: u64 = 1 << 20;
+        let mut core = Core::new(16 * MIB);
+        let a = core.register_owner();
+        // Too small to pool.
+        let small = core.create(a, 4096).unwrap();
+        core.release(a, small.handle).unwrap();
+        assert_eq!(core.stats().pooled, 0);
+        // Pooled on reclaim, not counted as used.
+        let big = core.create(a, 2 * MIB).unwrap();
+        drop(big.fd);
+        core.release(a, big.handle).unwrap();
+        let s = core.stats();
+        assert_eq!((s.used, s.pooled, s.available()), (0, 2 * MIB, 16 * MIB));
+        // A reusing create of another size makes fresh memory; of the same size takes the pool.
+        let other = core.create_reusing(a, 3 * MIB).unwrap();
+        assert_eq!(core.stats().pooled, 2 * MIB);
+        let again = core.create_reusing(a, 2 * MIB).unwrap();
+        let s = core.stats();
+        assert_eq!((s.used, s.pooled), (5 * MIB, 0));
+        // A memfd still referenced elsewhere (a grant in flight) is closed, not pooled.
+        core.release(a, again.handle).unwrap();
+        assert_eq!(core.stats().pooled, 0);
+        drop((other.fd, again.fd));
+        core.release(a, other.handle).unwrap();
+        assert_eq!(core.stats().pooled, 3 * MIB);
+        // A plain create that needs the room evicts pooled memory first; the capacity is
+        // never exceeded by used and pooled together.
+        let fill = core.create(a, 14 * MIB).unwrap();
+        let s = core.stats();
+        assert_eq!((s.used, s.pooled), (14 * MIB, 0));
+        assert!(s.used + s.pooled <= s.capacity);
+        drop(fill.fd);
+        core.release(a, fill.handle).unwrap();
+        // Larger than a quarter of the capacity: not pooled.
+        assert_eq!(core.stats().pooled, 0);
+        // The pool keeps at most a quarter of the capacity, newest first.
+        for _ in 0..3 {
+            let g = core.create(a, 2 * MIB).unwrap();
+            drop(g.fd);
+            core.release(a, g.handle).unwrap();
+        }
+        assert_eq!(core.stats().pooled, 4 * MIB);
+        // Capacity errors are unchanged by the pool.
+        assert_eq!(
+            core.create_reusing(a, 17 * MIB).err(),
+            Some(FastIoError::CapacityExceeded {
+                requested: 17 * MIB,
+                available: 16 * MIB
+            })
+        );
     }
 }

@@ -66,6 +66,16 @@
 //!   the client refuses a server running as another user. Requests are length-prefixed bincode
 //!   frames of at most 64 KiB; a malformed request, or one naming a handle the client does not
 //!   hold, closes that client's connection (releasing its references) and nothing else.
+//! - **Huge pages where the host allows them.** Mappings of 2 MiB and more ask for transparent
+//!   huge pages (`MADV_HUGEPAGE`). Hosts whose `shmem_enabled` setting is `advise` or `always`
+//!   then create, fill and first read large allocations many times faster (a 256 MiB first
+//!   read is 128 page-table entries instead of 65,536); with `never`, 4 KiB pages are used.
+//!   [`shmem_huge_pages`] reports the setting; the runtime logs it when it is off.
+//! - **Freed memory is reused by fetches.** Reclaimed memory of 1 MiB or more is kept (up to a
+//!   quarter of the capacity and 1 GiB; see [`ContextStats::pooled`]) for
+//!   [`LocalContext::create_reusing`], which a cross-host fetch uses: repeated fetches of the
+//!   same size land in memory whose pages are already allocated. `create` always gives zeroed
+//!   memory and closes pooled memory first when it needs the room.
 //! - **Every request is a round trip**, including map/unmap, because locks are context-wide;
 //!   `map_read` of 1 GiB costs the same as of 4 KiB (the mapping already exists).
 //!
@@ -102,6 +112,7 @@ pub use crate::error::{FastIoError, IoOp, Result};
 pub use crate::local::LocalContext;
 pub use crate::remote::RemoteContext;
 pub use crate::server::ContextServer;
+pub use crate::sys::shmem_huge_pages;
 pub use crate::types::{
     ContextStats, Element, ElementType, HandleId, MapMode, MemId, Metadata, OwnerId, MAX_DIMS,
     MAX_NAME_LEN,

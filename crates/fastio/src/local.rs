@@ -74,6 +74,18 @@ impl LocalContext {
         LocalContext { core, owner, port }
     }
 
+    /// Like [`FastIo::create`], but may hand back memory reclaimed from an earlier allocation of
+    /// exactly `size` bytes in this context (see [`ContextStats::pooled`]): its pages are
+    /// already allocated, so it is ready at once instead of after the kernel zeroes and maps
+    /// `size` fresh bytes. Its contents are unspecified (what the earlier allocation last
+    /// held): for callers that overwrite every byte before publishing, such as a fetch.
+    pub fn create_reusing(&self, size: u64) -> Result<Allocation> {
+        let granted = self.core.lock().create_reusing(self.owner, size)?;
+        let alloc = Allocation::from_granted(Arc::clone(&self.port), granted)?;
+        alloc.prefault();
+        Ok(alloc)
+    }
+
     /// Serves this context to other processes on a Unix socket at `socket_path` (see
     /// [`ContextServer::start`]).
     pub fn serve(&self, socket_path: impl AsRef<Path>) -> Result<ContextServer> {

@@ -175,6 +175,10 @@ pub struct ContextStats {
     pub publications: u64,
     /// Live handles (references) over all owners.
     pub handles: u64,
+    /// Bytes of reclaimed memory the context keeps, already allocated, to hand to the next
+    /// fetch of the same size (at most a quarter of the capacity and 1 GiB). A `create` that
+    /// needs the room closes it first, so it never reduces [`ContextStats::available`].
+    pub pooled: u64,
 }
 
 impl ContextStats {

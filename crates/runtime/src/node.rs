@@ -213,6 +213,7 @@ impl Node {
         };
         let (delivery_tx, delivery_rx) = crossbeam_channel::unbounded::<Arc<InitiatedJob>>();
         let fastio = LocalContext::new(config.fastio_capacity);
+        log_huge_pages_once();
         let node = Arc::new_cyclic(|weak| Node {
             weak: weak.clone(),
             sched: Mutex::new(Scheduler::new(config.host, info)),
@@ -906,4 +907,21 @@ impl JobHandle {
             }
         }
     }
+}
+
+/// Says once per process when the host keeps shared memory off huge pages: Fast I/O then works,
+/// but first access to large allocations costs a page fault per 4 KiB.
+fn log_huge_pages_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Some(mode) = fragmenta_fastio::shmem_huge_pages() {
+            if mode == "never" || mode == "deny" {
+                tracing::info!(
+                    "Fast I/O: huge pages for shared memory are off on this host (shmem_enabled = {mode}); \
+                     large allocations use 4 KiB pages and their first access is several times slower. \
+                     `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` (as root) turns them on"
+                );
+            }
+        }
+    });
 }

@@ -4,8 +4,9 @@
 //! `get`s it, maps it for reading (so a writer cannot change it under the copy: a conflicting
 //! map is refused, never read dirty), answers [`FetchReply::Found`] with the metadata, and
 //! writes the raw bytes straight from its mapping. The requester creates an allocation of that
-//! size in its own context, maps it for writing and reads the stream directly into it: the only
-//! copies are the transport's own buffers.
+//! size in its own context (memory of that size freed earlier in the context is reused, its
+//! pages already allocated), maps it for writing and reads the stream directly into it: the
+//! only copies are the transport's own buffers.
 
 use super::{Link, Net};
 use fragmenta_fastio::{Allocation, FastIo, FastIoError, LocalContext};
@@ -121,7 +122,11 @@ async fn fetch_into(
     };
     let mut alloc = match reuse {
         Some(a) if a.size() == size && !a.is_published() => a,
-        _ => into.create(size).map_err(FetchError::Local)?,
+        // Creating maps and faults in `size` bytes: blocking work, kept off the reactor.
+        _ => tokio::task::spawn_blocking(move || into.create_reusing(size))
+            .await
+            .map_err(|e| transport(host, format!("creating the allocation failed: {e}")))?
+            .map_err(FetchError::Local)?,
     };
     if let Some(element_type) = metadata.element_type {
         alloc
