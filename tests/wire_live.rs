@@ -95,7 +95,7 @@ const ROGUE_IDS: u32 = 160;
 struct Honest {
     dir: tempfile::TempDir,
     clusters: Vec<Cluster>,
-    addr0: SocketAddr,
+    addrs: Vec<SocketAddr>,
 }
 
 fn start() -> Honest {
@@ -107,7 +107,9 @@ fn start() -> Honest {
         .replace(&format!("min_hosts = {n}"), "min_hosts = 3");
     assert!(text.contains("min_hosts = 3"));
     let config = ClusterConfig::from_toml_str(&text, dir.path()).unwrap();
-    let addr0 = config.host(HostId(0)).unwrap().socket_addr().unwrap();
+    let addrs = (0..3)
+        .map(|h| config.host(HostId(h)).unwrap().socket_addr().unwrap())
+        .collect();
     let handles: Vec<_> = (0..3)
         .map(|h| {
             let config = config.clone();
@@ -123,7 +125,7 @@ fn start() -> Honest {
     Honest {
         dir,
         clusters,
-        addr0,
+        addrs,
     }
 }
 
@@ -216,6 +218,8 @@ fn valid_streams() -> Vec<Attack> {
             (Control::Heartbeat, &[]),
             (Control::Cancel { job: rogue_job }, &[]),
         ]),
+        // Only the primary (host 0) may stop the cluster.
+        control(&[(Control::Shutdown, &[])]),
         control(&[
             (replica, b"\x00"),
             (dispatch, &[]),
@@ -268,7 +272,7 @@ fn arb_attack() -> impl Strategy<Value = Attack> {
 struct Rogue {
     rt: tokio::runtime::Runtime,
     certs: std::path::PathBuf,
-    target: SocketAddr,
+    targets: Vec<SocketAddr>,
     next: std::cell::Cell<u32>,
 }
 
@@ -281,7 +285,7 @@ impl Rogue {
         Rogue {
             rt,
             certs: h.dir.path().join("certs"),
-            target: h.addr0,
+            targets: h.addrs.clone(),
             next: std::cell::Cell::new(3),
         }
     }
@@ -300,15 +304,21 @@ impl Rogue {
         (HostId(id), endpoint)
     }
 
-    /// Sends `attack`, waits up to `linger` for host 0 to close the connection, then closes it;
-    /// returns whether host 0 closed it first.
+    /// Sends `attack` to host 0, waits up to `linger` for it to close the connection, then
+    /// closes it; returns whether host 0 closed it first.
     fn send(&self, attack: &Attack, linger: Duration) -> bool {
+        self.send_to(HostId(0), attack, linger)
+    }
+
+    /// [`Rogue::send`] to another honest host.
+    fn send_to(&self, to: HostId, attack: &Attack, linger: Duration) -> bool {
+        let target = self.targets[to.0 as usize];
         let (id, endpoint) = self.identity();
         self.rt.block_on(async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let conn = match attack {
                 Attack::Handshake(bytes) => {
-                    let conn = endpoint.connect(self.target, HostId(0)).await.unwrap();
+                    let conn = endpoint.connect(target, to).await.unwrap();
                     let (mut send, mut recv) = conn.open_bi().await.unwrap();
                     let _ = send.write_all(bytes).await;
                     let _ = send.finish();
@@ -318,14 +328,10 @@ impl Rogue {
                 }
                 Attack::Uni(bytes) | Attack::Bi(bytes) => {
                     let hello = Hello::new("test", id);
-                    let conn = fragmenta_net::handshake::connect_handshake(
-                        &endpoint,
-                        self.target,
-                        HostId(0),
-                        hello,
-                    )
-                    .await
-                    .unwrap();
+                    let conn =
+                        fragmenta_net::handshake::connect_handshake(&endpoint, target, to, hello)
+                            .await
+                            .unwrap();
                     if let Attack::Uni(_) = attack {
                         let mut s = conn.open_uni().await.unwrap();
                         let _ = s.write_all(bytes).await;
@@ -348,16 +354,19 @@ impl Rogue {
     }
 }
 
-/// Waits until host 0 no longer counts the rogue among its hosts.
+/// Waits until no honest host counts the rogue among its hosts.
 fn rogue_gone(h: &Honest) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while h.clusters[0].hosts() != vec![HostId(0), HostId(1), HostId(2)] {
-        assert!(
-            Instant::now() < deadline,
-            "host 0 still lists {:?}",
-            h.clusters[0].hosts()
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    for c in &h.clusters {
+        while c.hosts() != vec![HostId(0), HostId(1), HostId(2)] {
+            assert!(
+                Instant::now() < deadline,
+                "{} still lists {:?}",
+                c.host_id(),
+                c.hosts()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -401,7 +410,11 @@ fn a_live_host_survives_bad_frames_and_keeps_serving() {
         v.extend(p);
         v
     };
+    // A valid control frame announcing a 200 MiB payload (within the limit) that never comes.
+    let mut announced = frame(&Control::Heartbeat, &[]);
+    announced[4..12].copy_from_slice(&(200u64 << 20).to_le_bytes());
     let gigabytes = [
+        Attack::Uni(control_then(announced)),
         Attack::Handshake(prefix(u32::MAX, 0)),
         Attack::Handshake(prefix(2, 3 << 30)),
         Attack::Handshake(claims),
@@ -423,6 +436,18 @@ fn a_live_host_survives_bad_frames_and_keeps_serving() {
         largest < 16 << 20,
         "claims of gigabytes made an allocation of {largest} bytes"
     );
+    honest_job_works(&honest, 300);
+
+    // A shutdown from a host that is not the primary is ignored: host 1 is still serving.
+    assert_eq!(honest.clusters[1].serve_timeout(Duration::ZERO), None);
+    rogue.send_to(HostId(1), &valid_streams()[2], Duration::from_millis(300));
+    assert_eq!(
+        honest.clusters[1].serve_timeout(Duration::from_millis(500)),
+        None,
+        "host 1 stopped serving on a shutdown from host 3"
+    );
+
+    rogue_gone(&honest);
     honest_job_works(&honest, 300);
 
     // Random and mutated frames: after each, the honest hosts still compute the right result.

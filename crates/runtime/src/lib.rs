@@ -232,6 +232,16 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::serve`] for at most `timeout`: `None` while the cluster is still up, so a host
+    /// can do periodic work of its own between calls. Returns `Some(Ok(()))` at once for the
+    /// embedded cluster.
+    pub fn serve_timeout(&self, timeout: std::time::Duration) -> Option<Result<(), ServeError>> {
+        match &self.net {
+            Some(net) => net.shutdown.wait_timeout(timeout),
+            None => Some(Ok(())),
+        }
+    }
+
     /// Shuts the cluster down: the primary tells every host to stop; any host stops its own
     /// node. Dropping the handle does the same.
     pub fn shutdown(self) {

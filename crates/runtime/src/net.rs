@@ -201,6 +201,18 @@ impl Signal {
             self.cv.wait(&mut s);
         }
     }
+    pub(crate) fn wait_timeout(&self, timeout: Duration) -> Option<Result<(), ServeError>> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock();
+        loop {
+            if let Some(r) = s.clone() {
+                return Some(r);
+            }
+            if self.cv.wait_until(&mut s, deadline).timed_out() {
+                return s.clone();
+            }
+        }
+    }
 }
 
 /// The network side of a node.
@@ -694,9 +706,12 @@ impl Net {
         stream: &mut RecvStream,
         len: u64,
     ) -> Result<Vec<u8>, fragmenta_wire::FrameError> {
-        // The length was checked against the limits; read without zero-filling first.
+        // The length was checked against the limits; read without zero-filling first. The
+        // vector grows as bytes arrive, so a peer announcing a large payload and sending less
+        // makes this host allocate what arrived, not what was announced.
         use tokio::io::AsyncReadExt;
-        let mut payload = Vec::with_capacity(len as usize);
+        const INITIAL: u64 = 1 << 20;
+        let mut payload = Vec::with_capacity(len.min(INITIAL) as usize);
         let got = stream
             .take(len)
             .read_to_end(&mut payload)
@@ -750,9 +765,13 @@ impl Net {
                 } => self.on_dispatch(job, &fragments, rdma),
                 Control::Cancel { job } => self.on_cancel(job),
                 Control::Release { job } => self.on_release(job),
-                Control::Shutdown => {
+                Control::Shutdown if peer == self.primary => {
                     tracing::info!(host = %self.host, %peer, "shutdown requested");
                     self.shutdown.set(Ok(()));
+                }
+                Control::Shutdown => {
+                    // Only the primary stops the cluster; any other host asking is ignored.
+                    tracing::error!(host = %self.host, %peer, "shutdown requested by a host that is not the primary; ignored");
                 }
             }
         }

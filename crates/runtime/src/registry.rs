@@ -250,17 +250,9 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
 type Factory = fn(&[u8]) -> Result<Arc<dyn ErasedJob>, String>;
 
 fn deserialize_replica<J: FragmentedJob>(bytes: &[u8]) -> Result<Arc<dyn ErasedJob>, String> {
-    let (job, used): (J, usize) = bincode::serde::decode_from_slice(
-        bytes,
-        bincode::config::standard().with_limit::<{ 1 << 31 }>(),
-    )
-    .map_err(|e| e.to_string())?;
-    if used != bytes.len() {
-        return Err(format!(
-            "{} trailing bytes after the job",
-            bytes.len() - used
-        ));
-    }
+    // The wire codec's decoder: the memory it may allocate is bounded by the length of the
+    // bytes received, never by a length prefix inside them.
+    let job: J = fragmenta_wire::decode(bytes, usize::MAX).map_err(|e| e.to_string())?;
     Ok(Arc::new(Erased(Arc::new(job))))
 }
 
@@ -313,5 +305,44 @@ impl Registry {
         bytes: &[u8],
     ) -> Option<Result<Arc<dyn ErasedJob>, String>> {
         self.types.get(&class).map(|(_, f)| f(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Holds {
+        data: Vec<u8>,
+        name: String,
+    }
+
+    impl FragmentedJob for Holds {
+        const CLASS_ID: ClassId = ClassId::from_name("test.registry.holds");
+        fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+    }
+
+    #[test]
+    fn replicas_decode_exactly_and_refuse_lying_lengths() {
+        let job = Holds {
+            data: vec![7; 1000],
+            name: "brick".into(),
+        };
+        let bytes = Erased(Arc::new(job)).serialize().unwrap();
+        let replica = deserialize_replica::<Holds>(&bytes).unwrap();
+        assert_eq!(replica.serialize().unwrap(), bytes);
+        // Trailing bytes are refused.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(deserialize_replica::<Holds>(&longer).is_err());
+        // A length prefix claiming 3 GiB for `data` (bincode varint: 0xFC + u32) in a 10-byte
+        // message is refused, without allocating what it claims.
+        let mut lying = vec![0xFC];
+        lying.extend_from_slice(&(3u32 << 30).to_le_bytes());
+        lying.extend_from_slice(&[1, 2, 3, 4, 5]);
+        let err = deserialize_replica::<Holds>(&lying).err().unwrap();
+        assert!(!err.is_empty());
     }
 }
