@@ -19,7 +19,10 @@ pub(crate) trait Port: Send + Sync + fmt::Debug {
     fn map(&self, handle: HandleId, mode: MapMode) -> Result<()>;
     fn unmap(&self, handle: HandleId, mode: MapMode);
     fn publish(&self, handle: HandleId, name: &str, meta: &Metadata) -> Result<()>;
-    fn release(&self, handle: HandleId);
+    /// Drops the reference `handle`. `mapping` is this process's mapping of its memory: an
+    /// in-process context may keep it with reclaimed memory it pools, so the memory's next
+    /// user here finds its pages mapped.
+    fn release(&self, handle: HandleId, mapping: Option<&Arc<Mapping>>);
     fn free(&self, handle: HandleId) -> Result<()>;
 }
 
@@ -84,6 +87,8 @@ impl fmt::Debug for Allocation {
 impl Allocation {
     /// Wraps a granted handle, mapping its memory; on failure the handle is released.
     pub(crate) fn from_granted(port: Arc<dyn Port>, granted: Granted) -> Result<Allocation> {
+        // Pooled memory may come with its mapping still alive: `from_parts` finds it in the
+        // mapping cache while `granted.keep` holds it, and the allocation then holds it.
         Allocation::from_parts(
             port,
             granted.handle,
@@ -110,7 +115,7 @@ impl Allocation {
         let mapping = match map_shared(fd, size) {
             Ok(m) => m,
             Err(e) => {
-                port.release(handle);
+                port.release(handle, None);
                 return Err(e);
             }
         };
@@ -219,7 +224,7 @@ impl Allocation {
 impl Drop for Allocation {
     fn drop(&mut self) {
         if !self.released {
-            self.port.release(self.handle);
+            self.port.release(self.handle, Some(&self.mapping));
         }
     }
 }

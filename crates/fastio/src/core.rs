@@ -20,7 +20,13 @@ pub(crate) struct Granted {
     pub(crate) size: u64,
     pub(crate) meta: Metadata,
     pub(crate) fd: Arc<OwnedFd>,
+    /// What pooled memory came with (its mapping in this process), held until the caller has
+    /// wrapped the grant.
+    pub(crate) keep: Option<Keep>,
 }
+
+/// Something kept alive with pooled memory: the in-process mapping of it.
+pub(crate) type Keep = Arc<dyn std::any::Any + Send + Sync>;
 
 #[derive(Debug)]
 struct Memory {
@@ -56,10 +62,18 @@ pub(crate) struct Core {
     names: HashMap<String, Publication>,
     owners: HashMap<OwnerId, HashSet<HandleId>>,
     /// Reclaimed memory kept for [`Core::create_reusing`], oldest first: `(size, memfd)`.
-    pool: VecDeque<(u64, Arc<OwnedFd>)>,
+    pool: VecDeque<Pooled>,
     /// Bytes in `pool`. `used + pooled <= capacity` always: a `create` that needs the room
     /// evicts pooled memory first.
     pooled: u64,
+}
+
+/// Reclaimed memory waiting in the pool.
+#[derive(Debug)]
+struct Pooled {
+    size: u64,
+    fd: Arc<OwnedFd>,
+    keep: Option<Keep>,
 }
 
 /// Reclaimed memory smaller than this is closed at once, not pooled.
@@ -137,12 +151,14 @@ impl Core {
         size: u64,
     ) -> Result<Granted, FastIoError> {
         self.check_room(owner, size)?;
-        match self.pool.iter().rposition(|(s, _)| *s == size) {
+        match self.pool.iter().rposition(|p| p.size == size) {
             Some(i) => {
-                let (_, fd) = self.pool.remove(i).ok_or(FastIoError::InvalidHandle)?;
+                let p = self.pool.remove(i).ok_or(FastIoError::InvalidHandle)?;
                 self.pooled -= size;
                 tracing::debug!(size, "reusing pooled memory");
-                self.grant_new(owner, size, fd)
+                let mut granted = self.grant_new(owner, size, p.fd)?;
+                granted.keep = p.keep;
+                Ok(granted)
             }
             None => self.create(owner, size),
         }
@@ -165,10 +181,10 @@ impl Core {
     /// Closes pooled memory, oldest first, until `size` more bytes fit in the capacity.
     fn evict_pool(&mut self, size: u64) {
         while self.used + self.pooled + size > self.capacity {
-            let Some((s, _fd)) = self.pool.pop_front() else {
+            let Some(p) = self.pool.pop_front() else {
                 break;
             };
-            self.pooled -= s;
+            self.pooled -= p.size;
         }
     }
 
@@ -200,6 +216,7 @@ impl Core {
             size,
             meta: Metadata::default(),
             fd,
+            keep: None,
         })
     }
 
@@ -222,6 +239,7 @@ impl Core {
             size,
             meta,
             fd,
+            keep: None,
         })
     }
 
@@ -320,6 +338,16 @@ impl Core {
 
     /// Drops one reference (the handle), with any locks it still holds.
     pub(crate) fn release(&mut self, owner: OwnerId, handle: HandleId) -> Result<(), FastIoError> {
+        self.release_keeping(owner, handle, None)
+    }
+
+    /// [`Core::release`]; if this reclaims the memory and pools it, `keep` stays with it.
+    pub(crate) fn release_keeping(
+        &mut self,
+        owner: OwnerId,
+        handle: HandleId,
+        keep: Option<Keep>,
+    ) -> Result<(), FastIoError> {
         let mem_id = self.handle(owner, handle)?;
         self.handles.remove(&handle);
         if let Some(set) = self.owners.get_mut(&owner) {
@@ -332,7 +360,7 @@ impl Core {
             }
             mem.handles -= 1;
         }
-        self.maybe_reclaim(mem_id);
+        self.maybe_reclaim(mem_id, keep);
         Ok(())
     }
 
@@ -364,30 +392,30 @@ impl Core {
         tracing::debug!(owner = owner.0, "owner disconnected");
     }
 
-    fn maybe_reclaim(&mut self, mem_id: MemId) {
+    fn maybe_reclaim(&mut self, mem_id: MemId, keep: Option<Keep>) {
         let reclaim =
             matches!(self.mems.get(&mem_id), Some(m) if m.handles == 0 && m.names.is_empty());
         if reclaim {
             if let Some(mem) = self.mems.remove(&mem_id) {
                 self.used -= mem.size;
                 tracing::debug!(mem = mem_id.0, size = mem.size, "reclaimed");
-                self.pool_reclaimed(mem.size, mem.fd);
+                self.pool_reclaimed(mem.size, mem.fd, keep);
             }
         }
     }
 
     /// Keeps reclaimed memory for reuse if it is large enough and nothing else holds its
     /// memfd; evicts the oldest pooled memory beyond the pool's limit.
-    fn pool_reclaimed(&mut self, size: u64, fd: Arc<OwnedFd>) {
+    fn pool_reclaimed(&mut self, size: u64, fd: Arc<OwnedFd>, keep: Option<Keep>) {
         let limit = POOL_MAX.min(self.capacity / 4);
         if size < POOL_MIN || size > limit || Arc::strong_count(&fd) != 1 {
             return;
         }
-        self.pool.push_back((size, fd));
+        self.pool.push_back(Pooled { size, fd, keep });
         self.pooled += size;
         while self.pooled > limit {
             match self.pool.pop_front() {
-                Some((s, _fd)) => self.pooled -= s,
+                Some(p) => self.pooled -= p.size,
                 None => break,
             }
         }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::alloc::{Allocation, Port};
-use crate::core::Core;
+use crate::core::{Core, Keep};
 use crate::error::{FastIoError, Result};
+use crate::sys::Mapping;
 use crate::types::{ContextStats, HandleId, MapMode, Metadata, OwnerId};
 use crate::{ContextServer, FastIo};
 
@@ -32,8 +33,9 @@ impl Port for LocalPort {
     fn publish(&self, handle: HandleId, name: &str, meta: &Metadata) -> Result<()> {
         self.core.lock().publish(self.owner, handle, name, meta)
     }
-    fn release(&self, handle: HandleId) {
-        if let Err(e) = self.core.lock().release(self.owner, handle) {
+    fn release(&self, handle: HandleId, mapping: Option<&Arc<Mapping>>) {
+        let keep = mapping.cloned().map(|m| -> Keep { m });
+        if let Err(e) = self.core.lock().release_keeping(self.owner, handle, keep) {
             tracing::error!(error = %e, "release of an in-process handle failed");
         }
     }
@@ -115,5 +117,40 @@ impl FastIo for LocalContext {
 
     fn stats(&self) -> Result<ContextStats> {
         Ok(self.core.lock().stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_reusing_takes_pooled_memory_with_its_mapping_and_create_stays_zeroed() {
+        const SIZE: u64 = 2 << 20;
+        let ctx = LocalContext::new(64 << 20);
+        let a = ctx.create(SIZE).unwrap();
+        a.map_write().unwrap().fill(0xAB);
+        let addr = a.map_read().unwrap().as_ptr() as usize;
+        drop(a);
+        assert_eq!(ctx.stats().unwrap().pooled, SIZE);
+        // A plain create never sees old bytes, and leaves the pool alone when there is room.
+        let fresh = ctx.create(SIZE).unwrap();
+        assert!(fresh.map_read().unwrap().as_bytes().iter().all(|&b| b == 0));
+        assert_eq!(ctx.stats().unwrap().pooled, SIZE);
+        // A reusing create of that size gets the pooled memory, still mapped at the same
+        // address, with what it last held.
+        let reused = ctx.create_reusing(SIZE).unwrap();
+        let r = reused.map_read().unwrap();
+        assert_eq!(r.as_ptr() as usize, addr);
+        assert!(r.as_bytes().iter().all(|&b| b == 0xAB));
+        drop(r);
+        let s = ctx.stats().unwrap();
+        assert_eq!((s.pooled, s.used, s.allocations), (0, 2 * SIZE, 2));
+        // Freed (not just released) memory is pooled too; nothing leaks when all is gone.
+        reused.free().unwrap();
+        drop(fresh);
+        let s = ctx.stats().unwrap();
+        assert_eq!((s.used, s.allocations, s.handles), (0, 0, 0));
+        assert_eq!(s.pooled, 2 * SIZE);
     }
 }

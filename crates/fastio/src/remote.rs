@@ -74,7 +74,7 @@ impl Port for RemotePort {
             meta: meta.clone(),
         })
     }
-    fn release(&self, handle: HandleId) {
+    fn release(&self, handle: HandleId, _mapping: Option<&Arc<crate::sys::Mapping>>) {
         if let Err(e) = self.call_done(&ToServer::Release { handle }) {
             tracing::debug!(error = %e, "release not delivered");
         }
@@ -129,7 +129,7 @@ impl RemoteContext {
                 mut fds,
             ) if fds.len() == 1 => {
                 if meta.validate(size).is_err() {
-                    self.port.release(handle);
+                    self.port.release(handle, None);
                     return Err(FastIoError::Protocol(
                         "granted metadata does not fit the memory".into(),
                     ));
