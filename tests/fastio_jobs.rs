@@ -420,3 +420,56 @@ fn fetch_brings_publications_across_quic_hosts() {
         Seen::Error("Cancelled".into())
     );
 }
+
+/// A fetch from a host of the configuration that has no link yet waits for it (up to the
+/// failure timeout) instead of failing at once; one that never comes fails with `UnknownHost`.
+#[test]
+fn fetch_waits_for_a_configured_host_that_joins_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::loopback_config(dir.path(), 4, "");
+    let text = config
+        .to_toml_string()
+        .replace("min_hosts = 4", "min_hosts = 2");
+    assert!(text.contains("min_hosts = 2"));
+    let config = ClusterConfig::from_toml_str(&text, dir.path()).unwrap();
+    let join = move |h: u32| {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            Cluster::builder()
+                .register::<FetchJob>()
+                .join_config(config, HostId(h))
+                .unwrap()
+        })
+    };
+    let (h0, h1) = (join(0), join(1));
+    let primary = h0.join().unwrap();
+    let _h1 = h1.join().unwrap();
+    // Host 2 starts 400 ms after the fetch from it begins; host 3 never starts.
+    let late = std::thread::spawn({
+        let join = join.clone();
+        move || {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            join(2).join().unwrap()
+        }
+    });
+    let job = Arc::new(FetchJob {
+        targets: vec![(0, 2, "nothing".into()), (0, 3, "brick".into())],
+        ..FetchJob::default()
+    });
+    let report = primary.execute(&job, 2).unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    let seen = job.seen.lock().unwrap();
+    // Host 2 was reached: it answered that it has no such publication.
+    assert!(
+        matches!(&seen[&0], Seen::Error(e) if e.starts_with("UnknownName")),
+        "{:?}",
+        seen[&0]
+    );
+    assert!(
+        matches!(&seen[&1], Seen::Error(e) if e.starts_with("UnknownHost")),
+        "{:?}",
+        seen[&1]
+    );
+    drop(seen);
+    drop(late.join().unwrap());
+}

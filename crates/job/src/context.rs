@@ -174,7 +174,10 @@ impl Transaction {
     /// id it is a plain [`get`](fragmenta_fastio::FastIo::get): the same memory, no copy.
     ///
     /// Blocks the calling fragment until the bytes are in; returns
-    /// [`FetchError::Cancelled`] if the job is cancelled meanwhile.
+    /// [`FetchError::Cancelled`] if the job is cancelled meanwhile. A host of the cluster's
+    /// configuration that this host has no link to yet (hosts of a freshly started cluster
+    /// link to each other a little after each joins) is waited for, up to the failure timeout,
+    /// before the fetch fails with [`FetchError::UnknownHost`].
     pub fn fetch(&self, host: HostId, name: &str) -> Result<Allocation, FetchError> {
         self.fetch_into(host, name, None)
     }
@@ -241,7 +244,8 @@ pub enum FetchError {
     /// The transaction has no Fast I/O context (made by hand, outside the runtime).
     #[error("this transaction has no Fast I/O context")]
     NoContext,
-    /// The host is not a live member of the cluster.
+    /// The host is not a live member of the cluster: not in the configuration, declared dead,
+    /// or not linked to this host within the failure timeout.
     #[error("host {0} is not a live member of the cluster")]
     UnknownHost(HostId),
     /// Nothing is published under `name` on `host`.

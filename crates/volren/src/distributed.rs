@@ -51,8 +51,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fragmenta_fastio::{ElementType, FastIo, FastIoError, LocalContext};
 use fragmenta_job::{
-    ClassId, ExecuteError, ExecutionContext, FetchError, FragmentedJob, HostId, JobReport,
-    ResultReader, ResultWriter, SchedulingMode, Transaction,
+    ClassId, ExecuteError, ExecutionContext, FragmentedJob, HostId, JobReport, ResultReader,
+    ResultWriter, SchedulingMode, Transaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -904,32 +904,6 @@ impl SwapFrame {
     }
 }
 
-/// How long a fetch waits for a host of the plan that this host has no link to yet.
-const LINK_WAIT: Duration = Duration::from_secs(3);
-
-/// [`Transaction::fetch`], waiting up to [`LINK_WAIT`] for a host this host does not know yet.
-/// Hosts of a freshly joined cluster see each other a little later than the initiator sees
-/// them all, so a first fetch between two other hosts can find no link.
-fn fetch(
-    tx: &Transaction,
-    host: HostId,
-    name: &str,
-) -> Result<fragmenta_fastio::Allocation, FetchError> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match tx.fetch(host, name) {
-            Err(FetchError::UnknownHost(_))
-                if start.elapsed() < LINK_WAIT && !tx.is_cancelled() =>
-            {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-            other => return other,
-        }
-    }
-}
-
 fn write_rect(head: &mut [f32], r: Rect) {
     for (h, v) in head.iter_mut().zip([r.x0, r.y0, r.x1, r.y1]) {
         *h = v as f32;
@@ -1119,7 +1093,8 @@ impl Work for SwapStep {
             .get(&image_name)
             .map_err(|e| format!("{image_name}: {e}"))?;
         let piece_name = self.frame.piece_name(self.step, t.from);
-        let piece = fetch(tx, from_host, &piece_name)
+        let piece = tx
+            .fetch(from_host, &piece_name)
             .map_err(|e| format!("cannot fetch {piece_name} from {from_host}: {e}"))?;
         let fetched = piece.size();
         let mut map = image

@@ -39,13 +39,18 @@ impl Fetch for NetFetch {
         cancel: &CancelToken,
     ) -> Result<Allocation, FetchError> {
         let net = self.net.upgrade().ok_or(FetchError::UnknownHost(host))?;
-        let link: Arc<Link> = net.link(host).ok_or(FetchError::UnknownHost(host))?;
         if tokio::runtime::Handle::try_current().is_ok() {
             // Blocking inside a reactor would stall every connection of the host.
             return Err(FetchError::Transport {
                 host,
                 reason: "fetch called from an async runtime thread; call it from a fragment or a plain thread".into(),
             });
+        }
+        let link = net
+            .wait_for_link(host, cancel)
+            .ok_or(FetchError::UnknownHost(host))?;
+        if cancel.is_cancelled() {
+            return Err(FetchError::Cancelled);
         }
         let limits = net.limits;
         // The transfer runs on the network runtime, next to the connection's driver; this
@@ -173,6 +178,41 @@ async fn read_exact_cancellable(
 }
 
 impl Net {
+    /// The link to `host`. A host of the configuration that is not retired and not linked yet
+    /// is waited for, up to the failure timeout: hosts of a freshly joined cluster link to
+    /// each other a little after each has seen the primary, so the first fetch between two
+    /// other hosts may come first. `None` once that time is up, for a host outside the
+    /// configuration or declared dead, or when the job is cancelled or the host shuts down.
+    fn wait_for_link(&self, host: HostId, cancel: &CancelToken) -> Option<Arc<Link>> {
+        if self.config.host(host).is_none() || self.retired.lock().contains(&host) {
+            return None;
+        }
+        let deadline = std::time::Instant::now() + self.config.failure_timeout();
+        loop {
+            {
+                let mut links = self.links.lock();
+                if let Some(link) = links.get(&host) {
+                    return Some(link.clone());
+                }
+                // Woken by every link change; the slice bounds how late a cancel is noticed.
+                let slice = (std::time::Instant::now() + CANCEL_POLL).min(deadline);
+                self.links_changed.wait_until(&mut links, slice);
+            }
+            // Checked without the links lock held (the shutdown state is locked before it
+            // elsewhere).
+            if let Some(link) = self.link(host) {
+                return Some(link);
+            }
+            if cancel.is_cancelled()
+                || self.shutdown.state.lock().is_some()
+                || self.retired.lock().contains(&host)
+                || std::time::Instant::now() >= deadline
+            {
+                return None;
+            }
+        }
+    }
+
     /// Answers the requests other hosts open on bi streams of `conn`.
     pub(super) async fn request_acceptor(self: Arc<Self>, conn: Connection) {
         while let Ok((send, recv)) = conn.accept_bi().await {
