@@ -9,6 +9,7 @@
 //! `FRAGMENTA_CHAOS_SEED` replays the random choices of a run (victims and kill moments);
 //! `FRAGMENTA_CHAOS_JOBS` changes the number of chaos jobs (default 30).
 
+mod common;
 mod procs;
 
 use fragmenta::{Cluster, ClusterConfig, HostId, JoinError};

@@ -329,24 +329,7 @@ fn launch(scenario: &str) -> (i32, String) {
 }
 
 fn main() {
-    if let Ok(scenario) = std::env::var(SCENARIO) {
-        // Warnings (links lost, refused connections) go to stderr, shown if a scenario fails.
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .init();
-        match host_main(&scenario) {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                eprintln!("host failed: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
+    common::harness::run_host_if_child(SCENARIO, host_main);
     type Check = fn(&str) -> Result<(), String>;
     let scenarios: Vec<(&str, Check)> = vec![
         ("results", |out| {
@@ -400,25 +383,13 @@ fn main() {
                 .ok_or("no success line".into())
         }),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, check) in scenarios {
-        let (code, out) = launch(name);
-        let result = if code != 0 {
-            Err(format!("exit status {code}"))
-        } else {
-            check(&out)
-        };
-        match result {
-            Ok(()) => {
-                println!("test launch::{name} ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test launch::{name} ... FAILED: {e}\n--- output ---\n{out}\n---");
-                failed += 1;
-            }
-        }
-    }
-    println!("\n{passed} passed, {failed} failed");
-    std::process::exit(if failed == 0 { 0 } else { 1 });
+    let names: Vec<&'static str> = scenarios.iter().map(|s| s.0).collect();
+    common::harness::run_named("launch", &names, |name| {
+        let check = scenarios
+            .iter()
+            .find(|s| s.0 == name)
+            .map(|s| s.1)
+            .ok_or_else(|| format!("no scenario {name}"))?;
+        common::harness::launched(launch(name), check)
+    })
 }

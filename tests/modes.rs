@@ -13,6 +13,8 @@
 //!
 //! A custom harness (no libtest): `main` is either the scenario runner or a host program.
 
+mod common;
+
 use fragmenta::*;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -998,23 +1000,7 @@ fn launch(scenario: &str, layout: Layout) -> (i32, String) {
 }
 
 fn main() {
-    if let Ok(scenario) = std::env::var(SCENARIO) {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .init();
-        match host_main(&scenario) {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                eprintln!("host failed: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
+    common::harness::run_host_if_child(SCENARIO, host_main);
     let scenarios: [(&str, Layout); 4] = [
         // Hosts 0-2 in sub-cluster 0, 3-4 in sub-cluster 1; no GPU anywhere.
         (
@@ -1028,39 +1014,17 @@ fn main() {
         // Host 1 has one core, so its fragments wait in its queue.
         ("priority", &[(0, 2, 0), (0, 1, 0)]),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, layout) in scenarios {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let started = Instant::now();
-        let (code, out) = launch(name, layout);
-        let result = if code != 0 {
-            Err(format!("exit status {code}"))
-        } else if !out.contains(&format!("[host-0] {name} ok")) {
-            Err("no success line".into())
-        } else {
-            Ok(())
-        };
-        let secs = started.elapsed().as_secs_f64();
-        match result {
-            Ok(()) => {
-                if std::env::var_os("FRAGMENTA_TEST_SHOW_OUTPUT").is_some() {
-                    println!("--- output of {name} ---\n{out}---");
-                }
-                println!("test modes::{name} ... ok ({secs:.1} s)");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test modes::{name} ... FAILED: {e}\n--- output ---\n{out}\n---");
-                failed += 1;
-            }
-        }
-    }
-    println!("\n{passed} passed, {failed} failed");
-    std::process::exit(if failed == 0 { 0 } else { 1 });
+    let names: Vec<&'static str> = scenarios.iter().map(|s| s.0).collect();
+    common::harness::run_named("modes", &names, |name| {
+        let layout = scenarios
+            .iter()
+            .find(|s| s.0 == name)
+            .map(|s| s.1)
+            .ok_or_else(|| format!("no scenario {name}"))?;
+        common::harness::launched(launch(name, layout), |out| {
+            out.contains(&format!("[host-0] {name} ok"))
+                .then_some(())
+                .ok_or_else(|| "no success line".to_string())
+        })
+    })
 }

@@ -10,6 +10,7 @@
 //! A custom harness (no libtest): `main` is either the scenario runner or, with
 //! `FRAGMENTA_TEST_HOST` set, a host program (see `procs`).
 
+mod common;
 mod procs;
 
 use procs::{ms_since, Outcome, Procs};

@@ -232,28 +232,17 @@ fn host_main(scenario: &str) -> Result<(), String> {
 }
 
 fn main() {
-    if let Ok(scenario) = std::env::var(SCENARIO) {
-        match host_main(&scenario) {
-            Ok(()) => std::process::exit(0),
-            Err(e) => {
-                eprintln!("host failed: {e}");
-                std::process::exit(1);
+    common::harness::run_host_if_child(SCENARIO, host_main);
+    common::harness::run_named("rdma", &["rdma_results_across_processes"], |_| {
+        common::harness::launched(common::launch_self(3, (SCENARIO, "rdma")), |out| {
+            let ok: Vec<&str> = out.lines().filter(|l| l.contains("rdma ok")).collect();
+            if !ok.iter().any(|l| l.starts_with("[host-0] rdma ok")) {
+                return Err("no success line".into());
             }
-        }
-    }
-    let (status, text) = common::launch_self(3, (SCENARIO, "rdma"));
-    let ok = status == 0 && text.contains("[host-0] rdma ok");
-    println!(
-        "running 1 test\ntest rdma_results_across_processes ... {}",
-        if ok { "ok" } else { "FAILED" }
-    );
-    if !ok {
-        println!("exit {status}\n{text}");
-        println!("\ntest result: FAILED. 0 passed; 1 failed");
-        std::process::exit(1);
-    }
-    for line in text.lines().filter(|l| l.contains("rdma ok")) {
-        println!("{line}");
-    }
-    println!("\ntest result: ok. 1 passed; 0 failed");
+            for line in ok {
+                println!("{line}");
+            }
+            Ok(())
+        })
+    })
 }

@@ -1,6 +1,8 @@
 //! Shared test helpers: clusters of real nodes on loopback.
 #![allow(dead_code)]
 
+pub(crate) mod harness;
+
 use fragmenta::{ClusterConfig, HostId};
 use std::path::Path;
 

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub(crate) use crate::common::harness::{run_scenarios, Outcome};
+
 /// Set (to anything) in a host process.
 pub(crate) const HOST_ENV: &str = "FRAGMENTA_TEST_HOST";
 
@@ -466,14 +468,7 @@ pub(crate) fn is_host() -> bool {
 
 /// The host program: joins, prints events, runs commands from stdin; exits when stdin ends.
 pub(crate) fn host_main() -> ! {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    crate::common::harness::init_stderr_logs();
     let cluster = match Cluster::builder()
         .register::<Chaos>()
         .register::<Hog>()
@@ -918,54 +913,4 @@ impl Rng {
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
-}
-
-/// How a scenario ended, when it did not fail.
-pub(crate) enum Outcome {
-    /// It ran and its checks held.
-    Passed,
-    /// It could not run here; why.
-    Skipped(String),
-}
-
-/// A named scenario.
-pub(crate) type Scenario = (&'static str, fn() -> Result<Outcome, String>);
-
-/// Runs the scenarios selected by the command line (a name filter; `--list` lists them) and
-/// exits with status 1 if any failed. Skips are reported as such, never as passes.
-pub(crate) fn run_scenarios(binary: &str, scenarios: &[Scenario]) -> ! {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in scenarios {
-            println!("{binary}::{name}: test");
-        }
-        std::process::exit(0);
-    }
-    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for (name, run) in scenarios {
-        if filter.as_ref().is_some_and(|f| !name.contains(f.as_str())) {
-            continue;
-        }
-        let start = Instant::now();
-        println!("test {binary}::{name} ... running");
-        let result = run();
-        let secs = start.elapsed().as_secs_f64();
-        match result {
-            Ok(Outcome::Passed) => {
-                println!("test {binary}::{name} ... ok ({secs:.1} s)");
-                passed += 1;
-            }
-            Ok(Outcome::Skipped(why)) => {
-                println!("test {binary}::{name} ... SKIPPED ({why})");
-                skipped += 1;
-            }
-            Err(e) => {
-                println!("test {binary}::{name} ... FAILED ({secs:.1} s): {e}");
-                failed += 1;
-            }
-        }
-    }
-    println!("\n{binary}: {passed} passed, {failed} failed, {skipped} skipped");
-    std::process::exit(if failed == 0 { 0 } else { 1 });
 }
