@@ -66,6 +66,59 @@ pub(crate) struct Core {
     /// Bytes in `pool`. `used + pooled <= capacity` always: a `create` that needs the room
     /// evicts pooled memory first.
     pooled: u64,
+    /// Memory (and kept mappings) this core let go of, closed by [`CoreGuard`] after the lock
+    /// is released: freeing hundreds of MiB of pages takes milliseconds, which no other
+    /// process's request should wait for.
+    dead: Vec<(Arc<OwnedFd>, Option<Keep>)>,
+}
+
+/// The core behind its lock. [`CoreLock::lock`]'s guard closes what the core let go of after
+/// unlocking.
+#[derive(Debug)]
+pub(crate) struct CoreLock(parking_lot::Mutex<Core>);
+
+impl CoreLock {
+    pub(crate) fn new(core: Core) -> CoreLock {
+        CoreLock(parking_lot::Mutex::new(core))
+    }
+
+    pub(crate) fn lock(&self) -> CoreGuard<'_> {
+        CoreGuard(Some(self.0.lock()))
+    }
+}
+
+/// Access to the locked core (always `Some` until dropped).
+pub(crate) struct CoreGuard<'a>(Option<parking_lot::MutexGuard<'a, Core>>);
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        match &self.0 {
+            Some(g) => g,
+            None => unreachable!("the guard is only emptied when dropped"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        match &mut self.0 {
+            Some(g) => g,
+            None => unreachable!("the guard is only emptied when dropped"),
+        }
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        let dead = match self.0.as_mut() {
+            Some(core) => std::mem::take(&mut core.dead),
+            None => Vec::new(),
+        };
+        // Unlock first, then unmap and close.
+        drop(self.0.take());
+        drop(dead);
+    }
 }
 
 /// Reclaimed memory waiting in the pool.
@@ -94,6 +147,7 @@ impl Core {
             owners: HashMap::new(),
             pool: VecDeque::new(),
             pooled: 0,
+            dead: Vec::new(),
         }
     }
 
@@ -185,6 +239,7 @@ impl Core {
                 break;
             };
             self.pooled -= p.size;
+            self.dead.push((p.fd, p.keep));
         }
     }
 
@@ -405,17 +460,21 @@ impl Core {
     }
 
     /// Keeps reclaimed memory for reuse if it is large enough and nothing else holds its
-    /// memfd; evicts the oldest pooled memory beyond the pool's limit.
+    /// memfd (else it goes to `dead`); evicts the oldest pooled memory beyond the pool's limit.
     fn pool_reclaimed(&mut self, size: u64, fd: Arc<OwnedFd>, keep: Option<Keep>) {
         let limit = POOL_MAX.min(self.capacity / 4);
         if size < POOL_MIN || size > limit || Arc::strong_count(&fd) != 1 {
+            self.dead.push((fd, keep));
             return;
         }
         self.pool.push_back(Pooled { size, fd, keep });
         self.pooled += size;
         while self.pooled > limit {
             match self.pool.pop_front() {
-                Some(p) => self.pooled -= p.size,
+                Some(p) => {
+                    self.pooled -= p.size;
+                    self.dead.push((p.fd, p.keep));
+                }
                 None => break,
             }
         }
@@ -520,5 +579,23 @@ mod tests {
                 available: 16 * MIB
             })
         );
+    }
+
+    #[test]
+    fn let_go_memory_is_closed_after_the_lock_is_released() {
+        let lock = CoreLock::new(Core::new(1 << 20));
+        let owner = lock.lock().register_owner();
+        let granted = lock.lock().create(owner, 4096).unwrap();
+        let fd = Arc::downgrade(&granted.fd);
+        drop(granted.fd);
+        {
+            let mut core = lock.lock();
+            core.release(owner, granted.handle).unwrap();
+            assert_eq!(core.stats().used, 0);
+            // Still open while the lock is held...
+            assert!(fd.upgrade().is_some());
+        }
+        // ...and closed once it is released.
+        assert!(fd.upgrade().is_none());
     }
 }

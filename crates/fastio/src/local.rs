@@ -3,17 +3,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::alloc::{Allocation, Port};
-use crate::core::{Core, Keep};
+use crate::core::{Core, CoreLock, Keep};
 use crate::error::{FastIoError, Result};
 use crate::sys::Mapping;
 use crate::types::{ContextStats, HandleId, MapMode, Metadata, OwnerId};
 use crate::{ContextServer, FastIo};
 
 /// The shared core of a node's context.
-pub(crate) type SharedCore = Arc<Mutex<Core>>;
+pub(crate) type SharedCore = Arc<CoreLock>;
 
 #[derive(Debug)]
 struct LocalPort {
@@ -64,7 +62,7 @@ pub struct LocalContext {
 impl LocalContext {
     /// A new, empty context with `capacity` bytes.
     pub fn new(capacity: u64) -> LocalContext {
-        LocalContext::on_core(Arc::new(Mutex::new(Core::new(capacity))))
+        LocalContext::on_core(Arc::new(CoreLock::new(Core::new(capacity))))
     }
 
     pub(crate) fn on_core(core: SharedCore) -> LocalContext {

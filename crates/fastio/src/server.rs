@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use crate::core::Core;
+use crate::core::CoreLock;
 use crate::error::{FastIoError, IoOp, Result};
 use crate::local::{LocalContext, SharedCore};
 use crate::proto::{self, FrameError, FromServer, ToServer};
@@ -255,7 +255,7 @@ type Reply = (FromServer, Option<Arc<OwnedFd>>);
 /// Applies one request to the core. `Err` means the request was malformed (names a handle or
 /// lock the client does not hold, or carries invalid data) and the connection must close.
 fn handle(
-    core: &Mutex<Core>,
+    core: &CoreLock,
     owner: OwnerId,
     request: ToServer,
 ) -> std::result::Result<Reply, &'static str> {
