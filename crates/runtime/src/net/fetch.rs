@@ -46,12 +46,11 @@ impl Fetch for NetFetch {
                 reason: "fetch called from an async runtime thread; call it from a fragment or a plain thread".into(),
             });
         }
-        let link = net
-            .wait_for_link(host, cancel)
-            .ok_or(FetchError::UnknownHost(host))?;
+        let link = net.wait_for_link(host, cancel);
         if cancel.is_cancelled() {
             return Err(FetchError::Cancelled);
         }
+        let link = link.ok_or(FetchError::UnknownHost(host))?;
         let limits = net.limits;
         // The transfer runs on the network runtime, next to the connection's driver; this
         // thread (a fragment's) only waits for its outcome.
