@@ -189,7 +189,8 @@ impl Core {
     /// Its bytes are zero.
     pub(crate) fn create(&mut self, owner: OwnerId, size: u64) -> Result<Granted, FastIoError> {
         self.check_room(owner, size)?;
-        self.evict_pool(size);
+        // Room for `size` more bytes (`check_room` made sure `used + size` fits).
+        self.shrink_pool(self.capacity - self.used - size);
         let fd = Arc::new(
             crate::sys::memfd_create(size).map_err(|e| FastIoError::io(IoOp::CreateMemory, &e))?,
         );
@@ -205,17 +206,15 @@ impl Core {
         size: u64,
     ) -> Result<Granted, FastIoError> {
         self.check_room(owner, size)?;
-        match self.pool.iter().rposition(|p| p.size == size) {
-            Some(i) => {
-                let p = self.pool.remove(i).ok_or(FastIoError::InvalidHandle)?;
-                self.pooled -= size;
-                tracing::debug!(size, "reusing pooled memory");
-                let mut granted = self.grant_new(owner, size, p.fd)?;
-                granted.keep = p.keep;
-                Ok(granted)
-            }
-            None => self.create(owner, size),
-        }
+        let newest = self.pool.iter().rposition(|p| p.size == size);
+        let Some(p) = newest.and_then(|i| self.pool.remove(i)) else {
+            return self.create(owner, size);
+        };
+        self.pooled -= size;
+        tracing::debug!(size, "reusing pooled memory");
+        let mut granted = self.grant_new(owner, size, p.fd)?;
+        granted.keep = p.keep;
+        Ok(granted)
     }
 
     fn check_room(&self, owner: OwnerId, size: u64) -> Result<(), FastIoError> {
@@ -232,9 +231,9 @@ impl Core {
         Ok(())
     }
 
-    /// Closes pooled memory, oldest first, until `size` more bytes fit in the capacity.
-    fn evict_pool(&mut self, size: u64) {
-        while self.used + self.pooled + size > self.capacity {
+    /// Lets go of pooled memory, oldest first, until at most `max` bytes stay pooled.
+    fn shrink_pool(&mut self, max: u64) {
+        while self.pooled > max {
             let Some(p) = self.pool.pop_front() else {
                 break;
             };
@@ -469,15 +468,7 @@ impl Core {
         }
         self.pool.push_back(Pooled { size, fd, keep });
         self.pooled += size;
-        while self.pooled > limit {
-            match self.pool.pop_front() {
-                Some(p) => {
-                    self.pooled -= p.size;
-                    self.dead.push((p.fd, p.keep));
-                }
-                None => break,
-            }
-        }
+        self.shrink_pool(limit);
     }
 
     pub(crate) fn stats(&self) -> ContextStats {

@@ -75,8 +75,8 @@
 //!   quarter of the capacity and 1 GiB; see [`ContextStats::pooled`]) for
 //!   [`LocalContext::create_reusing`], which a cross-host fetch uses: repeated fetches of the
 //!   same size land in memory whose pages are already allocated (and, in the process that owns
-//!   the context, still mapped). `create` always gives zeroed
-//!   memory and closes pooled memory first when it needs the room.
+//!   the context, still mapped). `create` always gives zeroed memory and closes pooled
+//!   memory first when it needs the room.
 //! - **Every request is a round trip**, including map/unmap, because locks are context-wide;
 //!   `map_read` of 1 GiB costs the same as of 4 KiB (the mapping already exists).
 //!

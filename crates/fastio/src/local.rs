@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::alloc::{Allocation, Port};
-use crate::core::{Core, CoreLock, Keep};
+use crate::core::{Core, CoreLock, Granted, Keep};
 use crate::error::{FastIoError, Result};
 use crate::sys::Mapping;
 use crate::types::{ContextStats, HandleId, MapMode, Metadata, OwnerId};
@@ -81,6 +81,11 @@ impl LocalContext {
     /// held): for callers that overwrite every byte before publishing, such as a fetch.
     pub fn create_reusing(&self, size: u64) -> Result<Allocation> {
         let granted = self.core.lock().create_reusing(self.owner, size)?;
+        self.prefaulted(granted)
+    }
+
+    /// Wraps the grant of a `create`, its pages faulted in for the writer about to fill them.
+    fn prefaulted(&self, granted: Granted) -> Result<Allocation> {
         let alloc = Allocation::from_granted(Arc::clone(&self.port), granted)?;
         alloc.prefault();
         Ok(alloc)
@@ -96,9 +101,7 @@ impl LocalContext {
 impl FastIo for LocalContext {
     fn create(&self, size: u64) -> Result<Allocation> {
         let granted = self.core.lock().create(self.owner, size)?;
-        let alloc = Allocation::from_granted(Arc::clone(&self.port), granted)?;
-        alloc.prefault();
-        Ok(alloc)
+        self.prefaulted(granted)
     }
 
     fn get(&self, name: &str) -> Result<Allocation> {

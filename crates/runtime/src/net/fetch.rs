@@ -188,24 +188,23 @@ impl Net {
         }
         let deadline = std::time::Instant::now() + self.config.failure_timeout();
         loop {
-            {
-                let mut links = self.links.lock();
-                if let Some(link) = links.get(&host) {
-                    return Some(link.clone());
-                }
-                // Woken by every link change; the slice bounds how late a cancel is noticed.
-                let slice = (std::time::Instant::now() + CANCEL_POLL).min(deadline);
-                self.links_changed.wait_until(&mut links, slice);
+            let mut links = self.links.lock();
+            if let Some(link) = links.get(&host) {
+                return Some(link.clone());
             }
-            // Checked without the links lock held (the shutdown state is locked before it
-            // elsewhere).
-            if let Some(link) = self.link(host) {
-                return Some(link);
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return None;
             }
+            // Woken by every link change; the slice bounds how late a cancel is noticed.
+            self.links_changed
+                .wait_until(&mut links, (now + CANCEL_POLL).min(deadline));
+            // The rest is checked without the links lock (the shutdown state is locked
+            // before it elsewhere).
+            drop(links);
             if cancel.is_cancelled()
                 || self.shutdown.state.lock().is_some()
                 || self.retired.lock().contains(&host)
-                || std::time::Instant::now() >= deadline
             {
                 return None;
             }
