@@ -58,6 +58,8 @@
 mod cluster;
 mod error;
 mod file;
+pub mod hostlist;
+pub mod launcher;
 mod locate;
 mod select;
 
