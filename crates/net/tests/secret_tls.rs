@@ -48,9 +48,8 @@ async fn same_secret_and_cluster_connect() {
 async fn refused(server: Endpoint, client: Endpoint) {
     let s = server.clone();
     let accepted = tokio::spawn(async move {
-        match timeout(Duration::from_secs(5), s.accept()).await {
-            Ok(Some(Ok(c))) => panic!("accepted {}", c.peer()),
-            _ => {}
+        if let Ok(Some(Ok(c))) = timeout(Duration::from_secs(5), s.accept()).await {
+            panic!("accepted {}", c.peer());
         }
     });
     let res = timeout(T, client.connect(server.local_addr(), HostId(0)))
