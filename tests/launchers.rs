@@ -332,6 +332,11 @@ fn scenario(env: &Env, name: &str) -> Result<Outcome, String> {
             true,
             one_cluster,
         ),
+        "srun_pmi2" => ok_if(
+            run(env, "cluster", "srun", &["--mpi=pmi2", "-n", "4", exe]),
+            true,
+            one_cluster,
+        ),
         "srun_two_nodes" => ok_if(
             run(env, "cluster", "srun", &["-N", "2", "-n", "4", exe]),
             true,
@@ -541,6 +546,7 @@ fn sort_last(env: &Env) -> Result<Outcome, String> {
 const NAMES: &[&str] = &[
     "srun_n4",
     "srun_two_nodes",
+    "srun_pmi2",
     "sbatch_srun_and_batch_shell",
     "mpirun_np4",
     "mpirun_in_sbatch",

@@ -175,12 +175,32 @@ struct Entry {
     gpus: u32,
 }
 
-/// Rendezvous frames: no payload, a header bounded by the largest table.
-fn limits() -> FrameLimits {
+/// The table from rank 0: no payload, a header bounded by the largest table.
+fn table_limits() -> FrameLimits {
     FrameLimits {
         max_header: 64 * fragmenta_config::launcher::MAX_RANKS + 4096,
         max_payload: 0,
     }
+}
+
+/// A rank's offer: a few numbers.
+const OFFER_LIMITS: FrameLimits = FrameLimits {
+    max_header: 256,
+    max_payload: 0,
+};
+
+/// Runs `fut` on `runtime` and waits for it on this thread (which may itself be inside another
+/// runtime: nothing here blocks a reactor of ours).
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, JoinError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .map_err(|_| JoinError::Runtime("the rendezvous task was lost".into()))
 }
 
 fn env(var: &str) -> Option<String> {
@@ -240,7 +260,10 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
                 }
             })?
         };
-        let table = runtime.block_on(collect(&endpoint, launch.size, me, timeout));
+        let ep = endpoint.clone();
+        let table = wait_on(&runtime, async move {
+            collect(&ep, launch.size, me, timeout).await
+        })?;
         (endpoint, table?)
     } else {
         let primary = resolve(&point)?;
@@ -261,7 +284,11 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
                 }
             })?
         };
-        let table = runtime.block_on(meet(&endpoint, primary, launch.size, me, timeout));
+        let ep = endpoint.clone();
+        let size = launch.size;
+        let table = wait_on(&runtime, async move {
+            meet(&ep, primary, size, me, timeout).await
+        })?;
         (endpoint, table?)
     };
     let config = cluster_config(&name, &table, endpoint.local_addr(), timeout)?;
@@ -556,7 +583,7 @@ async fn collect(
 /// Reads a rank's offer on the first stream it opens.
 async fn read_offer(conn: &Connection) -> Result<(fragmenta_net::SendStream, u32, u32), String> {
     let (send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-    match read_header::<_, Msg>(&mut recv, &limits()).await {
+    match read_header::<_, Msg>(&mut recv, &OFFER_LIMITS).await {
         Ok(Some((Msg::Join { cores, gpus }, 0))) if cores >= 1 => Ok((send, cores, gpus)),
         Ok(Some((Msg::Join { .. }, 0))) => Err("an offer of 0 cores".into()),
         Ok(_) => Err("expected a join offer".into()),
@@ -665,7 +692,7 @@ async fn exchange(conn: &Connection, me: &Entry) -> Result<Msg, ExchangeError> {
         .await
         .map_err(|e| broken(&e))?;
     // Rank 0 answers when every rank is in: wait as long as the connection lives.
-    match read_header::<_, Msg>(&mut recv, &limits()).await {
+    match read_header::<_, Msg>(&mut recv, &table_limits()).await {
         Ok(Some((msg, 0))) => Ok(msg),
         Ok(Some(_)) => Err(ExchangeError::Broken("a payload on the rendezvous".into())),
         Ok(None) => Err(ExchangeError::Broken("rank 0 closed the stream".into())),
