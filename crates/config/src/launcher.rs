@@ -65,9 +65,9 @@ pub struct Launch {
     pub cpus_per_task: Option<u32>,
     /// The first port Slurm reserved for the step (`SLURM_STEP_RESV_PORTS`, `srun --resv-ports`).
     pub reserved_port: Option<u16>,
-    /// The first address of `mpirun`'s own URI (`OMPI_MCA_orte_hnp_uri`): the machine `mpirun`
-    /// runs on.
-    pub mpirun_host: Option<String>,
+    /// The addresses of `mpirun`'s own URI (`OMPI_MCA_orte_hnp_uri`), in its order: the
+    /// machine `mpirun` runs on.
+    pub mpirun_hosts: Vec<String>,
 }
 
 /// Why the launcher's variables cannot be used.
@@ -274,9 +274,11 @@ pub fn detect_with(
         }
         _ => None,
     };
-    let mpirun_host = match kind {
-        LauncherKind::OpenMpi => lookup("OMPI_MCA_orte_hnp_uri").and_then(|u| hnp_host(&u)),
-        _ => None,
+    let mpirun_hosts = match kind {
+        LauncherKind::OpenMpi => lookup("OMPI_MCA_orte_hnp_uri")
+            .map(|u| hnp_hosts(&u))
+            .unwrap_or_default(),
+        _ => Vec::new(),
     };
     Ok(Some(Launch {
         kind,
@@ -289,20 +291,28 @@ pub fn detect_with(
         job_number,
         cpus_per_task,
         reserved_port,
-        mpirun_host,
+        mpirun_hosts,
     }))
 }
 
-/// The first address of an Open MPI URI such as `214302720.0;tcp://10.0.0.1,127.0.0.1:58879`.
-fn hnp_host(uri: &str) -> Option<String> {
-    let (_, rest) = uri.split_once("://")?;
-    // `tcp://a,b:port` or `tcp6://[a]:port`.
-    let hosts = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
-    let first = hosts
-        .split(',')
-        .next()?
-        .trim_matches(|c| c == '[' || c == ']');
-    (!first.is_empty()).then(|| first.to_owned())
+/// The addresses of an Open MPI URI such as
+/// `214302720.0;tcp://10.0.0.1,127.0.0.1:58879;tcp6://[::1]:58880`, in order (at most 64).
+fn hnp_hosts(uri: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for part in uri.split(';') {
+        let Some((_, rest)) = part.split_once("://") else {
+            continue;
+        };
+        // `a,b:port` or `[a],[b]:port`.
+        let hosts = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+        for h in hosts.split(',') {
+            let h = h.trim().trim_matches(|c| c == '[' || c == ']');
+            if !h.is_empty() && out.len() < 64 && !out.iter().any(|o| o == h) {
+                out.push(h.to_owned());
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -368,7 +378,7 @@ mod tests {
         assert_eq!(l.kind, LauncherKind::OpenMpi);
         assert_eq!((l.rank, l.size, l.local_rank), (3, 4, Some(3)));
         assert_eq!(l.job_name.as_deref(), Some("ompi-214302721"));
-        assert_eq!(l.mpirun_host.as_deref(), Some("10.1.2.3"));
+        assert_eq!(l.mpirun_hosts, ["10.1.2.3", "127.0.0.1"]);
         assert!(l.hosts.is_empty());
         assert_eq!(l.reserved_port, None);
     }
@@ -438,11 +448,11 @@ mod tests {
 
     #[test]
     fn mpirun_uri_forms() {
+        assert_eq!(hnp_hosts("1.0;tcp://127.0.0.1:5"), ["127.0.0.1"]);
         assert_eq!(
-            hnp_host("1.0;tcp://127.0.0.1:5").as_deref(),
-            Some("127.0.0.1")
+            hnp_hosts("1.0;tcp://10.0.0.1,127.0.0.1:5;tcp6://[::1]:6"),
+            ["10.0.0.1", "127.0.0.1", "::1"]
         );
-        assert_eq!(hnp_host("1.0;tcp6://[::1]:5").as_deref(), Some("::1"));
-        assert_eq!(hnp_host("garbage"), None);
+        assert!(hnp_hosts("garbage").is_empty());
     }
 }

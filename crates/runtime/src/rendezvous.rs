@@ -130,10 +130,10 @@ pub enum RendezvousError {
         waited: Duration,
     },
     /// This rank could not reach rank 0 within the join timeout.
-    #[error("rank 0 at {addr} did not answer within {waited:?}: {last}")]
+    #[error("rank 0 did not answer within {waited:?} (tried {addrs:?}); last: {last}")]
     Unreachable {
-        /// Rank 0's address.
-        addr: SocketAddr,
+        /// Rank 0's candidate addresses.
+        addrs: Vec<SocketAddr>,
         /// How long this rank tried.
         waited: Duration,
         /// The last error.
@@ -266,9 +266,9 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
         })?;
         (endpoint, table?)
     } else {
-        let primary = resolve(&point)?;
+        let candidates = resolve(&point)?;
         let addr = SocketAddr::new(
-            match primary {
+            match candidates[0] {
                 SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             },
@@ -287,7 +287,7 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
         let ep = endpoint.clone();
         let size = launch.size;
         let table = wait_on(&runtime, async move {
-            meet(&ep, primary, size, me, timeout).await
+            meet(&ep, candidates, size, me, timeout).await
         })?;
         (endpoint, table?)
     };
@@ -317,10 +317,10 @@ fn join_timeout() -> Result<Duration, RendezvousError> {
     }
 }
 
-/// Rank 0's host and port, and where the port came from.
+/// Rank 0's host (candidates, tried in turn) and port, and where the port came from.
 #[derive(Debug, PartialEq, Eq)]
 struct MeetingPoint {
-    host: String,
+    hosts: Vec<String>,
     /// The host came from Slurm's node list: it may resolve only through `scontrol`.
     slurm_node: bool,
     port: u16,
@@ -370,11 +370,11 @@ fn meeting_point_with(
             Some(host)
         }
     };
-    let (host, slurm_node) = match (given_host, launch.hosts.first(), &launch.mpirun_host) {
-        (Some(h), _, _) => (h, false),
-        (None, Some(first), _) => (first.clone(), true),
-        (None, None, Some(mpirun)) => (mpirun.clone(), false),
-        (None, None, None) => {
+    let (hosts, slurm_node) = match (given_host, launch.hosts.first()) {
+        (Some(h), _) => (vec![h], false),
+        (None, Some(first)) => (vec![first.clone()], true),
+        (None, None) if !launch.mpirun_hosts.is_empty() => (launch.mpirun_hosts.clone(), false),
+        (None, None) => {
             return Err(RendezvousError::NoRendezvous {
                 launcher: launch.kind,
             })
@@ -417,15 +417,37 @@ fn meeting_point_with(
         });
     };
     Ok(MeetingPoint {
-        host,
+        hosts,
         slurm_node,
         port,
         origin,
     })
 }
 
-/// Rank 0's socket address: by DNS, else (for a Slurm node) by its `NodeAddr`. IPv4 first.
-fn resolve(point: &MeetingPoint) -> Result<SocketAddr, RendezvousError> {
+/// Rank 0's candidate socket addresses: each host by DNS, else (for a Slurm node) by its
+/// `NodeAddr`; IPv4 first, loopback last, one address family (that of the first).
+fn resolve(point: &MeetingPoint) -> Result<Vec<SocketAddr>, RendezvousError> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for host in &point.hosts {
+        match resolve_host(point, host) {
+            Ok(addr) => found.push(addr),
+            Err(e) => errors.push(e),
+        }
+    }
+    found.sort_by_key(|a: &SocketAddr| (!a.is_ipv4(), a.ip().is_loopback()));
+    found.dedup();
+    let Some(first) = found.first().copied() else {
+        return Err(errors.pop().unwrap_or(RendezvousError::Resolve {
+            host: point.hosts.join(","),
+            reason: "no host to resolve".into(),
+        }));
+    };
+    found.retain(|a| a.is_ipv4() == first.is_ipv4());
+    Ok(found)
+}
+
+fn resolve_host(point: &MeetingPoint, host: &str) -> Result<SocketAddr, RendezvousError> {
     let dns = |host: &str| -> Result<SocketAddr, String> {
         let addrs: Vec<SocketAddr> = (host, point.port)
             .to_socket_addrs()
@@ -438,22 +460,22 @@ fn resolve(point: &MeetingPoint) -> Result<SocketAddr, RendezvousError> {
             .copied()
             .ok_or_else(|| "the name has no addresses".to_owned())
     };
-    let dns_error = match dns(&point.host) {
+    let dns_error = match dns(host) {
         Ok(addr) => return Ok(addr),
         Err(e) => e,
     };
     if !point.slurm_node {
         return Err(RendezvousError::Resolve {
-            host: point.host.clone(),
+            host: host.to_owned(),
             reason: dns_error,
         });
     }
-    let node_addr = slurm_node_addr(&point.host).map_err(|e| RendezvousError::Resolve {
-        host: point.host.clone(),
+    let node_addr = slurm_node_addr(host).map_err(|e| RendezvousError::Resolve {
+        host: host.to_owned(),
         reason: format!("DNS: {dns_error}; scontrol show node: {e}"),
     })?;
     dns(&node_addr).map_err(|e| RendezvousError::Resolve {
-        host: point.host.clone(),
+        host: host.to_owned(),
         reason: format!("DNS: {dns_error}; its NodeAddr {node_addr:?}: {e}"),
     })
 }
@@ -605,10 +627,11 @@ fn tls_refusal(e: &ConnectError) -> Option<String> {
     }
 }
 
-/// A rank other than 0: offers itself to rank 0 until it answers with the table.
+/// A rank other than 0: offers itself to rank 0 (trying each candidate address in turn) until
+/// it answers with the table.
 async fn meet(
     endpoint: &Endpoint,
-    primary: SocketAddr,
+    candidates: Vec<SocketAddr>,
     size: u32,
     me: Entry,
     timeout: Duration,
@@ -616,24 +639,37 @@ async fn meet(
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let mut last = String::from("no attempt");
+    // Candidates whose TLS refused this rank: a wrong secret or another job. When every
+    // candidate refused, retrying cannot help.
+    let mut refused: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    let mut turn = 0usize;
     while start.elapsed() < timeout {
+        let primary = candidates[turn % candidates.len()];
+        turn += 1;
+        if refused.contains_key(&primary) {
+            continue;
+        }
         let attempt = tokio::time::timeout(ATTEMPT, endpoint.connect(primary, HostId(0))).await;
         let conn = match attempt {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 if let Some(reason) = tls_refusal(&e) {
-                    return Err(RendezvousError::Refused {
-                        addr: primary,
-                        reason,
-                    });
+                    refused.insert(primary, reason.clone());
+                    if refused.len() == candidates.len() {
+                        return Err(RendezvousError::Refused {
+                            addr: primary,
+                            reason,
+                        });
+                    }
+                    continue;
                 }
-                last = e.to_string();
+                last = format!("{primary}: {e}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
                 continue;
             }
             Err(_) => {
-                last = format!("no answer within {ATTEMPT:?}");
+                last = format!("{primary}: no answer within {ATTEMPT:?}");
                 continue;
             }
         };
@@ -664,13 +700,13 @@ async fn meet(
             }
             Err(ExchangeError::Broken(e)) => {
                 // Rank 0 went away mid-exchange (restarted, or still starting): try again.
-                last = e;
+                last = format!("{primary}: {e}");
                 tokio::time::sleep(backoff).await;
             }
         }
     }
     Err(RendezvousError::Unreachable {
-        addr: primary,
+        addrs: candidates,
         waited: start.elapsed(),
         last,
     })
@@ -791,7 +827,7 @@ mod tests {
             job_number: Some(12 * 64 + 3),
             cpus_per_task: None,
             reserved_port: None,
-            mpirun_host: None,
+            mpirun_hosts: Vec::new(),
         }
     }
 
@@ -799,7 +835,10 @@ mod tests {
     fn meeting_point_precedence() {
         let none = |_: &str| None;
         let p = meeting_point_with(&slurm(&["n1", "n2"]), none).unwrap();
-        assert_eq!((p.host.as_str(), p.slurm_node), ("n1", true));
+        assert_eq!(
+            (p.hosts.clone(), p.slurm_node),
+            (vec!["n1".to_owned()], true)
+        );
         assert_eq!(p.port, BASE_PORT + (12 * 64 + 3) as u16);
         assert!(p.origin.contains("collides"), "{}", p.origin);
         let mut l = slurm(&["n1"]);
@@ -810,7 +849,7 @@ mod tests {
         let rdv = |v: &str| (v == RENDEZVOUS_ENV).then(|| "10.0.0.9:4100".to_owned());
         let p = meeting_point_with(&l, rdv).unwrap();
         assert_eq!(
-            (p.host.as_str(), p.port, p.slurm_node),
+            (p.hosts[0].as_str(), p.port, p.slurm_node),
             ("10.0.0.9", 4100, false)
         );
         let mut mpi = slurm(&[]);
@@ -819,8 +858,16 @@ mod tests {
             meeting_point_with(&mpi, none),
             Err(RendezvousError::NoRendezvous { .. })
         ));
-        mpi.mpirun_host = Some("127.0.0.1".into());
-        assert_eq!(meeting_point_with(&mpi, none).unwrap().host, "127.0.0.1");
+        mpi.mpirun_hosts = vec!["10.0.0.1".into(), "127.0.0.1".into()];
+        let p = meeting_point_with(&mpi, none).unwrap();
+        assert_eq!(p.hosts, ["10.0.0.1", "127.0.0.1"]);
+        // Loopback last.
+        let order = resolve(&MeetingPoint {
+            hosts: vec!["127.0.0.1".into(), "10.0.0.1".into()],
+            ..p
+        })
+        .unwrap();
+        assert_eq!(order[0].ip(), "10.0.0.1".parse::<IpAddr>().unwrap());
         let bad = |v: &str| (v == PORT_ENV).then(|| "0".to_owned());
         assert!(matches!(
             meeting_point_with(&mpi, bad),
