@@ -348,6 +348,9 @@ mod tests {
         assert_eq!(l.job_name.as_deref(), Some("slurm-41.3"));
         assert_eq!(l.reserved_port, Some(21001));
         assert_eq!(l.cpus_per_task, None);
+        let mut env = STEP.to_vec();
+        env.push(("SLURM_CPUS_PER_TASK", "2"));
+        assert_eq!(detect(&env).unwrap().unwrap().cpus_per_task, Some(2));
     }
 
     #[test]
