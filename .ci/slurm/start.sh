@@ -6,6 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 run=${FRAGMENTA_SLURM_RUN:-/tmp/fragmenta-slurm}
 host=$(hostname -s)
+# What an earlier start left running is stopped first: the ports and pid files are fixed.
+FRAGMENTA_SLURM_RUN="$run" FRAGMENTA_SLURM_STOP_MUNGE=0 "$here/stop.sh"
 mkdir -p "$run/state" /etc/slurm
 sed -e "s|@HOST@|$host|g" -e "s|@RUN@|$run|g" "$here/slurm.conf" > /etc/slurm/slurm.conf
 

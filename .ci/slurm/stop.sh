@@ -8,7 +8,9 @@ for pidfile in "$run"/slurmd-*.pid "$run"/slurmctld.pid; do
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$pidfile"
 done
-if [ -f /run/munge/munged.pid ]; then
+# munged is left to its own pid file only when this script's caller asks (start.sh reuses a
+# running munged).
+if [ "${FRAGMENTA_SLURM_STOP_MUNGE:-1}" = 1 ] && [ -f /run/munge/munged.pid ]; then
   kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
 fi
 exit 0

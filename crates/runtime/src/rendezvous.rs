@@ -43,7 +43,7 @@ pub(crate) const JOIN_TIMEOUT_ENV: &str = "FRAGMENTA_JOIN_TIMEOUT_MS";
 const BASE_PORT: u16 = 10_000;
 const PORT_SPAN: u64 = 20_000;
 /// One connection attempt to rank 0 waits this long before it is retried.
-const ATTEMPT: Duration = Duration::from_secs(2);
+const ATTEMPT: Duration = Duration::from_secs(3);
 /// How long rank 0 waits for a rank to say who it is once connected, and for the table to be
 /// read.
 const EXCHANGE: Duration = Duration::from_secs(10);
