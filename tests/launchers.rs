@@ -1,6 +1,7 @@
 //! Clusters formed by the real launchers with no config file: `srun` (one node and two emulated
 //! nodes), `sbatch`, and Open MPI's `mpirun` inside and outside a Slurm job; refused ranks (a
-//! wrong secret, another job, a world-readable secret file); a rank SIGKILLed mid-job; and the
+//! wrong secret, another job, a world-readable secret file, no secret at all); a rank SIGKILLed
+//! mid-job; and the
 //! sort-last example under `srun` against `fragmenta launch`.
 //!
 //! Needs a running Slurm (`.ci/slurm/start.sh`, as CI does) and `mpirun`; each scenario is
@@ -254,7 +255,12 @@ fn run_with(
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     for (k, v) in vars {
-        cmd.env(k, v);
+        // An empty value removes the variable.
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     match cmd.output() {
         Ok(out) => (
@@ -486,6 +492,32 @@ fn scenario(env: &Env, name: &str) -> Result<Outcome, String> {
                 Ok(())
             })
         }
+        "no_secret_refused" => {
+            let r = run_with(
+                env,
+                "cluster",
+                "srun",
+                &["-l", "-n", "2", exe],
+                &[("FRAGMENTA_SECRET_FILE", ""), ("FRAGMENTA_SECRET", "")],
+            );
+            ok_if(r, false, |out| {
+                check(
+                    !out.contains("cluster ok"),
+                    "a cluster formed without a secret",
+                )?;
+                for rank in ["0:", "1:"] {
+                    check(
+                        out.lines().any(|l| {
+                            l.starts_with(rank)
+                                && l.contains("no cluster secret is set")
+                                && l.contains("fragmenta secret")
+                        }),
+                        format!("rank {rank} did not say how to provide a secret"),
+                    )?;
+                }
+                Ok(())
+            })
+        }
         "srun_sigkill_rank" => ok_if(
             run(env, "kill", "srun", &["-l", "-n", "4", exe]),
             false,
@@ -553,6 +585,7 @@ const NAMES: &[&str] = &[
     "wrong_secret_refused",
     "other_job_refused",
     "world_readable_secret_refused",
+    "no_secret_refused",
     "srun_sigkill_rank",
     "sort_last_same_picture",
 ];

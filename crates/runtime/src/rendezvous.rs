@@ -212,22 +212,16 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
     let Some(launch) = fragmenta_config::launcher::detect().map_err(RendezvousError::from)? else {
         return Ok(builder.embedded()?);
     };
-    let secret = ClusterSecret::from_env_with(env).map_err(RendezvousError::from)?;
-    let secret = match secret {
-        Some(s) => s,
-        // One process: the embedded cluster is that one-host cluster.
-        None if launch.size == 1 => return Ok(builder.embedded()?),
-        None => {
-            return Err(RendezvousError::NoSecret {
-                launcher: launch.kind,
-                size: launch.size,
-            }
-            .into())
-        }
-    };
     if launch.size == 1 {
+        // One process: the embedded cluster is that one-host cluster.
         return Ok(builder.embedded()?);
     }
+    let secret = ClusterSecret::from_env_with(env)
+        .map_err(RendezvousError::from)?
+        .ok_or(RendezvousError::NoSecret {
+            launcher: launch.kind,
+            size: launch.size,
+        })?;
     let name = launch.job_name.clone().ok_or(RendezvousError::NoJob {
         launcher: launch.kind,
     })?;
