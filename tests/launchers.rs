@@ -1,8 +1,7 @@
 //! Clusters formed by the real launchers with no config file: `srun` (one node and two emulated
 //! nodes), `sbatch`, and Open MPI's `mpirun` inside and outside a Slurm job; refused ranks (a
 //! wrong secret, another job, a world-readable secret file, no secret at all); a rank SIGKILLed
-//! mid-job; and the
-//! sort-last example under `srun` against `fragmenta launch`.
+//! mid-job; and the sort-last example under `srun` against `fragmenta launch`.
 //!
 //! Needs a running Slurm (`.ci/slurm/start.sh`, as CI does) and `mpirun`; each scenario is
 //! skipped with the reason where they are missing. A custom harness (no libtest): `main` is the
