@@ -7,7 +7,8 @@
 //! 3. peak heap growth of the process while the 512 MiB stream in (bounded: streamed, not
 //!    buffered, since the job allows non-sequential chunks).
 //!
-//! `cargo bench --bench cluster`
+//! `cargo bench --bench cluster`. Hosts that are separate processes, as users run them:
+//! `cargo bench --bench multiproc`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
