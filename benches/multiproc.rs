@@ -525,7 +525,7 @@ impl Sizes {
                 stream_rounds: 5,
                 fetch_size: 256 * MIB,
                 fetch_rounds: 2,
-                fetch_repeats: 4,
+                fetch_repeats: 6,
                 uneven: 1_000,
                 uneven_us: 10_000,
             }
