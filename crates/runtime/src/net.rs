@@ -85,6 +85,27 @@ pub enum JoinError {
     /// The host's Fast I/O context could not be served on its socket.
     #[error("cannot serve the Fast I/O context: {0}")]
     FastIo(#[from] fragmenta_fastio::FastIoError),
+    /// [`ClusterBuilder::gpus`](crate::ClusterBuilder::gpus) differs from the host's `gpus` in
+    /// the configuration, which is what the other hosts place GPU fragments by.
+    #[error(
+        "ClusterBuilder::gpus({asked}) differs from the {configured} GPUs the configuration \
+         gives {host}: set `gpus` for the host in the cluster configuration instead"
+    )]
+    GpusDiffer {
+        /// This host.
+        host: fragmenta_job::HostId,
+        /// GPUs in the configuration.
+        configured: u32,
+        /// GPUs the program asked for.
+        asked: u32,
+    },
+    /// A program joining a configured cluster could not tell which host it is.
+    #[error(
+        "cannot tell which host of the cluster configuration this process is: set \
+         FRAGMENTA_HOST_ID to its host id, or start the program under a launcher \
+         (fragmenta launch, srun, mpirun)"
+    )]
+    NoHostId,
 }
 
 enum Outgoing {
@@ -314,7 +335,10 @@ impl Net {
             let _guard = runtime.enter();
             Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
                 addr,
-                reason: e.to_string(),
+                reason: match e {
+                    fragmenta_net::BindError::Socket { reason, .. } => reason,
+                    e => e.to_string(),
+                },
             })?
         };
         let primary = config.hosts().first().map_or(host, |h| h.id());
@@ -969,8 +993,7 @@ impl Net {
                     // (cancelled, for jobs whose fragments are never reassigned).
                     let submitted = node.exec.submit(key, spec, runner, pending.clone());
                     if let Err(e) = submitted {
-                        let reason =
-                            FailureReason::Returned(format!("{host} cannot run the job: {e:?}"));
+                        let reason = crate::executor::refusal(host, &e);
                         *state = RState::Failed(reason.clone());
                         drop(state);
                         for f in pending.into_iter().flatten() {
