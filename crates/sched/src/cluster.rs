@@ -54,6 +54,9 @@ pub struct JobSpec {
 }
 
 /// What the runtime must do next.
+// `Finished` carries the report, larger than the other variants; actions live briefly in one
+// queue and there is one `Finished` per job, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Action<P> {
     /// Serialize the job and send it to `host` (always before the first `Dispatch` there).
