@@ -226,11 +226,17 @@ fn spawn_worker(inner: &Arc<Inner>, st: &mut State, task: Task) {
 fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
     let mut st = inner.state.lock();
     let mut timed_out = false;
+    // Whether this worker just came back from waiting: only such a worker takes a handed-off
+    // block (each was taken for one woken worker), so a busy worker never leaves the one woken
+    // for it with nothing to do.
+    let mut returned = false;
     loop {
-        let task = first
-            .take()
-            .or_else(|| st.handoff.pop_front())
-            .or_else(|| take(&mut st));
+        let handed = if std::mem::take(&mut returned) {
+            st.handoff.pop_front()
+        } else {
+            None
+        };
+        let task = first.take().or(handed).or_else(|| take(&mut st));
         match task {
             Some((block, runner)) => {
                 timed_out = false;
@@ -261,6 +267,7 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
                 if st.wakes > 0 {
                     st.wakes -= 1;
                 }
+                returned = true;
                 timed_out = !woke;
                 if woke && st.handoff.is_empty() && !st.shutdown {
                     st.wasted_wakeups += 1;
