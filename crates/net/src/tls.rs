@@ -42,6 +42,12 @@ impl TlsFiles {
 ///
 /// The defaults favour bandwidth on fast links (large flow-control windows) and quick failure
 /// detection (1 s keep-alive, 10 s idle timeout).
+///
+/// Incoming TLS handshakes run concurrently, each bounded by `handshake_timeout`, at most
+/// `max_handshakes` at once and `max_handshakes_per_ip` from one address: a client that starts
+/// a handshake and goes silent (it needs no certificate to do so) holds one slot for at most
+/// `handshake_timeout` and delays no other handshake. Handshakes beyond a bound are refused at
+/// once (the client sees the connection refused and may retry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     /// Flow-control window of one stream, in bytes (default 16 MiB).
@@ -58,6 +64,12 @@ pub struct NetConfig {
     pub keep_alive_interval: Duration,
     /// A connection with no traffic for this long is lost (default 10 s).
     pub idle_timeout: Duration,
+    /// An incoming TLS handshake not complete after this long is dropped (default 3 s).
+    pub handshake_timeout: Duration,
+    /// Incoming TLS handshakes in progress at once, all clients together (default 256).
+    pub max_handshakes: usize,
+    /// Incoming TLS handshakes in progress at once from one IP address (default 16).
+    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for NetConfig {
@@ -70,6 +82,9 @@ impl Default for NetConfig {
             max_concurrent_bi_streams: 64,
             keep_alive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            max_handshakes: 256,
+            max_handshakes_per_ip: 16,
         }
     }
 }

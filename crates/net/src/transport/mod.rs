@@ -162,8 +162,10 @@ impl Endpoint {
 
     /// Waits for the next incoming connection. `None` once the endpoint is closed.
     ///
-    /// Handshakes are completed one at a time; a failed one is returned as an error and the
-    /// endpoint keeps accepting.
+    /// Connections come in the order their handshakes complete: QUIC handshakes run
+    /// concurrently within the bounds of [`NetConfig`] (a client that stalls its handshake
+    /// delays no other). A failed, refused-by-certificate or timed-out handshake is returned
+    /// as an error and the endpoint keeps accepting.
     pub async fn accept(&self) -> Option<Result<Connection, AcceptError>> {
         match &self.inner {
             EndpointInner::Quic(e) => e.accept().await,
