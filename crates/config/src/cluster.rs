@@ -442,9 +442,15 @@ fn validate(file: ConfigFile, base_dir: &Path) -> Result<ClusterConfig, ConfigEr
         let id = u32::try_from(h.id).map_err(|_| {
             invalid(
                 field("id"),
-                format!("must be between 0 and {}, got {}", u32::MAX, h.id),
+                format!("must be between 0 and {}, got {}", u32::MAX - 1, h.id),
             )
         })?;
+        if HostId(id) == HostId::UNASSIGNED {
+            return Err(ConfigError::ReservedHostId {
+                field: field("id"),
+                id,
+            });
+        }
         if let Some(first) = ids.insert(id, i) {
             return Err(invalid(
                 field("id"),

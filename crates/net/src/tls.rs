@@ -151,6 +151,20 @@ pub enum TlsError {
         #[source]
         source: CertIdentityError,
     },
+    /// This host's certificate names another host: the host was given another host's
+    /// certificate and key.
+    #[error(
+        "certificate {path} is {found}'s, but this is {expected}: give each host its own \
+         certificate (`fragmenta certs`)"
+    )]
+    WrongHost {
+        /// The certificate file.
+        path: PathBuf,
+        /// The host this endpoint is for.
+        expected: HostId,
+        /// The host the certificate names.
+        found: HostId,
+    },
     /// rustls refused the server configuration (for example a key that does not match the
     /// certificate).
     #[error("invalid TLS server configuration: {reason}")]
@@ -219,6 +233,31 @@ pub(crate) fn load(files: &TlsFiles) -> Result<LoadedTls, TlsError> {
         key,
         host,
     })
+}
+
+/// The host named by the certificate (the leaf, first in the file) in the PEM file at `path`.
+///
+/// This checks the file is a host certificate of the form [`certs::generate`] writes; it does
+/// not verify the signature (TLS does, on every connection).
+pub fn certificate_host(path: &Path) -> Result<HostId, TlsError> {
+    let chain = read_certs(path)?;
+    certs::host_id_from_cert(&chain[0]).map_err(|source| TlsError::OwnIdentity {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// [`load`], checking that the certificate is `expected`'s.
+pub(crate) fn load_for(files: &TlsFiles, expected: HostId) -> Result<LoadedTls, TlsError> {
+    let loaded = load(files)?;
+    if loaded.host != expected {
+        return Err(TlsError::WrongHost {
+            path: files.cert.clone(),
+            expected,
+            found: loaded.host,
+        });
+    }
+    Ok(loaded)
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -316,6 +355,31 @@ mod tests {
                 source: CertIdentityError::NoHostName,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn another_hosts_certificate_is_refused_for_this_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        certs::generate(tmp.path(), "c", &[HostId(1), HostId(2)]).unwrap();
+        // Host 2 started with host 1's certificate and key.
+        let files = TlsFiles::for_host(tmp.path(), HostId(1));
+        assert_eq!(certificate_host(&files.cert), Ok(HostId(1)));
+        assert!(load_for(&files, HostId(1)).is_ok());
+        let err = load_for(&files, HostId(2)).unwrap_err();
+        assert_eq!(
+            err,
+            TlsError::WrongHost {
+                path: files.cert.clone(),
+                expected: HostId(2),
+                found: HostId(1),
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains("host-1") && text.contains("host-2"), "{text}");
+        assert!(matches!(
+            certificate_host(&files.key),
+            Err(TlsError::NoCertificate { .. })
         ));
     }
 }

@@ -312,9 +312,11 @@ impl Net {
         };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
-                addr,
-                reason: e.to_string(),
+            Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
+                JoinError::Bind {
+                    addr,
+                    reason: e.to_string(),
+                }
             })?
         };
         let primary = config.hosts().first().map_or(host, |h| h.id());

@@ -26,12 +26,17 @@ pub(crate) struct QuicEndpoint {
 }
 
 impl QuicEndpoint {
+    /// Binds with the host's files; with `expected`, the certificate must name that host.
     pub(crate) fn bind(
         addr: SocketAddr,
         files: &TlsFiles,
         config: &NetConfig,
+        expected: Option<HostId>,
     ) -> Result<Self, BindError> {
-        let loaded = tls::load(files)?;
+        let loaded = match expected {
+            Some(host) => tls::load_for(files, host)?,
+            None => tls::load(files)?,
+        };
         let server = tls::server_config(&loaded, config)?;
         let client = tls::client_config(&loaded, config)?;
         let socket_err = |e: std::io::Error| BindError::Socket {
