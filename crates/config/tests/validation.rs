@@ -183,7 +183,10 @@ fn unassigned_marker_is_not_a_host_id() {
     assert!(err.to_string().contains("reserved"), "{err}");
     assert_eq!(
         load(&with("id = 5", "id = 4294967296")),
-        invalid("host[2].id", "must be between 0 and 4294967294, got 4294967296")
+        invalid(
+            "host[2].id",
+            "must be between 0 and 4294967294, got 4294967296"
+        )
     );
     assert!(load(&with("id = 5", "id = 4294967294")).is_ok());
 }
