@@ -179,12 +179,13 @@ impl ClusterBuilder {
     }
 }
 
-/// `<pid>-<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in
-/// one process (tests, benchmarks) never collide.
+/// `<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in one
+/// process (tests, benchmarks) never collide (the socket's name adds the process id, see
+/// `fragmenta_fastio::socket_file_name`).
 fn process_label() -> String {
     static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}-{n}", std::process::id())
+    n.to_string()
 }
 
 impl Cluster {
