@@ -216,7 +216,9 @@ impl Cluster {
 
     /// Membership events from now on: other hosts coming up and being declared down, with the
     /// moment this host decided it. Each call is a separate subscription. The embedded cluster
-    /// has no other host: its subscription is empty.
+    /// has no other host: its subscription is empty. Once the primary has shut the cluster
+    /// down (`serve` returned `Ok`), subscriptions end: the links closing then are no hosts
+    /// going down.
     pub fn host_events(&self) -> HostEvents {
         match &self.net {
             Some(net) => net.membership.subscribe(),
