@@ -45,45 +45,52 @@ fn udp_port_bound(port: u16) -> bool {
     })
 }
 
-/// Starts TLS handshakes with `server` that never complete: the first packet of a real QUIC
-/// client (one that holds no certificate of ours is just as good: nothing is checked before the
-/// handshake completes), caught on a relay socket and sent from sockets that then stay silent.
-fn stalled_handshakes(
-    certs: &Path,
+/// Keeps starting TLS handshakes with `server` that never complete, one every `every`, until
+/// `stop` is set; returns how many it started. Each is the first packet of a real QUIC client
+/// (nothing is checked before the handshake completes, so no certificate is needed), caught on
+/// a relay socket and sent from a socket that then stays silent.
+fn stall_handshakes(
+    certs: std::path::PathBuf,
     server: SocketAddr,
-    count: usize,
-) -> (tokio::runtime::Runtime, Vec<tokio::net::UdpSocket>) {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let silent = rt.block_on(async {
-        let client = fragmenta_net::Endpoint::bind_quic(
-            "127.0.0.1:0".parse().expect("address"),
-            &fragmenta_net::TlsFiles::for_host(certs, HostId(1)),
-            &fragmenta_net::NetConfig::default(),
-        )
-        .expect("client endpoint");
-        let mut silent = Vec::new();
-        for _ in 0..count {
-            let relay = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("relay");
-            let to = relay.local_addr().expect("relay address");
-            let c = client.clone();
-            let attempt = tokio::spawn(async move { c.connect(to, HostId(0)).await });
-            let mut packet = vec![0u8; 65536];
-            let (n, _) = tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut packet))
-                .await
-                .expect("the client sends its first packet")
-                .expect("receive");
-            attempt.abort();
-            let s = tokio::net::UdpSocket::bind("127.0.0.1:0")
-                .await
-                .expect("silent socket");
-            s.send_to(&packet[..n], server).await.expect("send");
-            silent.push(s);
-        }
-        silent
-    });
-    (rt, silent)
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    started: std::sync::mpsc::Sender<()>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let client = fragmenta_net::Endpoint::bind_quic(
+                "127.0.0.1:0".parse().expect("address"),
+                &fragmenta_net::TlsFiles::for_host(&certs, HostId(1)),
+                &fragmenta_net::NetConfig::default(),
+            )
+            .expect("client endpoint");
+            let mut silent = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && silent.len() < 1000 {
+                let relay = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("relay");
+                let to = relay.local_addr().expect("relay address");
+                let c = client.clone();
+                let attempt = tokio::spawn(async move { c.connect(to, HostId(0)).await });
+                let mut packet = vec![0u8; 65536];
+                let (n, _) =
+                    tokio::time::timeout(Duration::from_secs(5), relay.recv_from(&mut packet))
+                        .await
+                        .expect("the client sends its first packet")
+                        .expect("receive");
+                attempt.abort();
+                let s = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("silent socket");
+                s.send_to(&packet[..n], server).await.expect("send");
+                silent.push(s);
+                let _ = started.send(());
+                tokio::time::sleep(every).await;
+            }
+            silent.len()
+        })
+    })
 }
 
 #[test]
@@ -99,17 +106,28 @@ fn a_host_joins_while_stalled_handshakes_arrive() {
         assert!(Instant::now() < deadline, "host 0 never bound its port");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (_rt, _silent) = stalled_handshakes(&dir.path().join("certs"), primary_addr, 4);
-    std::thread::sleep(Duration::from_millis(100));
-    let started = Instant::now();
-    let host1 = join(&config, 1)
-        .join()
-        .expect("join thread")
-        .expect("host 1 joins although 4 handshakes to host 0 are stalled");
-    println!(
-        "host 1 joined behind 4 stalled handshakes in {:?}",
-        started.elapsed()
+    // A stalled handshake every 20 ms, from the join's own address, before and during it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, started) = std::sync::mpsc::channel();
+    let flood = stall_handshakes(
+        dir.path().join("certs"),
+        primary_addr,
+        Duration::from_millis(20),
+        stop.clone(),
+        tx,
     );
+    for _ in 0..20 {
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("stalled handshakes go out");
+    }
+    let joining = Instant::now();
+    let host1 = join(&config, 1).join().expect("join thread");
+    let joined = joining.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let stalled = flood.join().expect("flood thread");
+    let host1 = host1.expect("host 1 joins while handshakes to host 0 are stalled");
+    println!("host 1 joined in {joined:?} among {stalled} stalled handshakes");
     let host0 = primary.join().expect("join thread").expect("host 0 joins");
     assert_eq!(host0.hosts(), [HostId(0), HostId(1)]);
     drop(host0);

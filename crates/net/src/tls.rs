@@ -46,8 +46,9 @@ impl TlsFiles {
 /// Incoming TLS handshakes run concurrently, each bounded by `handshake_timeout`, at most
 /// `max_handshakes` at once and `max_handshakes_per_ip` from one address: a client that starts
 /// a handshake and goes silent (it needs no certificate to do so) holds one slot for at most
-/// `handshake_timeout` and delays no other handshake. Handshakes beyond a bound are refused at
-/// once (the client sees the connection refused and may retry).
+/// `handshake_timeout` and delays no other handshake. A new handshake beyond a bound takes the
+/// place of the oldest one in progress (from the same address, for the per-address bound), so
+/// stalled handshakes cannot keep a real client out by filling the slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     /// Flow-control window of one stream, in bytes (default 16 MiB).
@@ -66,9 +67,11 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// An incoming TLS handshake not complete after this long is dropped (default 3 s).
     pub handshake_timeout: Duration,
-    /// Incoming TLS handshakes in progress at once, all clients together (default 256).
+    /// Incoming TLS handshakes in progress at once, all clients together (default 256); the
+    /// oldest is dropped for a new one beyond it.
     pub max_handshakes: usize,
-    /// Incoming TLS handshakes in progress at once from one IP address (default 16).
+    /// Incoming TLS handshakes in progress at once from one IP address (default 16); its
+    /// oldest is dropped for a new one beyond it.
     pub max_handshakes_per_ip: usize,
 }
 

@@ -1,6 +1,6 @@
 //! Clients that start a TLS handshake and go silent, over real QUIC on 127.0.0.1: they need no
-//! certificate, so they must delay nobody. Handshakes run concurrently, within bounds, each for
-//! at most the handshake timeout.
+//! certificate, so they must delay nobody. Handshakes run concurrently, within bounds (a new one
+//! beyond a bound takes the oldest one's place), each for at most the handshake timeout.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -148,48 +148,38 @@ async fn stalled_handshakes_are_bounded_and_time_out() {
     };
     let (server, mut seen) = server(dir.path(), &config);
     let source = packet_source(dir.path());
-    let _silent = [
-        stalled_handshake(&source, server.local_addr()).await,
-        stalled_handshake(&source, server.local_addr()).await,
-    ];
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(stalled_handshake(&source, server.local_addr()).await);
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Both slots of 127.0.0.1 are taken: a third handshake is refused at once.
-    let refused = timeout(
-        Duration::from_secs(2),
-        join(dir.path(), HostId(3), server.local_addr()),
-    )
-    .await
-    .expect("a refusal is immediate");
-    match refused {
-        Err(ConnectError::Connection(e)) => {
-            assert!(e.to_string().to_lowercase().contains("refused"), "{e}")
-        }
-        other => panic!("expected a refused connection, got {other:?}"),
-    }
-    // The stalled handshakes are dropped after the handshake timeout...
-    for _ in 0..2 {
-        let stalled = timeout(Duration::from_secs(5), seen.recv())
-            .await
-            .expect("the stalled handshake ends")
-            .expect("accept loop alive");
-        assert!(
-            matches!(stalled, Err(AcceptError::HandshakeTimeout { timeout, .. }) if timeout == config.handshake_timeout),
-            "{stalled:?}"
-        );
-    }
-    // ...which frees their slots.
+    // At most 2 handshakes from 127.0.0.1 are in progress, so the slots are full of stalled
+    // ones; a real client takes the place of the oldest and gets in at once.
     timeout(
         Duration::from_secs(2),
         join(dir.path(), HostId(3), server.local_addr()),
     )
     .await
-    .expect("the join completes")
-    .expect("the join succeeds once the slots are free");
-    let joined = timeout(Duration::from_secs(2), seen.recv())
-        .await
-        .expect("the server saw the join")
-        .expect("accept loop alive");
-    assert_eq!(joined, Ok(HostId(3)));
+    .expect("the join is not held up")
+    .expect("the join succeeds");
+    // Of the 5 stalled handshakes, the 3 beyond the bound were dropped as they came and one
+    // more for the join; the last is dropped after the handshake timeout. Nothing else is left.
+    let mut joined = 0;
+    let mut timed_out = 0;
+    let until = Instant::now() + config.handshake_timeout + Duration::from_millis(1500);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match timeout(left, seen.recv()).await {
+            Ok(Some(Ok(HostId(3)))) => joined += 1,
+            Ok(Some(Err(AcceptError::HandshakeTimeout { timeout, .. }))) => {
+                assert_eq!(timeout, config.handshake_timeout);
+                timed_out += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!((joined, timed_out), (1, 1));
+    drop(silent);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The QUIC backend (quinn).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use fragmenta_job::HostId;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use super::{
     AcceptError, BindError, ConnectError, Connection, ConnectionError, RecvStream, SendStream,
@@ -141,11 +141,67 @@ struct HandshakeLimits {
     per_ip: usize,
 }
 
-/// Accepts incoming connections and runs each TLS handshake in its own task, at most
-/// `limits.max` at once and `limits.per_ip` per client address, each for at most
-/// `limits.timeout`; a connection beyond a bound is refused at once. Finished handshakes go to
-/// `done` in completion order. Ends when the endpoint closes or every [`QuicEndpoint`] handle
-/// is gone (dropping the running handshakes).
+/// The handshakes in progress, oldest first, and how many come from each address.
+#[derive(Default)]
+struct InProgress {
+    live: HashMap<tokio::task::Id, (IpAddr, AbortHandle)>,
+    /// Start order; may hold ids of handshakes that have ended (skipped, and compacted).
+    order: VecDeque<tokio::task::Id>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl InProgress {
+    fn add(&mut self, id: tokio::task::Id, ip: IpAddr, handle: AbortHandle) {
+        self.live.insert(id, (ip, handle));
+        self.order.push_back(id);
+        *self.per_ip.entry(ip).or_default() += 1;
+        if self.order.len() > 4 * self.live.len().max(16) {
+            let live = &self.live;
+            self.order.retain(|id| live.contains_key(id));
+        }
+    }
+
+    /// Forgets a handshake; whether it was still in progress.
+    fn remove(&mut self, id: tokio::task::Id) -> bool {
+        let Some((ip, _)) = self.live.remove(&id) else {
+            return false;
+        };
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        true
+    }
+
+    fn count_of(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Drops the oldest handshake in progress (from `ip` only, if given); its address.
+    fn evict_oldest(&mut self, ip: Option<IpAddr>) -> Option<IpAddr> {
+        let pos = self.order.iter().position(|id| {
+            self.live
+                .get(id)
+                .is_some_and(|(from, _)| ip.is_none_or(|ip| ip == *from))
+        })?;
+        let id = self.order.remove(pos)?;
+        let (from, handle) = self.live.get(&id).cloned()?;
+        handle.abort();
+        self.remove(id);
+        Some(from)
+    }
+}
+
+/// Accepts incoming connections and runs each TLS handshake in its own task, each for at most
+/// `limits.timeout`, at most `limits.max` at once and `limits.per_ip` per client address: a new
+/// handshake beyond a bound takes the place of the oldest one in progress (of that address, for
+/// the per-address bound). A client completing its handshake in a few round trips is then
+/// only dropped by a flood of more than the bound of new handshakes within those round trips,
+/// while stalled handshakes cost at most the bound. Finished handshakes go to `done` in
+/// completion order. Ends when the endpoint closes or every [`QuicEndpoint`] handle is gone
+/// (dropping the running handshakes).
 async fn drive_handshakes(
     endpoint: quinn::Endpoint,
     host: HostId,
@@ -153,41 +209,38 @@ async fn drive_handshakes(
     done: mpsc::Sender<Result<Connection, AcceptError>>,
 ) {
     let mut running: JoinSet<Result<Connection, AcceptError>> = JoinSet::new();
-    let mut sources: HashMap<tokio::task::Id, IpAddr> = HashMap::new();
-    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+    let mut in_progress = InProgress::default();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let remote = incoming.remote_address();
                 let ip = remote.ip();
-                let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
-                if running.len() >= limits.max || from_ip >= limits.per_ip {
-                    tracing::warn!(%host, %remote, in_progress = running.len(), from_ip,
-                        "too many handshakes in progress; refusing a connection");
-                    incoming.refuse();
-                    continue;
+                let evicted = if in_progress.count_of(ip) >= limits.per_ip {
+                    in_progress.evict_oldest(Some(ip))
+                } else if in_progress.live.len() >= limits.max {
+                    in_progress.evict_oldest(None)
+                } else {
+                    None
+                };
+                if let Some(from) = evicted {
+                    tracing::warn!(%host, %remote, dropped = %from, in_progress = in_progress.live.len(),
+                        "too many handshakes in progress; dropped the oldest");
                 }
-                *per_ip.entry(ip).or_default() += 1;
                 let task = running.spawn(handshake(incoming, host, limits.timeout));
-                sources.insert(task.id(), ip);
+                in_progress.add(task.id(), ip, task);
             }
             Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
                 let (id, result) = match finished {
                     Ok((id, result)) => (id, Some(result)),
                     Err(e) => (e.id(), None),
                 };
-                if let Some(ip) = sources.remove(&id) {
-                    if let Some(n) = per_ip.get_mut(&ip) {
-                        *n -= 1;
-                        if *n == 0 {
-                            per_ip.remove(&ip);
+                // An evicted handshake was already forgotten and reports nothing.
+                if in_progress.remove(id) {
+                    if let Some(result) = result {
+                        if done.send(result).await.is_err() {
+                            break;
                         }
-                    }
-                }
-                if let Some(result) = result {
-                    if done.send(result).await.is_err() {
-                        break;
                     }
                 }
             }
