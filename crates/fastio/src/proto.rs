@@ -120,21 +120,28 @@ pub(crate) fn send<T: Serialize>(
 
 /// Reads one request on the server (descriptors a client attaches are discarded by the kernel).
 ///
-/// Waits as long as it takes for a request to begin (a client may hold its connection idle),
-/// but once its first byte has arrived the whole frame must arrive within `frame_timeout`: a
-/// client that sends part of a frame and stalls is [`FrameError::Malformed`].
+/// `stream` must have a read timeout (the server sets its frame timeout once per connection):
+/// the wait for a request to begin goes on across timeouts (a client may hold its connection
+/// idle), but once its first byte has arrived the whole frame must arrive within
+/// `frame_timeout`, or it is [`FrameError::Malformed`] (a client that sends part of a frame and
+/// stalls). No system call is added to a request that arrives whole.
 pub(crate) fn read_request(
     stream: &mut UnixStream,
     frame_timeout: Duration,
 ) -> Result<ToServer, FrameError> {
-    stream.set_read_timeout(None).map_err(FrameError::Io)?;
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
     let mut header = [0u8; 4];
     let mut got = 0;
     while got == 0 {
         match stream.read(&mut header) {
             Ok(0) => return Err(FrameError::Closed),
             Ok(n) => got = n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || timed_out(&e) => {}
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
@@ -142,22 +149,13 @@ pub(crate) fn read_request(
     let mut read_by_deadline = |buf: &mut [u8]| -> Result<(), FrameError> {
         let mut got = 0;
         while got < buf.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if Instant::now() >= deadline {
                 return Err(FrameError::Malformed("request frame not completed in time"));
             }
-            stream
-                .set_read_timeout(Some(left))
-                .map_err(FrameError::Io)?;
             match stream.read(&mut buf[got..]) {
                 Ok(0) => return Err(FrameError::Malformed("connection closed inside a frame")),
                 Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted || timed_out(&e) => {}
                 Err(e) => return Err(FrameError::Io(e)),
             }
         }
@@ -213,6 +211,7 @@ mod tests {
     #[test]
     fn oversized_and_garbage_frames_are_malformed() {
         let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         std::io::Write::write_all(&mut a, &(MAX_FRAME as u32 + 1).to_le_bytes()).unwrap();
         assert!(matches!(
             read_request(&mut b, Duration::from_secs(5)),

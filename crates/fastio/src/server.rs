@@ -27,8 +27,9 @@ pub struct ServerLimits {
     /// Client connections served at once (default 256); one more is closed at once (its
     /// requests then fail with [`FastIoError::Disconnected`]).
     pub max_clients: usize,
-    /// Once a request's first byte has arrived, the rest must arrive within this (default 5 s)
-    /// or the connection is closed; an idle connection between requests is kept.
+    /// Once a request's first byte has arrived, the rest must arrive within this (default 5 s;
+    /// at least 1 ms) or the connection is closed, and a reply must be taken within it; an
+    /// idle connection between requests is kept.
     pub frame_timeout: Duration,
 }
 
@@ -86,6 +87,11 @@ impl ContextServer {
         limits: ServerLimits,
     ) -> Result<ContextServer> {
         crate::path::check_len(path)?;
+        // A zero socket timeout is refused by the system (and would mean none).
+        let limits = ServerLimits {
+            frame_timeout: limits.frame_timeout.max(Duration::from_millis(1)),
+            ..limits
+        };
         prepare_path(path)?;
         let listener = UnixListener::bind(path).map_err(|e| FastIoError::io(IoOp::Bind, &e))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
@@ -275,9 +281,13 @@ fn serve_connection(
     let span = tracing::debug_span!("fastio_conn", conn = owner.0);
     let _enter = span.enter();
     tracing::debug!("client connected");
-    // A client that stops reading its replies must not hold this thread either.
-    if let Err(e) = stream.set_write_timeout(Some(limits.frame_timeout)) {
-        tracing::warn!(error = %e, "cannot set a write timeout; closing connection");
+    // A request stalled mid-frame, or a client that stops reading its replies, must not hold
+    // this thread: reads and writes block at most the frame timeout (see `read_request`).
+    let timeouts = stream
+        .set_read_timeout(Some(limits.frame_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(limits.frame_timeout)));
+    if let Err(e) = timeouts {
+        tracing::warn!(error = %e, "cannot set the socket timeouts; closing connection");
         core.lock().disconnect(owner);
         shared.conns.lock().remove(&owner);
         return;
