@@ -33,7 +33,8 @@ enum Command {
     Launch(LaunchArgs),
     /// Generate the cluster CA and a certificate and key for every host.
     Certs(CertsArgs),
-    /// Check a cluster config and list its hosts and whether their certificate files exist.
+    /// Check a cluster config and list its hosts and whether their certificate files exist,
+    /// name their host and are still valid.
     Status {
         /// The cluster config file.
         #[arg(long, value_name = "FILE")]
@@ -266,11 +267,19 @@ fn certs_for_config(path: &Path, force: bool, options: &certs::CertOptions) -> a
     Ok(())
 }
 
-/// The state of a host's certificate file for `status`: `None` when it names the host.
+/// Whether the certificate at `path` has expired (unreadable ones count as not: they are
+/// reported as such).
+fn expired(path: &Path) -> bool {
+    fragmenta_net::tls::certificate_expiry(path).is_ok_and(|at| at <= std::time::SystemTime::now())
+}
+
+/// The state of a host's certificate file for `status`: `None` when it names the host and has
+/// not expired.
 fn certificate_state(host: &fragmenta_config::HostConfig) -> Option<String> {
     match fragmenta_net::tls::certificate_host(host.cert()) {
-        Ok(id) if id == host.id() => None,
-        Ok(id) => Some(format!("cert is {id}'s")),
+        Ok(id) if id != host.id() => Some(format!("cert is {id}'s")),
+        Ok(_) if expired(host.cert()) => Some("cert expired".to_owned()),
+        Ok(_) => None,
         Err(_) => Some("unreadable cert".to_owned()),
     }
 }
@@ -286,6 +295,11 @@ fn certificate_problems(config: &ClusterConfig) -> Vec<String> {
         .filter_map(|h| {
             let cert = h.cert().display();
             match fragmenta_net::tls::certificate_host(h.cert()) {
+                Ok(id) if id == h.id() && expired(h.cert()) => Some(format!(
+                    "{}'s certificate {cert} has expired: rotate the cluster's certificates \
+                     (`fragmenta certs --config <this config file> --force`)",
+                    h.id()
+                )),
                 Ok(id) if id == h.id() => None,
                 Ok(id) => Some(format!(
                     "{}'s certificate {cert} is {id}'s: give each host its own certificate \
@@ -570,6 +584,36 @@ mod tests {
         assert!(
             problems[0].contains("host-1's certificate") && problems[0].contains("is host-0's")
         );
+    }
+
+    #[test]
+    fn status_names_an_expired_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config_in(dir.path(), "certs");
+        let config = ClusterConfig::load(&path).expect("valid");
+        let now = certs::CertOptions {
+            host_validity: Duration::ZERO,
+        };
+        certs::generate_with(
+            &dir.path().join("certs"),
+            "t",
+            &[HostId(0), HostId(1)],
+            &now,
+        )
+        .expect("generates");
+        // Valid until this very second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let status = render_status(&config, &path);
+        assert!(
+            status
+                .lines()
+                .skip(4)
+                .all(|l| l.ends_with("  cert expired")),
+            "{status}"
+        );
+        let problems = certificate_problems(&config);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("expired") && problems[0].contains("--force"));
     }
 
     #[test]

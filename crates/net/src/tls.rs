@@ -250,6 +250,25 @@ pub fn certificate_host(path: &Path) -> Result<HostId, TlsError> {
     })
 }
 
+/// When the certificate (the leaf, first in the file) in the PEM file at `path` expires: TLS
+/// refuses it from then on.
+pub fn certificate_expiry(path: &Path) -> Result<std::time::SystemTime, TlsError> {
+    let chain = read_certs(path)?;
+    let unparsable = |reason: String| TlsError::OwnIdentity {
+        path: path.to_path_buf(),
+        source: CertIdentityError::Unparsable { reason },
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| unparsable(e.to_string()))?;
+    let secs = cert.validity().not_after.timestamp();
+    let since_epoch = Duration::from_secs(secs.unsigned_abs());
+    Ok(if secs >= 0 {
+        std::time::UNIX_EPOCH + since_epoch
+    } else {
+        std::time::UNIX_EPOCH - since_epoch
+    })
+}
+
 /// [`load`], checking that the certificate is `expected`'s.
 pub(crate) fn load_for(files: &TlsFiles, expected: HostId) -> Result<LoadedTls, TlsError> {
     let loaded = load(files)?;
@@ -380,6 +399,11 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.contains("host-1") && text.contains("host-2"), "{text}");
+        let left = certificate_expiry(&files.cert)
+            .unwrap()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(364 * 86400), "{left:?}");
         assert!(matches!(
             certificate_host(&files.key),
             Err(TlsError::NoCertificate { .. })
