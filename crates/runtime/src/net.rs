@@ -106,6 +106,18 @@ pub enum JoinError {
          (fragmenta launch, srun, mpirun)"
     )]
     NoHostId,
+    /// A cluster formed by a launcher (no configuration file) could not meet.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
+}
+
+/// Why binding failed, without the "cannot bind ADDR" its message starts with (the errors that
+/// carry it say it themselves).
+pub(crate) fn bind_reason(e: fragmenta_net::BindError) -> String {
+    match e {
+        fragmenta_net::BindError::Socket { reason, .. } => reason,
+        e => e.to_string(),
+    }
 }
 
 enum Outgoing {
@@ -236,6 +248,22 @@ impl Signal {
     }
 }
 
+/// The network runtime of `host` (two reactor threads).
+pub(crate) fn runtime(host: HostId) -> Result<tokio::runtime::Runtime, JoinError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("fragmenta-net-{}", host.0))
+        .enable_all()
+        .build()
+        .map_err(|e| JoinError::Runtime(e.to_string()))
+}
+
+/// An endpoint bound on the runtime it lives on, handed to [`Net::start_bound`].
+pub(crate) struct Bound {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) endpoint: Endpoint,
+}
+
 /// The network side of a node.
 pub(crate) struct Net {
     node: Weak<Node>,
@@ -316,12 +344,7 @@ impl Net {
         config: ClusterConfig,
         host: HostId,
     ) -> Result<Arc<Net>, JoinError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("fragmenta-net-{}", host.0))
-            .enable_all()
-            .build()
-            .map_err(|e| JoinError::Runtime(e.to_string()))?;
+        let runtime = runtime(host)?;
         let me = config
             .host(host)
             .ok_or(fragmenta_config::ConfigError::NoHostId)?;
@@ -333,14 +356,24 @@ impl Net {
         };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
-                addr,
-                reason: match e {
-                    fragmenta_net::BindError::Socket { reason, .. } => reason,
-                    e => e.to_string(),
-                },
+            Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
+                JoinError::Bind {
+                    addr,
+                    reason: bind_reason(e),
+                }
             })?
         };
+        Net::start_bound(node, config, host, Bound { runtime, endpoint })
+    }
+
+    /// [`Net::start`] with an endpoint already bound (by a rendezvous) on `bound.runtime`.
+    pub(crate) fn start_bound(
+        node: &Arc<Node>,
+        config: ClusterConfig,
+        host: HostId,
+        bound: Bound,
+    ) -> Result<Arc<Net>, JoinError> {
+        let Bound { runtime, endpoint } = bound;
         let primary = config.hosts().first().map_or(host, |h| h.id());
         let mut limits = FrameLimits::default();
         if let Some(max) = config.max_frame_bytes() {
@@ -792,6 +825,8 @@ impl Net {
                 Control::Shutdown if peer == self.primary => {
                     tracing::info!(host = %self.host, %peer, "shutdown requested");
                     self.shutdown.set(Ok(()));
+                    // A clean shutdown: the links closing next are not hosts going down.
+                    self.membership.close();
                 }
                 Control::Shutdown => {
                     // Only the primary stops the cluster; any other host asking is ignored.
