@@ -81,9 +81,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// GPUs of this host (default 0). Joining a configured cluster, the host's GPUs come from
-    /// the configuration (the other hosts place GPU fragments by it): a different count here
-    /// is refused with [`JoinError::GpusDiffer`].
+    /// GPUs of this host (default 0), for the embedded cluster and for a cluster a launcher
+    /// forms without a configuration file. Joining a configured cluster, the host's GPUs come
+    /// from the configuration (the other hosts place GPU fragments by it): a different count
+    /// here is refused with [`JoinError::GpusDiffer`].
     pub fn gpus(mut self, gpus: u32) -> Self {
         self.gpus = Some(gpus);
         self
