@@ -367,6 +367,15 @@ fn join_errors_do_not_repeat_themselves_or_name_missing_flags() {
     assert!(matches!(err, JoinError::Bind { .. }), "{err:?}");
     assert_eq!(text.matches("cannot bind").count(), 1, "{text}");
     assert!(text.contains(&addr.to_string()), "{text}");
+    // A host the configuration does not list is named as such.
+    let other = tempfile::tempdir().unwrap();
+    let err = Cluster::builder()
+        .join_config(config_with(other.path(), &[""]), HostId(9))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, JoinError::UnknownHost { .. }), "{err:?}");
+    assert!(!text.contains("--host-id"), "{text}");
+    assert!(text.contains("host-9"), "{text}");
 }
 
 /// Runs this test binary again for test `name` with `env` set, the launcher variables cleared;

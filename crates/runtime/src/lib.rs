@@ -179,9 +179,13 @@ impl ClusterBuilder {
         if let Some(e) = self.register_error {
             return Err(e.into());
         }
-        let me = config
-            .host(host)
-            .ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let Some(me) = config.host(host) else {
+            let known: Vec<String> = config.host_ids().map(|h| h.0.to_string()).collect();
+            return Err(JoinError::UnknownHost {
+                host,
+                known: known.join(", "),
+            });
+        };
         if let Some(asked) = self.gpus.filter(|g| *g != me.gpus()) {
             return Err(JoinError::GpusDiffer {
                 host,

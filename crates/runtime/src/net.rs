@@ -106,6 +106,15 @@ pub enum JoinError {
          (fragmenta launch, srun, mpirun)"
     )]
     NoHostId,
+    /// [`ClusterBuilder::join_config`](crate::ClusterBuilder::join_config) was given a host
+    /// the configuration does not list.
+    #[error("{host} is not a host of the cluster configuration (it lists {known})")]
+    UnknownHost {
+        /// The host asked for.
+        host: fragmenta_job::HostId,
+        /// The ids the configuration lists, comma-separated.
+        known: String,
+    },
     /// A cluster formed by a launcher (no configuration file) could not meet.
     #[error(transparent)]
     Rendezvous(#[from] crate::rendezvous::RendezvousError),
