@@ -18,12 +18,18 @@ mod membership;
 mod net;
 mod node;
 mod registry;
+mod spmd;
 
 pub use fragmenta_config::ClusterConfig;
 pub use membership::{HostEvent, HostEventKind, HostEvents};
 pub use net::{JoinError, ServeError};
 pub use node::{default_fastio_capacity, default_fastio_socket, JobHandle, NodeConfig};
-pub use registry::{RegisterError, Registry};
+pub use registry::{LinkedJob, RegisterError, Registry};
+pub use spmd::{spmd, BoxError, NestedJobs};
+
+/// The link-time registry `#[fragmenta::job]` submits to (not for direct use).
+#[doc(hidden)]
+pub use inventory;
 
 use fragmenta_fastio::{FastIoError, LocalContext};
 use fragmenta_job::{ExecuteError, FragmentedJob, HostId, JobReport};
@@ -91,7 +97,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// Registers a job type so this host can run it for other hosts.
+    /// Registers a job type so this host can run it for other hosts. Types marked with
+    /// `#[fragmenta::job]` need no call: the cluster registers every one linked into the
+    /// program when it is built.
     pub fn register<J: FragmentedJob>(mut self) -> Self {
         if let Err(e) = self.registry.register::<J>() {
             self.register_error.get_or_insert(e);
@@ -100,10 +108,11 @@ impl ClusterBuilder {
     }
 
     /// The embedded one-host cluster.
-    pub fn embedded(self) -> Result<Cluster, RegisterError> {
+    pub fn embedded(mut self) -> Result<Cluster, RegisterError> {
         if let Some(e) = self.register_error {
             return Err(e);
         }
+        self.registry.add_linked()?;
         let mut config = NodeConfig::single_host();
         if let Some(c) = self.cores {
             config.cores = c;
@@ -137,10 +146,15 @@ impl ClusterBuilder {
     /// Joins the cluster of `config` as `host`: binds its QUIC endpoint, connects to the other
     /// hosts with mutual TLS and waits until the configuration's minimum number of hosts is up
     /// (an error naming the missing hosts after the configured wait).
-    pub fn join_config(self, config: ClusterConfig, host: HostId) -> Result<Cluster, JoinError> {
+    pub fn join_config(
+        mut self,
+        config: ClusterConfig,
+        host: HostId,
+    ) -> Result<Cluster, JoinError> {
         if let Some(e) = self.register_error {
             return Err(e.into());
         }
+        self.registry.add_linked()?;
         let me = config
             .host(host)
             .ok_or(fragmenta_config::ConfigError::NoHostId)?;

@@ -256,7 +256,9 @@ impl Node {
     /// A transaction for `job` on this host: its cancellation, the host's Fast I/O context and
     /// fetching from other hosts.
     pub(crate) fn transaction(&self, job: JobId, cancel: CancelToken) -> Transaction {
-        let tx = Transaction::new(self.host(), job, cancel).with_fastio(self.fastio.clone());
+        let tx = Transaction::new(self.host(), job, cancel)
+            .with_fastio(self.fastio.clone())
+            .with_runtime(crate::spmd::runtime_handle(&self.weak));
         match self.fetcher.read().as_ref() {
             Some(f) => tx.with_fetch(Arc::clone(f)),
             None => tx,
@@ -845,6 +847,10 @@ fn drain_deliveries(ij: &Arc<InitiatedJob>) {
 
 /// A job running on the cluster: progress, cancel, and its report when it finishes. Mirrors the
 /// handle DiCE's asynchronous `execute_fragmented_async` gives through its callback.
+///
+/// Clones are handles on the same job: one thread may [`wait`](Self::wait) while another
+/// [`cancel`](Self::cancel)s, and [`on_complete`](Self::on_complete) calls back when it ends.
+#[derive(Clone)]
 pub struct JobHandle {
     node: Arc<Node>,
     job: Arc<InitiatedJob>,
@@ -880,8 +886,9 @@ impl JobHandle {
         self.job.result.lock().is_some()
     }
 
-    /// Waits for the job to finish and returns its report.
-    pub fn wait(self) -> Result<JobReport, ExecuteError> {
+    /// Waits for the job to finish and returns its report. Any number of threads may wait on
+    /// one job (through clones or a shared reference); each gets the report.
+    pub fn wait(&self) -> Result<JobReport, ExecuteError> {
         let mut r = self.job.result.lock();
         loop {
             if let Some(result) = r.clone() {
