@@ -124,6 +124,22 @@ impl TypedJob for Slow {
     fn merge(&self, _: usize, (): ()) {}
 }
 
+/// The facade under another name: `crate = path` tells the attribute where it is.
+mod renamed {
+    use fragmenta as facade;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    pub(crate) struct Renamed;
+
+    #[facade::job(crate = facade, name = "test.friction.renamed")]
+    impl facade::TypedJob for Renamed {
+        type Output = ();
+        fn run(&self, _: &facade::Fragment<'_>) {}
+        fn merge(&self, _: usize, (): ()) {}
+    }
+}
+
 fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), String> {
     if ok {
         Ok(())
@@ -267,6 +283,7 @@ fn linked_types_are_registered_and_nesting_needs_a_runtime() -> Result<Outcome, 
         <Where as FragmentedJob>::CLASS_ID,
         <Outer as FragmentedJob>::CLASS_ID,
         ClassId::from_name("test.friction.inner"),
+        ClassId::from_name("test.friction.renamed"),
     ] {
         check(registry.contains(class), || {
             format!("{class} not linked: {:?}", registry.type_names())

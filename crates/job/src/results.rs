@@ -184,14 +184,15 @@ impl io::Read for ResultReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Read;
 
     #[test]
     fn every_flush_is_one_chunk_and_finish_flushes_the_rest() {
         let mut sink: Vec<Vec<u8>> = Vec::new();
         let mut w = ResultWriter::new(&mut sink);
-        w.write_all(b"ab").unwrap();
-        w.flush().unwrap();
+        // Through the `io::Write` impl, as generic writers (`write!`, `io::copy`) use it.
+        io::Write::write_all(&mut w, b"ab").unwrap();
+        io::Write::flush(&mut w).unwrap();
         w.flush().unwrap(); // empty chunk still counts
         w.write_value(&42u64).unwrap();
         w.write_chunk(vec![9, 9]).unwrap();

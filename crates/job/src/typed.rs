@@ -238,11 +238,13 @@ mod tests {
     use serde::Deserialize;
     use std::sync::Mutex;
 
+    type Merged = Mutex<Vec<(usize, Vec<(String, u32)>)>>;
+
     #[derive(Serialize, Deserialize, Default)]
     struct Words {
         text: Vec<String>,
         #[serde(skip)]
-        merged: Mutex<Vec<(usize, Vec<(String, u32)>)>>,
+        merged: Merged,
     }
 
     impl TypedJob for Words {
