@@ -65,6 +65,24 @@ pub use fragmenta_fastio::{
 /// let registry = Registry::linked().unwrap();
 /// assert!(registry.contains(<Squares as FragmentedJob>::CLASS_ID));
 /// ```
+///
+/// A generic job type is refused at compile time (each instantiation is a type of its own:
+/// register those explicitly):
+///
+/// ```compile_fail
+/// use fragmenta::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Echo<T>(T);
+///
+/// #[fragmenta::job]
+/// impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> TypedJob for Echo<T> {
+///     type Output = ();
+///     fn run(&self, _: &Fragment<'_>) {}
+///     fn merge(&self, _: usize, (): ()) {}
+/// }
+/// ```
 pub use fragmenta_macros::job;
 pub use fragmenta_runtime::{spmd, BoxError, NestedJobs};
 

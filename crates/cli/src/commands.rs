@@ -317,6 +317,13 @@ mod tests {
         assert_eq!(args.grace_ms, 500);
         assert!(!args.keep_going);
         assert_eq!(args.command, ["prog", "-x", "--y"].map(OsString::from));
+        let cli = Cli::try_parse_from(["fragmenta", "launch", "-n", "2", "--keep-going", "p"])
+            .expect("parses");
+        let Command::Launch(args) = cli.command else {
+            panic!("not launch")
+        };
+        assert!(args.keep_going);
+        assert_eq!(args.command, [OsString::from("p")]);
     }
 
     #[test]
