@@ -94,3 +94,46 @@ fn expand(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(block: &str, name: Option<&str>) -> syn::Result<String> {
+        let mut block: ItemImpl = syn::parse_str(block)?;
+        let name = name.map(|n| LitStr::new(n, Span::call_site()));
+        expand(&mut block, name, None).map(|t| t.to_string())
+    }
+
+    #[test]
+    fn adds_a_class_id_from_the_type_and_submits_the_type() {
+        let out = expand_str("impl TypedJob for a::Words { type Output = (); }", None).unwrap();
+        assert!(out.contains("const CLASS_ID"), "{out}");
+        assert!(out.contains("\"::\" , \"a::Words\""), "{out}");
+        assert!(out.contains("inventory :: submit"), "{out}");
+        assert!(out.contains("LinkedJob :: of :: < a :: Words >"), "{out}");
+        let named = expand_str("impl TypedJob for W {}", Some("my.words")).unwrap();
+        assert!(named.contains("from_name (\"my.words\")"), "{named}");
+    }
+
+    #[test]
+    fn keeps_an_explicit_class_id_and_refuses_two() {
+        let block =
+            "impl FragmentedJob for W { const CLASS_ID: ClassId = ClassId::from_name(\"w\"); }";
+        let out = expand_str(block, None).unwrap();
+        assert_eq!(out.matches("CLASS_ID").count(), 1, "{out}");
+        let err = expand_str(block, Some("other")).unwrap_err();
+        assert!(err.to_string().contains("already has a CLASS_ID"), "{err}");
+    }
+
+    #[test]
+    fn refuses_generic_and_inherent_impls() {
+        let err = expand_str("impl<T> TypedJob for W<T> {}", None).unwrap_err();
+        assert!(err.to_string().contains("generic"), "{err}");
+        let err = expand_str("impl W {}", None).unwrap_err();
+        assert!(
+            err.to_string().contains("goes on an `impl FragmentedJob"),
+            "{err}"
+        );
+    }
+}
