@@ -100,9 +100,32 @@ impl TypedJob for Outer {
     fn scheduling_mode(&self) -> SchedulingMode {
         SchedulingMode::Cluster
     }
-    // Waiting fragments keep their load: leave the cores to the nested fragments.
-    fn cpu_load(&self) -> f32 {
-        0.0
+}
+
+/// A LOCAL job with the default `cpu_load` 1.0 whose fragments each wait for a nested job of
+/// `cpu_load` 1.0: on a host with fewer cores than fragments, the waiting fragments must lend
+/// their cores to the nested jobs.
+#[derive(Serialize, Deserialize, Default)]
+struct OuterLocal {
+    #[serde(skip)]
+    merged: Mutex<Vec<(usize, u64, u32)>>,
+}
+
+#[fragmenta::job]
+impl TypedJob for OuterLocal {
+    type Output = u64;
+    fn run(&self, f: &Fragment<'_>) -> u64 {
+        let inner = Arc::new(Inner {
+            base: f.index as u64,
+            ..Inner::default()
+        });
+        match f.transaction.execute(&inner, 4) {
+            Ok(report) if report.is_complete() => inner.sum.load(Ordering::Relaxed),
+            other => panic!("nested job of fragment {}: {other:?}", f.index),
+        }
+    }
+    fn merge(&self, index: usize, sum: u64) {
+        self.merged.lock().unwrap().push((index, sum, 0));
     }
 }
 
@@ -312,6 +335,29 @@ fn linked_types_are_registered_and_nesting_needs_a_runtime() -> Result<Outcome, 
     Ok(Outcome::Passed)
 }
 
+/// Fragments with the default load that each wait for a nested job, on a host with fewer
+/// cores than fragments: the waiting fragments lend their cores, nothing hangs.
+fn nested_jobs_get_the_cores_of_waiting_fragments() -> Result<Outcome, String> {
+    let cluster = Cluster::builder()
+        .cores(2.0)
+        .embedded()
+        .map_err(|e| e.to_string())?;
+    let outer = Arc::new(OuterLocal::default());
+    let handle = cluster.submit(&outer, 8).map_err(|e| e.to_string())?;
+    let report = match handle.wait_timeout(Duration::from_secs(60)) {
+        Some(report) => report.map_err(|e| e.to_string())?,
+        None => {
+            return Err(format!(
+                "no report after 60 s: the nested jobs wait for cores ({:?} done)",
+                handle.progress()
+            ))
+        }
+    };
+    check(report.is_complete(), || format!("{report:?}"))?;
+    merged_once(8, &outer.merged.lock().unwrap(), |i| i as u64 * 6)?;
+    Ok(Outcome::Passed)
+}
+
 /// One thread waits on the job, another cancels it, a callback gets the same report.
 fn wait_and_cancel_from_different_threads() -> Result<Outcome, String> {
     let cluster = Cluster::embedded();
@@ -369,6 +415,10 @@ fn main() {
             (
                 "linked_types_are_registered_and_nesting_needs_a_runtime",
                 linked_types_are_registered_and_nesting_needs_a_runtime,
+            ),
+            (
+                "nested_jobs_get_the_cores_of_waiting_fragments",
+                nested_jobs_get_the_cores_of_waiting_fragments,
             ),
             (
                 "wait_and_cancel_from_different_threads",

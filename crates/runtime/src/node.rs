@@ -881,6 +881,15 @@ impl JobHandle {
         self.node.cancel(&self.job);
     }
 
+    /// A fragment of this host that waits lends its load until the guard drops (nothing is
+    /// lent when the report is already there or the caller is not a fragment).
+    fn lend_if_fragment(&self) -> Option<crate::executor::Lent> {
+        if self.is_finished() {
+            return None;
+        }
+        self.node.exec.lend_current()
+    }
+
     /// Whether the report is ready.
     pub fn is_finished(&self) -> bool {
         self.job.result.lock().is_some()
@@ -888,7 +897,11 @@ impl JobHandle {
 
     /// Waits for the job to finish and returns its report. Any number of threads may wait on
     /// one job (through clones or a shared reference); each gets the report.
+    ///
+    /// Called from a fragment running on this host (a nested job), the fragment lends its
+    /// `cpu_load` to the host while it waits, so the job it waits for can use those cores.
     pub fn wait(&self) -> Result<JobReport, ExecuteError> {
+        let _lent = self.lend_if_fragment();
         let mut r = self.job.result.lock();
         loop {
             if let Some(result) = r.clone() {
@@ -904,6 +917,7 @@ impl JobHandle {
         timeout: std::time::Duration,
     ) -> Option<Result<JobReport, ExecuteError>> {
         let deadline = Instant::now() + timeout;
+        let _lent = self.lend_if_fragment();
         let mut r = self.job.result.lock();
         loop {
             if let Some(result) = r.clone() {

@@ -59,10 +59,11 @@ pub(crate) fn runtime_handle(node: &Weak<Node>) -> Arc<dyn Any + Send + Sync> {
 /// the fragment's [`Transaction`] submits to the cluster of the host it runs on, which becomes
 /// the nested job's initiator. No global [`Cluster`] is needed. In scope with `use fragmenta::*`.
 ///
-/// A fragment that waits for a nested job keeps its own `cpu_load` while it waits: an outer job
-/// whose fragments all wait for nested ones must leave room for the nested fragments (give the
-/// outer job `cpu_load` 0.0, or fewer fragments than the host has cores), or the nested job
-/// waits for cores the waiting fragments hold.
+/// A fragment that waits for a nested job (here, or through [`JobHandle::wait`]) lends its
+/// `cpu_load` and worker to its host while it waits, so nested jobs never wait for the cores
+/// their waiting parents hold; its GPUs stay its own. When it resumes, the host may briefly run
+/// more than its cores until the loads fit again. Worker threads are still capped (see
+/// [`ClusterBuilder::max_workers`]): that many fragments all waiting at once leave none.
 pub trait NestedJobs {
     /// Starts `job` with `count` fragments on the cluster of the host this transaction lives
     /// on and returns its handle ([`Cluster::submit`]).
