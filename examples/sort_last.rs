@@ -8,6 +8,7 @@
 //! cargo run --release --example sort_last -- --volume ../shared/data/volumes/engine_256x256x128_uint8.raw.gz \
 //!     --dims 256x256x128 --type u8 --tf ct --out engine.png
 //! fragmenta launch -n 4 -- target/release/examples/sort_last    # hosts from the launcher
+//! FRAGMENTA_SECRET_FILE=~/.fragmenta-secret srun -n 4 target/release/examples/sort_last
 //! ```
 //!
 //! With no cluster in the environment the program starts `--hosts` copies of itself on this
@@ -153,7 +154,10 @@ fn main() -> ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    let configured = std::env::var_os(fragmenta_config::CONFIG_ENV).is_some();
+    // A config file, or a launcher that started several processes (srun, mpirun): the cluster
+    // is already there, this process is one of its hosts.
+    let configured = std::env::var_os(fragmenta_config::CONFIG_ENV).is_some()
+        || matches!(fragmenta_config::launcher::detect(), Ok(Some(l)) if l.size > 1);
     if let Some(path) = &args.volume {
         // Every host reads the file; say at once if it cannot be read here.
         if let Err(e) = std::fs::File::open(path) {

@@ -33,6 +33,9 @@ enum Command {
     Launch(LaunchArgs),
     /// Generate the cluster CA and a certificate and key for every host.
     Certs(CertsArgs),
+    /// Create a cluster secret for srun/mpirun clusters with no config file (written to FILE
+    /// with mode 0600, or printed as an export line).
+    Secret(crate::secret::SecretArgs),
     /// Check a cluster config and list its hosts and whether their certificate files exist.
     Status {
         /// The cluster config file.
@@ -119,6 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.keep_going = args.keep_going;
             let code = launch(opts)?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
+        }
+        Command::Secret(args) => {
+            crate::secret::run(args)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Certs(args) => {
             match args.config {

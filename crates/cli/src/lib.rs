@@ -6,6 +6,7 @@
 //! fragmenta certs --config FILE [--force]
 //! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--force]
 //! fragmenta status --config FILE
+//! fragmenta secret [FILE]
 //! ```
 //!
 //! `launch` is also a library function, [`launch()`], so that tests and tools can start local
@@ -13,6 +14,7 @@
 
 mod commands;
 mod launch;
+mod secret;
 mod signals;
 
 pub use launch::{launch, LaunchError, LaunchOptions, DEFAULT_GRACE};

@@ -134,6 +134,9 @@ pub enum ConfigError {
         /// The number of hosts in the configuration.
         hosts: usize,
     },
+    /// A launcher was detected but its variables are unusable.
+    #[error(transparent)]
+    Launcher(#[from] crate::launcher::LauncherError),
     /// No host id anywhere: not on the command line nor in the environment.
     #[error(
         "cannot tell which host this process is: pass --host-id, set FRAGMENTA_HOST_ID, \

@@ -2,7 +2,9 @@
 //! settings, its validation, and the choice of which host this process is.
 //!
 //! This crate owns the file format and its checks; it opens no sockets and reads no
-//! certificates (it only checks that they exist, on request).
+//! certificates (it only checks that they exist, on request). It also reads what a launcher
+//! says about this process ([`launcher`]: Open MPI, PMI, a Slurm step) and expands Slurm
+//! hostlists ([`hostlist`]).
 //!
 //! ```toml
 //! [cluster]
@@ -58,6 +60,8 @@
 mod cluster;
 mod error;
 mod file;
+pub mod hostlist;
+pub mod launcher;
 mod locate;
 mod select;
 

@@ -214,21 +214,7 @@ pub fn generate(dir: &Path, cluster: &str, hosts: &[HostId]) -> Result<CertPaths
         reason: reason.to_string(),
     };
     let ca_key = KeyPair::generate().map_err(gen_err)?;
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("fragmenta cluster CA {cluster}"),
-    );
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "fragmenta");
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let params = ca_params(cluster);
     let ca_cert = params.self_signed(&ca_key).map_err(gen_err)?;
 
     let ca_path = dir.join(CA_CERT_FILE);
@@ -277,6 +263,47 @@ pub fn add_host(dir: &Path, host: HostId) -> Result<HostCertPaths, CertError> {
     write_host(dir, host, &issuer)
 }
 
+/// The parameters of the CA certificate of `cluster` (a CA that signs host certificates only).
+pub(crate) fn ca_params(cluster: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("fragmenta cluster CA {cluster}"),
+    );
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "fragmenta");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// A certificate for `host` with a fresh key, signed by `issuer`: valid for TLS server and
+/// client authentication, naming the host as its one DNS name.
+pub(crate) fn sign_host(
+    host: HostId,
+    issuer: &Issuer<'_, KeyPair>,
+) -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+    let name = host_server_name(host);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.clone()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, &name);
+    params.use_authority_key_identifier_extension = true;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
 fn write_host(
     dir: &Path,
     host: HostId,
@@ -287,17 +314,7 @@ fn write_host(
         subject: name.clone(),
         reason: reason.to_string(),
     };
-    let key = KeyPair::generate().map_err(gen_err)?;
-    let mut params = CertificateParams::new(vec![name.clone()]).map_err(gen_err)?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, &name);
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
+    let (cert, key) = sign_host(host, issuer).map_err(gen_err)?;
     let paths = HostCertPaths::in_dir(dir, host);
     write_file(&paths.cert, cert.pem().as_bytes(), false)?;
     write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;

@@ -38,6 +38,37 @@ impl TlsFiles {
     }
 }
 
+/// A host's TLS identity held in memory: the cluster CA certificate (the only trusted root),
+/// the host's certificate chain and its private key. Made by
+/// [`DerivedCa::issue_host`](crate::secret::DerivedCa::issue_host); the key never touches a
+/// file. Its `Debug` output shows no key material.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub(crate) ca: CertificateDer<'static>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: std::sync::Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// The CA certificate (DER).
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca
+    }
+
+    /// This host's certificate (DER), the leaf of the chain.
+    pub fn cert_der(&self) -> &[u8] {
+        self.chain.first().map_or(&[], |c| c.as_ref())
+    }
+}
+
 /// Transport tuning shared by all QUIC connections of an endpoint.
 ///
 /// The defaults favour bandwidth on fast links (large flow-control windows) and quick failure
@@ -202,6 +233,28 @@ pub(crate) fn load(files: &TlsFiles) -> Result<LoadedTls, TlsError> {
         roots: Arc::new(roots),
         chain,
         key,
+        host,
+    })
+}
+
+/// The trust root, chain and key of an in-memory identity.
+pub(crate) fn load_identity(id: &TlsIdentity) -> Result<LoadedTls, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(id.ca.clone()).map_err(|e| TlsError::InvalidCa {
+        path: PathBuf::from("(derived from the cluster secret)"),
+        reason: e.to_string(),
+    })?;
+    let leaf = id.chain.first().ok_or(TlsError::NoCertificate {
+        path: PathBuf::from("(in-memory identity)"),
+    })?;
+    let host = certs::host_id_from_cert(leaf).map_err(|source| TlsError::OwnIdentity {
+        path: PathBuf::from("(in-memory identity)"),
+        source,
+    })?;
+    Ok(LoadedTls {
+        roots: Arc::new(roots),
+        chain: id.chain.clone(),
+        key: id.key.clone_key(),
         host,
     })
 }

@@ -12,12 +12,28 @@
 //! CLUSTER run everything here; ONCE_PER_HOST has no remote host, so a count of 0 runs nothing
 //! and any other count is an invalid argument; USER_DEFINED runs the fragments assigned to this
 //! host's id and skips the others).
+//!
+//! # Clusters formed by a launcher
+//!
+//! With no configuration file, [`ClusterBuilder::join`] under `srun`, `mpirun` or another PMI
+//! launcher forms one cluster of all the processes it started: host id = rank, rank 0 is the
+//! primary and the meeting point (its host from the step's node list, `FRAGMENTA_RENDEZVOUS`
+//! or `mpirun`'s URI; its port from `FRAGMENTA_PORT`, `SLURM_STEP_RESV_PORTS` or the job id).
+//! The others connect to it, receive the host table (every rank's address, cores and GPUs)
+//! and link to each other. Mutual TLS stays mandatory: the CA is derived from the cluster
+//! secret (`FRAGMENTA_SECRET_FILE`, a mode-0600 file, or `FRAGMENTA_SECRET`) and the cluster
+//! name (`slurm-<job>.<step>`, `ompi-<jobid>`), and each rank issues its own certificate with
+//! a fresh key; see `fragmenta_net::secret`. A launch of several processes with neither a
+//! configuration nor a secret is an error, never an embedded or unauthenticated cluster. Every
+//! rank waits `FRAGMENTA_JOIN_TIMEOUT_MS` (default 30 s) for the others; rank 0's error names
+//! the ranks that never joined.
 
 mod executor;
 mod membership;
 mod net;
 mod node;
 mod registry;
+mod rendezvous;
 mod spmd;
 
 pub use fragmenta_config::ClusterConfig;
@@ -131,11 +147,15 @@ impl ClusterBuilder {
 
     /// Joins the cluster the environment describes: the configuration named by
     /// `FRAGMENTA_CONFIG` (set by `fragmenta launch`) and this process's host from
-    /// `FRAGMENTA_HOST_ID` or a launcher's rank variable (`SLURM_PROCID`, `OMPI_COMM_WORLD_RANK`,
-    /// `PMI_RANK`). With no configuration this is the embedded one-host cluster.
+    /// `FRAGMENTA_HOST_ID` or the launcher's rank (Open MPI, PMI, a Slurm step; see
+    /// [`fragmenta_config::launcher`]). With no configuration, under a launcher that started
+    /// more than one process, the processes meet at rank 0 and form one cluster authenticated
+    /// by a shared secret (see [`rendezvous`](crate#clusters-formed-by-a-launcher)); with no
+    /// configuration and no launcher (or a launcher of one process), the embedded one-host
+    /// cluster.
     pub fn join(self) -> Result<Cluster, JoinError> {
         match fragmenta_config::load_from_env()? {
-            None => Ok(self.embedded()?),
+            None => rendezvous::join(self),
             Some(config) => {
                 let host = fragmenta_config::resolve_host_id(&config, None)?;
                 self.join_config(config, host)
@@ -146,10 +166,16 @@ impl ClusterBuilder {
     /// Joins the cluster of `config` as `host`: binds its QUIC endpoint, connects to the other
     /// hosts with mutual TLS and waits until the configuration's minimum number of hosts is up
     /// (an error naming the missing hosts after the configured wait).
-    pub fn join_config(
+    pub fn join_config(self, config: ClusterConfig, host: HostId) -> Result<Cluster, JoinError> {
+        self.join_node(config, host, None)
+    }
+
+    /// [`ClusterBuilder::join_config`], on an endpoint already bound by a rendezvous if `bound`.
+    fn join_node(
         mut self,
         config: ClusterConfig,
         host: HostId,
+        bound: Option<net::Bound>,
     ) -> Result<Cluster, JoinError> {
         if let Some(e) = self.register_error {
             return Err(e.into());
@@ -180,7 +206,11 @@ impl ClusterBuilder {
             node.shutdown();
             return Err(JoinError::FastIo(e));
         }
-        match net::Net::start(&node, config, host) {
+        let started = match bound {
+            Some(bound) => net::Net::start_bound(&node, config, host, bound),
+            None => net::Net::start(&node, config, host),
+        };
+        match started {
             Ok(net) => Ok(Cluster {
                 node,
                 net: Some(net),

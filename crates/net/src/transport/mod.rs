@@ -119,6 +119,18 @@ impl Endpoint {
         })
     }
 
+    /// Binds a QUIC endpoint at `addr` with an in-memory identity (see
+    /// [`crate::secret`]); otherwise as [`Endpoint::bind_quic`].
+    pub fn bind_quic_identity(
+        addr: SocketAddr,
+        identity: &crate::tls::TlsIdentity,
+        config: &NetConfig,
+    ) -> Result<Endpoint, BindError> {
+        Ok(Endpoint {
+            inner: EndpointInner::Quic(quic::QuicEndpoint::bind_identity(addr, identity, config)?),
+        })
+    }
+
     /// Binds an in-process endpoint for `host` at `addr` on `network` (port 0 picks a free
     /// port).
     pub fn bind_mem(

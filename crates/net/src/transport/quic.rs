@@ -24,7 +24,22 @@ impl QuicEndpoint {
         files: &TlsFiles,
         config: &NetConfig,
     ) -> Result<Self, BindError> {
-        let loaded = tls::load(files)?;
+        Self::bind_loaded(addr, tls::load(files)?, config)
+    }
+
+    pub(crate) fn bind_identity(
+        addr: SocketAddr,
+        identity: &tls::TlsIdentity,
+        config: &NetConfig,
+    ) -> Result<Self, BindError> {
+        Self::bind_loaded(addr, tls::load_identity(identity)?, config)
+    }
+
+    fn bind_loaded(
+        addr: SocketAddr,
+        loaded: tls::LoadedTls,
+        config: &NetConfig,
+    ) -> Result<Self, BindError> {
         let server = tls::server_config(&loaded, config)?;
         let client = tls::client_config(&loaded, config)?;
         let socket_err = |e: std::io::Error| BindError::Socket {
