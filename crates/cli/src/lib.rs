@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! fragmenta launch -n N [--config FILE] [--cores C] [--grace-ms MS] -- PROG ARGS...
-//! fragmenta certs --config FILE [--force]
-//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--force]
+//! fragmenta certs --config FILE [--validity-days DAYS] [--force]
+//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--validity-days DAYS] [--force]
 //! fragmenta status --config FILE
 //! fragmenta secret [FILE]
 //! ```

@@ -66,8 +66,8 @@ mod locate;
 mod select;
 
 pub use cluster::{
-    ClusterConfig, HostConfig, DEFAULT_FAILURE_TIMEOUT_MS, DEFAULT_HEARTBEAT_INTERVAL_MS,
-    DEFAULT_MIN_HOSTS_TIMEOUT_MS,
+    check_cluster_name, ClusterConfig, HostConfig, DEFAULT_FAILURE_TIMEOUT_MS,
+    DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MIN_HOSTS_TIMEOUT_MS,
 };
 pub use error::{ConfigError, HostIdOrigin};
 pub use file::{ClusterSection, ConfigFile, HostSection};

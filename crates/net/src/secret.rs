@@ -272,7 +272,7 @@ impl DerivedCa {
     /// identity for [`Endpoint::bind_quic_identity`](crate::Endpoint::bind_quic_identity).
     pub fn issue_host(&self, host: HostId) -> Result<TlsIdentity, CertError> {
         let (cert, key) =
-            certs::sign_host(host, &self.issuer).map_err(|e| CertError::Generate {
+            certs::sign_host(host, &self.issuer, None).map_err(|e| CertError::Generate {
                 subject: certs::host_server_name(host),
                 reason: e.to_string(),
             })?;

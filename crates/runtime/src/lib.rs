@@ -223,12 +223,13 @@ impl ClusterBuilder {
     }
 }
 
-/// `<pid>-<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in
-/// one process (tests, benchmarks) never collide.
+/// `<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in one
+/// process (tests, benchmarks) never collide (the socket's name adds the process id, see
+/// `fragmenta_fastio::socket_file_name`).
 fn process_label() -> String {
     static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}-{n}", std::process::id())
+    n.to_string()
 }
 
 impl Cluster {
@@ -259,7 +260,9 @@ impl Cluster {
 
     /// Membership events from now on: other hosts coming up and being declared down, with the
     /// moment this host decided it. Each call is a separate subscription. The embedded cluster
-    /// has no other host: its subscription is empty.
+    /// has no other host: its subscription is empty. Once the primary has shut the cluster
+    /// down (`serve` returned `Ok`), subscriptions end: the links closing then are no hosts
+    /// going down.
     pub fn host_events(&self) -> HostEvents {
         match &self.net {
             Some(net) => net.membership.subscribe(),

@@ -326,9 +326,11 @@ impl Net {
         };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
-                addr,
-                reason: e.to_string(),
+            Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
+                JoinError::Bind {
+                    addr,
+                    reason: e.to_string(),
+                }
             })?
         };
         Net::start_bound(node, config, host, Bound { runtime, endpoint })
@@ -793,6 +795,8 @@ impl Net {
                 Control::Shutdown if peer == self.primary => {
                     tracing::info!(host = %self.host, %peer, "shutdown requested");
                     self.shutdown.set(Ok(()));
+                    // A clean shutdown: the links closing next are not hosts going down.
+                    self.membership.close();
                 }
                 Control::Shutdown => {
                     // Only the primary stops the cluster; any other host asking is ignored.
