@@ -74,12 +74,9 @@ impl TypedJob for Mandelbrot {
 }
 
 fn main() -> Result<(), BoxError> {
-    // RUST_LOG=fragmenta_runtime=debug shows links, jobs and fragment blocks with their ids.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
+    // fragment blocks with their ids.
+    fragmenta::init_logging();
     // Every host runs this program: `spmd` joins the embedded one-host cluster or the cluster
     // `fragmenta launch` (or a config) describes, runs the closure on the primary, and serves
     // fragments on the others until it is done.

@@ -93,10 +93,9 @@ impl TypedJob for Inventory {
 }
 
 fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
+    // fragment blocks with their ids.
+    fragmenta::init_logging();
     // Joins the cluster (or the embedded one), runs the closure on the primary, serves on the
     // others.
     fragmenta::spmd(|cluster| {

@@ -131,10 +131,9 @@ impl TypedJob for ShardStats {
 }
 
 fn main() -> Result<(), BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
+    // fragment blocks with their ids.
+    fragmenta::init_logging();
     // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
     // Every host loads its shards before it serves or starts the job, so this program joins
     // and splits primary from servers itself (`fragmenta::spmd` does both for programs whose

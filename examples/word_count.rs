@@ -46,6 +46,7 @@ impl TypedJob for WordCount {
 }
 
 fn main() -> Result<(), BoxError> {
+    fragmenta::init_logging(); // the runtime's warnings on stderr; RUST_LOG selects more
     fragmenta::spmd(|cluster| {
         let lines: Vec<String> = match std::env::args_os().nth(1) {
             Some(path) => std::fs::read_to_string(path)?
