@@ -311,7 +311,10 @@ impl Schedule {
             let over = self.started[i].is_some_and(|s| now >= s + self.operator_timeout);
             if self.reports[i].state == OperatorState::Running && (over || run_over) {
                 let why = if over {
-                    format!("timed out after {:?} (operator timeout)", self.operator_timeout)
+                    format!(
+                        "timed out after {:?} (operator timeout)",
+                        self.operator_timeout
+                    )
                 } else {
                     format!("timed out: the run took longer than {:?}", self.run_timeout)
                 };
@@ -372,7 +375,10 @@ impl Pipeline {
     }
 
     /// Parses, validates and binds the YAML file `path`.
-    pub fn load(path: impl AsRef<Path>, registry: OperatorRegistry) -> Result<Pipeline, InvalidPipeline> {
+    pub fn load(
+        path: impl AsRef<Path>,
+        registry: OperatorRegistry,
+    ) -> Result<Pipeline, InvalidPipeline> {
         Pipeline::new(PipelineDef::load(path)?, registry)
     }
 
@@ -399,13 +405,20 @@ impl Pipeline {
 /// Assembles a [`Pipeline`] in code; validated by the same rules as YAML.
 pub struct PipelineBuilder {
     name: String,
-    ops: Vec<(String, Vec<(PortSpec, Option<String>)>, Vec<PortSpec>, Option<u32>)>,
+    ops: Vec<(
+        String,
+        Vec<(PortSpec, Option<String>)>,
+        Vec<PortSpec>,
+        Option<u32>,
+    )>,
     registry: OperatorRegistry,
 }
 
 impl std::fmt::Debug for PipelineBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineBuilder").field("name", &self.name).finish()
+        f.debug_struct("PipelineBuilder")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

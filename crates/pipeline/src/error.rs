@@ -100,7 +100,9 @@ pub enum DefinitionError {
     },
     /// A typed port (`array`, `string` or a primitive) in a pipeline of api-version below
     /// 0.5.0, where Fast I/O Variables do not exist.
-    #[error("{site}: typed port needs api-version 0.5.0 or higher, the pipeline declares {api_version}")]
+    #[error(
+        "{site}: typed port needs api-version 0.5.0 or higher, the pipeline declares {api_version}"
+    )]
     TypedPortNeedsApi050 {
         /// The port's `type` field.
         site: Site,

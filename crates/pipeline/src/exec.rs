@@ -42,7 +42,10 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Calls `prepare`, turning an error or a panic into a message.
 pub(crate) fn prepare(op: &mut dyn Operator, name: &str, run: &str) -> Result<(), String> {
-    let ctx = PrepareContext { operator: name, run };
+    let ctx = PrepareContext {
+        operator: name,
+        run,
+    };
     match catch_unwind(AssertUnwindSafe(|| op.prepare(&ctx))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("prepare failed: {e}")),
@@ -150,7 +153,11 @@ pub(crate) fn execute(
         let Output { port, alloc, .. } = out;
         match alloc.into_inner() {
             Some(a) => publish.push((variable_name(&layout.run, &opdef.name, &port), a)),
-            None => return Err(format!("dynamic output `{port}` was not allocated by execute")),
+            None => {
+                return Err(format!(
+                    "dynamic output `{port}` was not allocated by execute"
+                ))
+            }
         }
     }
     Ok(publish)
@@ -183,11 +190,17 @@ fn fetch_input(
 pub(crate) fn free_run(ctx: &dyn FastIo, def: &PipelineDef, run: &str) -> usize {
     let mut freed = 0;
     for op in &def.operators {
-        for out in op.outputs.iter().filter(|o| matches!(o.ty, PortType::Array { .. })) {
+        for out in op
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.ty, PortType::Array { .. }))
+        {
             if let Ok(a) = ctx.get(&variable_name(run, &op.name, &out.name)) {
                 match a.free() {
                     Ok(()) => freed += 1,
-                    Err(e) => tracing::warn!(operator = %op.name, output = %out.name, error = %e, "freeing a variable failed"),
+                    Err(e) => {
+                        tracing::warn!(operator = %op.name, output = %out.name, error = %e, "freeing a variable failed")
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@ mod exec;
 mod locate;
 mod model;
 mod operator;
+pub mod passthrough;
 mod thread;
 
 pub use crate::driver::{

@@ -286,10 +286,11 @@ impl OperatorDef {
 
     /// The output named `name` (or, for a stream, with path `name`).
     pub fn output(&self, name: &str) -> Option<&OutputDef> {
-        self.outputs
-            .iter()
-            .find(|o| o.name == name)
-            .or_else(|| self.outputs.iter().find(|o| o.path.as_deref() == Some(name)))
+        self.outputs.iter().find(|o| o.name == name).or_else(|| {
+            self.outputs
+                .iter()
+                .find(|o| o.path.as_deref() == Some(name))
+        })
     }
 }
 
@@ -343,7 +344,10 @@ impl PipelineDef {
         PipelineDef::check(def, None)
     }
 
-    fn check(mut def: PipelineDef, locator: Option<&Locator>) -> Result<PipelineDef, InvalidPipeline> {
+    fn check(
+        mut def: PipelineDef,
+        locator: Option<&Locator>,
+    ) -> Result<PipelineDef, InvalidPipeline> {
         let errors = check_graph(&mut def, locator);
         if errors.is_empty() {
             Ok(def)
@@ -392,7 +396,13 @@ impl PipelineDef {
         fn q(s: &str) -> String {
             format!("{s:?}")
         }
-        fn port(out: &mut String, name: Option<&str>, from: Option<&str>, path: Option<&str>, ty: &PortType) {
+        fn port(
+            out: &mut String,
+            name: Option<&str>,
+            from: Option<&str>,
+            path: Option<&str>,
+            ty: &PortType,
+        ) {
             let mut first = true;
             let mut field = |out: &mut String, k: &str, v: String| {
                 out.push_str(if first { "  - " } else { "    " });
@@ -455,7 +465,13 @@ impl PipelineDef {
                 out.push_str(" []\n");
             }
             for i in &op.inputs {
-                port(&mut out, i.name.as_deref(), i.from.as_deref(), i.path.as_deref(), &i.ty);
+                port(
+                    &mut out,
+                    i.name.as_deref(),
+                    i.from.as_deref(),
+                    i.path.as_deref(),
+                    &i.ty,
+                );
             }
             out.push_str("  output:\n");
             if op.outputs.is_empty() {
@@ -495,7 +511,14 @@ impl Parser {
     }
 
     /// Refuses keys outside `allowed` (and not `x-`); returns the mapping's keys as strings.
-    fn keys(&mut self, map: &Mapping, base: &str, allowed: &[&str], op: Option<&str>, port: Option<&str>) {
+    fn keys(
+        &mut self,
+        map: &Mapping,
+        base: &str,
+        allowed: &[&str],
+        op: Option<&str>,
+        port: Option<&str>,
+    ) {
         for key in map.keys() {
             let k = match key {
                 Value::String(s) => s.clone(),
@@ -503,12 +526,19 @@ impl Parser {
             };
             if !allowed.contains(&k.as_str()) && !k.starts_with("x-") {
                 let site = self.site(&Parser::join(base, &k), op, port);
-                self.errors.push(DefinitionError::UnknownKey { site, key: k });
+                self.errors
+                    .push(DefinitionError::UnknownKey { site, key: k });
             }
         }
     }
 
-    fn mapping<'v>(&mut self, v: &'v Value, path: &str, op: Option<&str>, port: Option<&str>) -> Option<&'v Mapping> {
+    fn mapping<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &str,
+        op: Option<&str>,
+        port: Option<&str>,
+    ) -> Option<&'v Mapping> {
         match v {
             Value::Mapping(m) => Some(m),
             _ => {
@@ -522,12 +552,21 @@ impl Parser {
         }
     }
 
-    fn string(&mut self, map: &Mapping, base: &str, key: &'static str, required: bool, op: Option<&str>, port: Option<&str>) -> Option<String> {
+    fn string(
+        &mut self,
+        map: &Mapping,
+        base: &str,
+        key: &'static str,
+        required: bool,
+        op: Option<&str>,
+        port: Option<&str>,
+    ) -> Option<String> {
         let path = Parser::join(base, key);
         match map.get(key) {
             None | Some(Value::Null) if required => {
                 let site = self.site(base, op, port);
-                self.errors.push(DefinitionError::MissingField { site, field: key });
+                self.errors
+                    .push(DefinitionError::MissingField { site, field: key });
                 None
             }
             None | Some(Value::Null) => None,
@@ -545,7 +584,15 @@ impl Parser {
         }
     }
 
-    fn name(&mut self, map: &Mapping, base: &str, key: &'static str, required: bool, op: Option<&str>, port: Option<&str>) -> Option<String> {
+    fn name(
+        &mut self,
+        map: &Mapping,
+        base: &str,
+        key: &'static str,
+        required: bool,
+        op: Option<&str>,
+        port: Option<&str>,
+    ) -> Option<String> {
         let s = self.string(map, base, key, required, op, port)?;
         if s.is_empty() || s.len() > MAX_NAME_LEN || s.contains('\0') {
             let site = self.site(&Parser::join(base, key), op, port);
@@ -560,7 +607,19 @@ impl Parser {
 
     fn document(&mut self, v: &Value) -> Option<PipelineDef> {
         let map = self.mapping(v, "", None, None)?;
-        self.keys(map, "", &["api-version", "orchestrator", "name", "description", "operators"], None, None);
+        self.keys(
+            map,
+            "",
+            &[
+                "api-version",
+                "orchestrator",
+                "name",
+                "description",
+                "operators",
+            ],
+            None,
+            None,
+        );
         let version_text = self.string(map, "", "api-version", true, None, None);
         let api_version = version_text.as_deref().and_then(|t| {
             let v = ApiVersion::parse(t);
@@ -615,7 +674,13 @@ impl Parser {
         let map = self.mapping(v, &base, None, None)?;
         let name = self.name(map, &base, "name", true, None, None);
         let op = name.as_deref();
-        self.keys(map, &base, &["name", "description", "container", "input", "output"], op, None);
+        self.keys(
+            map,
+            &base,
+            &["name", "description", "container", "input", "output"],
+            op,
+            None,
+        );
         let description = self.string(map, &base, "description", false, op, None);
         let container = match map.get("container") {
             None | Some(Value::Null) => None,
@@ -669,9 +734,10 @@ impl Parser {
         let command = match map.get("command") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Sequence(seq)) if seq.iter().all(Value::is_string) => {
-                seq.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
-            }
+            Some(Value::Sequence(seq)) if seq.iter().all(Value::is_string) => seq
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
             Some(_) => {
                 let site = self.site(&Parser::join(base, "command"), op, None);
                 self.errors.push(DefinitionError::InvalidValue {
@@ -707,23 +773,41 @@ impl Parser {
         }
     }
 
-    fn input(&mut self, v: &Value, base: &str, op: Option<&str>, api: Option<ApiVersion>) -> Option<InputDef> {
+    fn input(
+        &mut self,
+        v: &Value,
+        base: &str,
+        op: Option<&str>,
+        api: Option<ApiVersion>,
+    ) -> Option<InputDef> {
         let map = self.mapping(v, base, op, None)?;
         let name = self.name(map, base, "name", false, op, None);
         let path = self.string(map, base, "path", false, op, None);
         let port = name.clone().or_else(|| path.clone());
         let port = port.as_deref();
-        self.keys(map, base, &["name", "from", "path", "type", "element-type", "shape"], op, port);
+        self.keys(
+            map,
+            base,
+            &["name", "from", "path", "type", "element-type", "shape"],
+            op,
+            port,
+        );
         let from = self.name(map, base, "from", false, op, port);
         let ty = self.port_type(map, base, op, port, api, path.is_some())?;
         if ty.is_array() && name.is_none() {
             let site = self.site(base, op, port);
-            self.errors.push(DefinitionError::MissingField { site, field: "name" });
+            self.errors.push(DefinitionError::MissingField {
+                site,
+                field: "name",
+            });
             return None;
         }
         if from.is_some() && name.is_none() {
             let site = self.site(base, op, port);
-            self.errors.push(DefinitionError::MissingField { site, field: "name" });
+            self.errors.push(DefinitionError::MissingField {
+                site,
+                field: "name",
+            });
             return None;
         }
         Some(InputDef {
@@ -735,11 +819,23 @@ impl Parser {
         })
     }
 
-    fn output(&mut self, v: &Value, base: &str, op: Option<&str>, api: Option<ApiVersion>) -> Option<OutputDef> {
+    fn output(
+        &mut self,
+        v: &Value,
+        base: &str,
+        op: Option<&str>,
+        api: Option<ApiVersion>,
+    ) -> Option<OutputDef> {
         let map = self.mapping(v, base, op, None)?;
         let name = self.name(map, base, "name", true, op, None);
         let port = name.as_deref();
-        self.keys(map, base, &["name", "path", "type", "element-type", "shape"], op, port);
+        self.keys(
+            map,
+            base,
+            &["name", "path", "type", "element-type", "shape"],
+            op,
+            port,
+        );
         let path = self.string(map, base, "path", false, op, port);
         let ty = self.port_type(map, base, op, port, api, path.is_some());
         Some(OutputDef {
@@ -750,7 +846,15 @@ impl Parser {
         })
     }
 
-    fn port_type(&mut self, map: &Mapping, base: &str, op: Option<&str>, port: Option<&str>, api: Option<ApiVersion>, has_path: bool) -> Option<PortType> {
+    fn port_type(
+        &mut self,
+        map: &Mapping,
+        base: &str,
+        op: Option<&str>,
+        port: Option<&str>,
+        api: Option<ApiVersion>,
+        has_path: bool,
+    ) -> Option<PortType> {
         let kind = self.string(map, base, "type", true, op, port)?;
         let type_site = self.site(&Parser::join(base, "type"), op, port);
         let element = self.string(map, base, "element-type", false, op, port);
@@ -758,7 +862,10 @@ impl Parser {
         let no_shape = |p: &mut Parser, what: &'static str| {
             if shape_value.is_some() {
                 let site = p.site(&Parser::join(base, "shape"), op, port);
-                p.errors.push(DefinitionError::InvalidValue { site, expected: what });
+                p.errors.push(DefinitionError::InvalidValue {
+                    site,
+                    expected: what,
+                });
             }
         };
         let ty = match kind.as_str() {
@@ -766,7 +873,8 @@ impl Parser {
                 no_shape(self, "no shape on a stream port");
                 if !has_path {
                     let site = self.site(base, op, port);
-                    self.errors.push(DefinitionError::StreamWithoutPath { site });
+                    self.errors
+                        .push(DefinitionError::StreamWithoutPath { site });
                     return None;
                 }
                 return Some(PortType::Stream { element });
@@ -790,7 +898,8 @@ impl Parser {
                 };
                 let Some(shape_value) = shape_value else {
                     let site = self.site(base, op, port);
-                    self.errors.push(DefinitionError::ArrayWithoutShape { site });
+                    self.errors
+                        .push(DefinitionError::ArrayWithoutShape { site });
                     return None;
                 };
                 let shape = self.shape(shape_value, &Parser::join(base, "shape"), op, port)?;
@@ -837,7 +946,13 @@ impl Parser {
         Some(ty)
     }
 
-    fn shape(&mut self, v: &Value, path: &str, op: Option<&str>, port: Option<&str>) -> Option<Shape> {
+    fn shape(
+        &mut self,
+        v: &Value,
+        path: &str,
+        op: Option<&str>,
+        port: Option<&str>,
+    ) -> Option<Shape> {
         let dims: Option<Vec<i64>> = v
             .as_sequence()
             .and_then(|s| s.iter().map(Value::as_i64).collect());
@@ -851,7 +966,8 @@ impl Parser {
             },
         };
         let site = self.site(path, op, port);
-        self.errors.push(DefinitionError::InvalidShape { site, reason });
+        self.errors
+            .push(DefinitionError::InvalidShape { site, reason });
         None
     }
 }
@@ -896,7 +1012,8 @@ fn check_graph(def: &mut PipelineDef, loc: Option<&Locator>) -> Vec<DefinitionEr
         }
         let mut seen: HashMap<String, &Site> = HashMap::new();
         for output in &op.outputs {
-            let keys = std::iter::once(output.name.clone()).chain(output.path.clone().map(|p| format!("path:{p}")));
+            let keys = std::iter::once(output.name.clone())
+                .chain(output.path.clone().map(|p| format!("path:{p}")));
             for key in keys {
                 if let Some(first) = seen.get(&key) {
                     errors.push(DefinitionError::DuplicatePort {
@@ -935,7 +1052,9 @@ fn check_graph(def: &mut PipelineDef, loc: Option<&Locator>) -> Vec<DefinitionEr
             };
             let kind = match (&input.ty, &out.ty) {
                 (a, b) if a.is_array() != b.is_array() => Some((Mismatch::PortType, "type")),
-                (PortType::Array { element: a, .. }, PortType::Array { element: b, .. }) if a != b => {
+                (PortType::Array { element: a, .. }, PortType::Array { element: b, .. })
+                    if a != b =>
+                {
                     Some((Mismatch::ElementType, "element-type"))
                 }
                 (PortType::Array { shape: a, .. }, PortType::Array { shape: b, .. }) if a != b => {
@@ -965,7 +1084,10 @@ fn check_graph(def: &mut PipelineDef, loc: Option<&Locator>) -> Vec<DefinitionEr
     let members = cycle_members(&deps);
     if !members.is_empty() {
         errors.push(DefinitionError::Cycle {
-            members: members.iter().map(|&i| def.operators[i].name.clone()).collect(),
+            members: members
+                .iter()
+                .map(|&i| def.operators[i].name.clone())
+                .collect(),
         });
     }
     def.deps = deps;

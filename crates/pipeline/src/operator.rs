@@ -145,7 +145,9 @@ impl fmt::Debug for OperatorRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut keys: Vec<&String> = self.factories.keys().collect();
         keys.sort();
-        f.debug_struct("OperatorRegistry").field("keys", &keys).finish()
+        f.debug_struct("OperatorRegistry")
+            .field("keys", &keys)
+            .finish()
     }
 }
 
@@ -161,8 +163,10 @@ impl OperatorRegistry {
         O: Operator + 'static,
         F: Fn() -> O + Send + Sync + 'static,
     {
-        self.factories
-            .insert(key.to_owned(), Arc::new(move || Box::new(make()) as Box<dyn Operator>));
+        self.factories.insert(
+            key.to_owned(),
+            Arc::new(move || Box::new(make()) as Box<dyn Operator>),
+        );
         self
     }
 
@@ -188,7 +192,11 @@ impl OperatorRegistry {
             let Some(instance) = self.instantiate(op) else {
                 errors.push(DefinitionError::Unbound {
                     site: op.site.clone(),
-                    image: op.container.as_ref().map(|c| c.image.clone()).unwrap_or_default(),
+                    image: op
+                        .container
+                        .as_ref()
+                        .map(|c| c.image.clone())
+                        .unwrap_or_default(),
                 });
                 continue;
             };
@@ -205,7 +213,8 @@ impl OperatorRegistry {
 /// Compares declared ports with the definition's, naming each port that differs.
 fn ports_agree(op: &OperatorDef, ports: &Ports) -> Vec<DefinitionError> {
     let mut errors = Vec::new();
-    let disagree = |site: crate::Site, reason: String| DefinitionError::PortsDisagree { site, reason };
+    let disagree =
+        |site: crate::Site, reason: String| DefinitionError::PortsDisagree { site, reason };
     for input in &op.inputs {
         match ports.inputs.iter().find(|p| p.key() == input.key()) {
             None => errors.push(disagree(
@@ -214,11 +223,21 @@ fn ports_agree(op: &OperatorDef, ports: &Ports) -> Vec<DefinitionError> {
             )),
             Some(p) if p.ty != input.ty => errors.push(disagree(
                 input.site.clone(),
-                format!("input `{}` is {} in the definition, {} in the operator", input.key(), input.ty, p.ty),
+                format!(
+                    "input `{}` is {} in the definition, {} in the operator",
+                    input.key(),
+                    input.ty,
+                    p.ty
+                ),
             )),
             Some(p) if input.from.is_some() && p.name != input.name => errors.push(disagree(
                 input.site.clone(),
-                format!("input `{}` reads output {:?} in the definition, {:?} in the operator", input.key(), input.name, p.name),
+                format!(
+                    "input `{}` reads output {:?} in the definition, {:?} in the operator",
+                    input.key(),
+                    input.name,
+                    p.name
+                ),
             )),
             Some(_) => {}
         }
@@ -227,28 +246,45 @@ fn ports_agree(op: &OperatorDef, ports: &Ports) -> Vec<DefinitionError> {
         if op.inputs.iter().all(|i| i.key() != p.key()) {
             let mut site = op.site.clone();
             site.port = Some(p.key().to_owned());
-            errors.push(disagree(site, format!("declared input `{}` is not in the definition", p.key())));
+            errors.push(disagree(
+                site,
+                format!("declared input `{}` is not in the definition", p.key()),
+            ));
         }
     }
     for output in &op.outputs {
-        match ports.outputs.iter().find(|p| p.name.as_deref() == Some(&output.name)) {
+        match ports
+            .outputs
+            .iter()
+            .find(|p| p.name.as_deref() == Some(&output.name))
+        {
             None => errors.push(disagree(
                 output.site.clone(),
                 format!("output `{}` is not declared by the operator", output.name),
             )),
             Some(p) if p.ty != output.ty => errors.push(disagree(
                 output.site.clone(),
-                format!("output `{}` is {} in the definition, {} in the operator", output.name, output.ty, p.ty),
+                format!(
+                    "output `{}` is {} in the definition, {} in the operator",
+                    output.name, output.ty, p.ty
+                ),
             )),
             Some(_) => {}
         }
     }
     for p in &ports.outputs {
-        if op.outputs.iter().all(|o| Some(o.name.as_str()) != p.name.as_deref()) {
+        if op
+            .outputs
+            .iter()
+            .all(|o| Some(o.name.as_str()) != p.name.as_deref())
+        {
             let key = p.name.clone().unwrap_or_default();
             let mut site = op.site.clone();
             site.port = Some(key.clone());
-            errors.push(disagree(site, format!("declared output `{key}` is not in the definition")));
+            errors.push(disagree(
+                site,
+                format!("declared output `{key}` is not in the definition"),
+            ));
         }
     }
     errors
@@ -282,10 +318,13 @@ impl Input {
 
     /// Maps the variable for reading.
     pub fn read(&self) -> Result<View<'_>, VariableError> {
-        let guard = self.alloc.map_read().map_err(|source| VariableError::FastIo {
-            port: self.port.clone(),
-            source,
-        })?;
+        let guard = self
+            .alloc
+            .map_read()
+            .map_err(|source| VariableError::FastIo {
+                port: self.port.clone(),
+                source,
+            })?;
         Ok(View {
             port: &self.port,
             element: self.element,
@@ -311,10 +350,12 @@ impl View<'_> {
     /// The elements, if the port's element type is `T`.
     pub fn as_slice<T: Element>(&self) -> Result<&[T], VariableError> {
         check_type::<T>(self.port, self.element)?;
-        self.guard.as_slice().map_err(|source| VariableError::FastIo {
-            port: self.port.to_owned(),
-            source,
-        })
+        self.guard
+            .as_slice()
+            .map_err(|source| VariableError::FastIo {
+                port: self.port.to_owned(),
+                source,
+            })
     }
 }
 
@@ -378,7 +419,12 @@ impl fmt::Debug for Output {
 }
 
 impl Output {
-    pub(crate) fn new(port: &str, element: ElementType, shape: Shape, ctx: Arc<dyn FastIo>) -> Result<Output, VariableError> {
+    pub(crate) fn new(
+        port: &str,
+        element: ElementType,
+        shape: Shape,
+        ctx: Arc<dyn FastIo>,
+    ) -> Result<Output, VariableError> {
         let out = Output {
             port: port.to_owned(),
             element,
@@ -405,11 +451,15 @@ impl Output {
             source,
         };
         let mut alloc = self.ctx.create(size).map_err(fastio)?;
-        alloc.set_type_and_dimensions(self.element, dims).map_err(fastio)?;
-        self.alloc.set(alloc).map_err(|_| VariableError::AlreadyAllocated {
-            port: self.port.clone(),
-            dims: dims.to_vec(),
-        })
+        alloc
+            .set_type_and_dimensions(self.element, dims)
+            .map_err(fastio)?;
+        self.alloc
+            .set(alloc)
+            .map_err(|_| VariableError::AlreadyAllocated {
+                port: self.port.clone(),
+                dims: dims.to_vec(),
+            })
     }
 
     /// The port's name.
@@ -465,7 +515,12 @@ impl Output {
                         given,
                     })
                 }
-                Dim::Dynamic if given == 0 => return Err(VariableError::ZeroDimension { port: port(), index }),
+                Dim::Dynamic if given == 0 => {
+                    return Err(VariableError::ZeroDimension {
+                        port: port(),
+                        index,
+                    })
+                }
                 _ => {}
             }
         }
@@ -480,10 +535,13 @@ impl Output {
 
     /// Maps the variable for writing.
     pub fn write(&self) -> Result<ViewMut<'_>, VariableError> {
-        let guard = self.allocation()?.map_write().map_err(|source| VariableError::FastIo {
-            port: self.port.clone(),
-            source,
-        })?;
+        let guard = self
+            .allocation()?
+            .map_write()
+            .map_err(|source| VariableError::FastIo {
+                port: self.port.clone(),
+                source,
+            })?;
         Ok(ViewMut {
             port: &self.port,
             element: self.element,
@@ -493,10 +551,13 @@ impl Output {
 
     /// Maps the variable for reading.
     pub fn read(&self) -> Result<View<'_>, VariableError> {
-        let guard = self.allocation()?.map_read().map_err(|source| VariableError::FastIo {
-            port: self.port.clone(),
-            source,
-        })?;
+        let guard = self
+            .allocation()?
+            .map_read()
+            .map_err(|source| VariableError::FastIo {
+                port: self.port.clone(),
+                source,
+            })?;
         Ok(View {
             port: &self.port,
             element: self.element,

@@ -64,7 +64,8 @@ impl Pipeline {
                     send(Event::Prepared(prepared));
                     if ok && go_rx.recv() == Ok(true) {
                         let get = |_: usize, var: &str| fastio.get(var).map_err(|e| e.to_string());
-                        let r = exec::execute(op.as_mut(), &def, i, &layout, Arc::clone(&fastio), &get);
+                        let r =
+                            exec::execute(op.as_mut(), &def, i, &layout, Arc::clone(&fastio), &get);
                         send(Event::Executed(r));
                     }
                     exec::cleanup(op.as_mut(), &name);
@@ -97,7 +98,9 @@ impl Pipeline {
             if sched.finished() {
                 break;
             }
-            let wait = sched.next_deadline().saturating_duration_since(Instant::now());
+            let wait = sched
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok((i, Event::Prepared(Ok(())))) => sched.on_prepared(i),
                 Ok((i, Event::Prepared(Err(m)))) => {
@@ -131,13 +134,19 @@ impl Pipeline {
                         let _ = h.join();
                     }
                     if sched.state(i) == crate::OperatorState::Running {
-                        for s in sched.on_faulted(i, "operator thread ended without a result".into()) {
+                        for s in
+                            sched.on_faulted(i, "operator thread ended without a result".into())
+                        {
                             release(&mut go, s, false);
                         }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let (_, skipped) = sched.expire(Instant::now());
+                    let (faulted, skipped) = sched.expire(Instant::now());
+                    for i in faulted {
+                        // Still executing: not waited for (it returns when it returns).
+                        exited[i] = true;
+                    }
                     for s in skipped {
                         release(&mut go, s, false);
                     }

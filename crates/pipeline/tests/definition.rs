@@ -101,7 +101,11 @@ fn refused(text: &str) -> Vec<DefinitionError> {
         Ok(report) => panic!("accepted: {report:?}"),
         Err(e) => e.errors,
     };
-    assert_eq!(CALLS.load(Ordering::SeqCst), before, "an operator was called");
+    assert_eq!(
+        CALLS.load(Ordering::SeqCst),
+        before,
+        "an operator was called"
+    );
     let s = ctx.stats().unwrap();
     assert_eq!((s.allocations, s.publications, s.used), (0, 0, 0));
     errors
@@ -251,7 +255,10 @@ fn port_type_mismatch_is_refused() {
 
 #[test]
 fn unknown_from_operator_and_unknown_output() {
-    let e = one(&replace("  - from: producer\n    name: count", "  - from: nobody\n    name: count"));
+    let e = one(&replace(
+        "  - from: producer\n    name: count",
+        "  - from: nobody\n    name: count",
+    ));
     assert_eq!(
         e,
         DefinitionError::UnknownOperator {
@@ -259,7 +266,10 @@ fn unknown_from_operator_and_unknown_output() {
             from: "nobody".into(),
         }
     );
-    let e = one(&replace("  - from: producer\n    name: count", "  - from: producer\n    name: total"));
+    let e = one(&replace(
+        "  - from: producer\n    name: count",
+        "  - from: producer\n    name: total",
+    ));
     assert_eq!(
         e,
         DefinitionError::UnknownOutput {
@@ -299,9 +309,14 @@ fn duplicate_operator_and_port_names() {
         e => panic!("{e:?}"),
     }
     // The consumer's input `count` then names a missing output too: both are reported.
-    let errors = refused(&replace("  - name: count\n    type: int32", "  - name: values\n    type: int32"));
+    let errors = refused(&replace(
+        "  - name: count\n    type: int32",
+        "  - name: values\n    type: int32",
+    ));
     assert_eq!(errors.len(), 2, "{errors:#?}");
-    assert!(matches!(&errors[1], DefinitionError::UnknownOutput { output, .. } if output == "count"));
+    assert!(
+        matches!(&errors[1], DefinitionError::UnknownOutput { output, .. } if output == "count")
+    );
     match errors[0].clone() {
         DefinitionError::DuplicatePort { site, first } => {
             assert_eq!(site.path, "operators[0].output[1]");
@@ -315,14 +330,20 @@ fn duplicate_operator_and_port_names() {
 
 #[test]
 fn array_without_shape_stream_without_path_array_with_path() {
-    let e = one(&replace("    element-type: float32\n    shape: [1, -1]\n  - name: count", "    element-type: float32\n  - name: count"));
+    let e = one(&replace(
+        "    element-type: float32\n    shape: [1, -1]\n  - name: count",
+        "    element-type: float32\n  - name: count",
+    ));
     assert_eq!(
         e,
         DefinitionError::ArrayWithoutShape {
             site: site("producer", Some("values"), "operators[0].output[0]", 13),
         }
     );
-    let e = one(&replace("  - path: /input\n    type: stream", "  - type: stream"));
+    let e = one(&replace(
+        "  - path: /input\n    type: stream",
+        "  - type: stream",
+    ));
     assert_eq!(
         e,
         DefinitionError::StreamWithoutPath {
@@ -334,7 +355,10 @@ fn array_without_shape_stream_without_path_array_with_path() {
             },
         }
     );
-    let e = one(&replace("  - name: count\n    type: int32", "  - name: count\n    path: /count\n    type: int32"));
+    let e = one(&replace(
+        "  - name: count\n    type: int32",
+        "  - name: count\n    path: /count\n    type: int32",
+    ));
     assert_eq!(
         e,
         DefinitionError::ArrayWithPath {
@@ -345,11 +369,19 @@ fn array_without_shape_stream_without_path_array_with_path() {
 
 #[test]
 fn unknown_element_type_and_typed_port_before_0_5_0() {
-    let e = one(&replace("    element-type: float32\n    shape: [1, -1]\n  - name: count", "    element-type: float128\n    shape: [1, -1]\n  - name: count"));
+    let e = one(&replace(
+        "    element-type: float32\n    shape: [1, -1]\n  - name: count",
+        "    element-type: float128\n    shape: [1, -1]\n  - name: count",
+    ));
     assert_eq!(
         e,
         DefinitionError::UnknownElementType {
-            site: site("producer", Some("values"), "operators[0].output[0].element-type", 15),
+            site: site(
+                "producer",
+                Some("values"),
+                "operators[0].output[0].element-type",
+                15
+            ),
             element_type: "float128".into(),
         }
     );
@@ -359,7 +391,12 @@ fn unknown_element_type_and_typed_port_before_0_5_0() {
     assert_eq!(
         errors[0],
         DefinitionError::TypedPortNeedsApi050 {
-            site: site("producer", Some("values"), "operators[0].output[0].type", 14),
+            site: site(
+                "producer",
+                Some("values"),
+                "operators[0].output[0].type",
+                14
+            ),
             api_version: "0.4.0".into(),
         }
     );
@@ -367,7 +404,10 @@ fn unknown_element_type_and_typed_port_before_0_5_0() {
 
 #[test]
 fn unknown_keys_are_refused_but_x_keys_allowed() {
-    let e = one(&replace("  container:\n    image: test/producer", "  container:\n    image: test/producer\n    imagee: x"));
+    let e = one(&replace(
+        "  container:\n    image: test/producer",
+        "  container:\n    image: test/producer\n    imagee: x",
+    ));
     assert_eq!(
         e,
         DefinitionError::UnknownKey {
@@ -380,25 +420,49 @@ fn unknown_keys_are_refused_but_x_keys_allowed() {
             key: "imagee".into(),
         }
     );
-    let text = replace("- name: consumer\n", "- name: consumer\n  x-fragmenta:\n    host: 2\n  x-note: anything\n");
+    let text = replace(
+        "- name: consumer\n",
+        "- name: consumer\n  x-fragmenta:\n    host: 2\n  x-note: anything\n",
+    );
     let def = PipelineDef::parse(&text).unwrap();
     assert_eq!(def.operators[1].host, Some(2));
-    let e = one(&replace("- name: consumer\n", "- name: consumer\n  x-fragmenta:\n    hots: 2\n"));
-    assert!(matches!(&e, DefinitionError::UnknownKey { key, site } if key == "hots" && site.path == "operators[1].x-fragmenta.hots" && site.line == Some(21)), "{e:?}");
+    let e = one(&replace(
+        "- name: consumer\n",
+        "- name: consumer\n  x-fragmenta:\n    hots: 2\n",
+    ));
+    assert!(
+        matches!(&e, DefinitionError::UnknownKey { key, site } if key == "hots" && site.path == "operators[1].x-fragmenta.hots" && site.line == Some(21)),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn bad_shapes_and_payload_arrays_are_refused() {
-    let e = one(&replace("    shape: [1, -1]\n  - name: count", "    shape: [1, -2]\n  - name: count"));
-    assert!(matches!(&e, DefinitionError::InvalidShape { site, .. } if site.path == "operators[0].output[0].shape" && site.line == Some(16)), "{e:?}");
-    let e = one(&replace("  - from: producer\n    name: count\n", "  - name: count\n"));
-    assert!(matches!(&e, DefinitionError::PayloadArray { site } if site.path == "operators[1].input[1]"), "{e:?}");
+    let e = one(&replace(
+        "    shape: [1, -1]\n  - name: count",
+        "    shape: [1, -2]\n  - name: count",
+    ));
+    assert!(
+        matches!(&e, DefinitionError::InvalidShape { site, .. } if site.path == "operators[0].output[0].shape" && site.line == Some(16)),
+        "{e:?}"
+    );
+    let e = one(&replace(
+        "  - from: producer\n    name: count\n",
+        "  - name: count\n",
+    ));
+    assert!(
+        matches!(&e, DefinitionError::PayloadArray { site } if site.path == "operators[1].input[1]"),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn yaml_syntax_errors_carry_their_line() {
     let e = one("api-version: 0.5.0\nname: [unclosed\noperators: []\n");
-    assert!(matches!(e, DefinitionError::Yaml { line: Some(_), .. }), "{e:?}");
+    assert!(
+        matches!(e, DefinitionError::Yaml { line: Some(_), .. }),
+        "{e:?}"
+    );
 }
 
 struct Wrong;
@@ -431,8 +495,11 @@ fn an_operator_whose_ports_disagree_is_refused_at_build() {
         e => panic!("{e:?}"),
     }
     // An image nobody registered.
-    let err = Pipeline::new(PipelineDef::parse(BASE).unwrap(), OperatorRegistry::new()).unwrap_err();
-    assert!(matches!(&err.errors[0], DefinitionError::Unbound { image, .. } if image == "test/producer"));
+    let err =
+        Pipeline::new(PipelineDef::parse(BASE).unwrap(), OperatorRegistry::new()).unwrap_err();
+    assert!(
+        matches!(&err.errors[0], DefinitionError::Unbound { image, .. } if image == "test/producer")
+    );
     assert_eq!(CALLS.load(Ordering::SeqCst), before);
 }
 
