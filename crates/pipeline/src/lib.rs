@@ -9,6 +9,7 @@ mod locate;
 mod model;
 mod operator;
 pub mod passthrough;
+pub mod process;
 mod thread;
 
 pub use crate::driver::{
