@@ -26,6 +26,7 @@ pub fn stream_dir(output_root: &Path, op: &str, output: &str) -> PathBuf {
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
     pub(crate) run: String,
+    pub(crate) host: Option<u32>,
     pub(crate) payload: PathBuf,
     pub(crate) output: PathBuf,
 }
@@ -124,6 +125,7 @@ pub(crate) fn execute(
     }
     let ectx = ExecuteContext {
         operator: &opdef.name,
+        host: layout.host,
         run: &layout.run,
         inputs,
         outputs,

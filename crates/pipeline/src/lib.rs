@@ -2,6 +2,7 @@
 //!
 //! (crate docs are completed below)
 
+pub mod cluster;
 mod driver;
 mod error;
 mod exec;

@@ -585,6 +585,7 @@ impl StreamPort {
 #[derive(Debug)]
 pub struct ExecuteContext<'a> {
     pub(crate) operator: &'a str,
+    pub(crate) host: Option<u32>,
     pub(crate) run: &'a str,
     pub(crate) inputs: Vec<Input>,
     pub(crate) outputs: Vec<Output>,
@@ -601,6 +602,11 @@ impl ExecuteContext<'_> {
     /// The run's id.
     pub fn run(&self) -> &str {
         self.run
+    }
+
+    /// In cluster mode, the id of the host this operator runs on.
+    pub fn host(&self) -> Option<u32> {
+        self.host
     }
 
     /// The array input named `name`.

@@ -305,6 +305,7 @@ pub fn operator_main(registry: &OperatorRegistry) -> Option<i32> {
             .map_err(|e| format!("Fast I/O context: {e}"))?;
         let layout = Layout {
             run: std::env::var(ENV_RUN).map_err(|_| format!("{ENV_RUN} is not set"))?,
+            host: None,
             payload: get(ENV_PAYLOAD)?,
             output: get(ENV_OUTPUT)?,
         };

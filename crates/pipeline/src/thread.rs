@@ -32,6 +32,7 @@ impl Pipeline {
         prepare_dirs(&def, opts)?;
         let layout = Layout {
             run: new_run_id(),
+            host: None,
             payload: opts.payload.clone(),
             output: opts.output.clone(),
         };
