@@ -34,6 +34,10 @@ pub use fragmenta_runtime::{
     Registry, ServeError,
 };
 
+/// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,
+/// Rust operators, and the thread, process and cluster runners.
+pub use fragmenta_pipeline as pipeline;
+
 /// The node-local shared-memory data plane (Clara Fast I/O): contexts, allocations, typed views.
 pub use fragmenta_fastio as fastio;
 pub use fragmenta_fastio::{Allocation, ElementType, FastIo, FastIoError, LocalContext};

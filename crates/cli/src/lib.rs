@@ -6,6 +6,8 @@
 //! fragmenta certs --config FILE [--force]
 //! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--force]
 //! fragmenta status --config FILE
+//! fragmenta pipeline check FILE
+//! fragmenta pipeline run FILE --payload PATH --output DIR [--threads] [-- PROG ARGS...]
 //! ```
 //!
 //! `launch` is also a library function, [`launch()`], so that tests and tools can start local
@@ -13,6 +15,7 @@
 
 mod commands;
 mod launch;
+mod pipeline;
 mod signals;
 
 pub use launch::{launch, LaunchError, LaunchOptions, DEFAULT_GRACE};
@@ -22,5 +25,8 @@ use std::process::ExitCode;
 /// Entry point of the `fragmenta` binary: parses the command line, runs the command, and
 /// prints errors (with their causes) to stderr.
 pub fn main() -> ExitCode {
+    if let Some(code) = pipeline::operator_process() {
+        return code;
+    }
     commands::main()
 }
