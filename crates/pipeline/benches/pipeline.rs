@@ -34,11 +34,16 @@ const REAL_NIFTI: &str = concat!(
 const RUNS: usize = 7;
 
 fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn log_dir() -> Result<PathBuf, String> {
-    std::env::var_os(LOG_ENV).map(PathBuf::from).ok_or_else(|| "no log dir".to_owned())
+    std::env::var_os(LOG_ENV)
+        .map(PathBuf::from)
+        .ok_or_else(|| "no log dir".to_owned())
 }
 
 /// Fills a dynamic uint8 output of the size in `PIPELINE_BENCH_BYTES`, then notes the time.
@@ -126,7 +131,9 @@ fn handoff(bytes: u64, me: &[OsString]) -> Result<Duration, Box<dyn std::error::
             return Err(format!("handoff run failed:\n{report}").into());
         }
         let read = |n: &str| -> Result<u128, Box<dyn std::error::Error>> {
-            Ok(std::fs::read_to_string(dir.path().join(n))?.trim().parse()?)
+            Ok(std::fs::read_to_string(dir.path().join(n))?
+                .trim()
+                .parse()?)
         };
         let (p, c) = (read("produced")?, read("consumed")?);
         times.push(Duration::from_nanos(u64::try_from(c.saturating_sub(p))?));
@@ -137,7 +144,9 @@ fn handoff(bytes: u64, me: &[OsString]) -> Result<Duration, Box<dyn std::error::
 /// The passthrough as plain Rust functions: the same file reads and writes, no pipeline.
 fn plain_chain(payload: &Path, out: &Path) -> Result<bool, Box<dyn std::error::Error>> {
     let volume = passthrough::read_nifti(&passthrough::find_nifti(payload)?)?;
-    let dims: Vec<usize> = std::iter::once(1).chain(volume.shape().iter().copied()).collect();
+    let dims: Vec<usize> = std::iter::once(1)
+        .chain(volume.shape().iter().copied())
+        .collect();
     let c_order: Vec<f32> = volume.iter().copied().collect();
     let shape: Vec<i32> = dims.iter().map(|&d| d as i32).collect();
     if shape.iter().map(|&d| d as usize).collect::<Vec<_>>() != dims {
@@ -146,7 +155,8 @@ fn plain_chain(payload: &Path, out: &Path) -> Result<bool, Box<dyn std::error::E
     let view = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(&dims), &c_order)?;
     let npz_dir = out.join("npz");
     std::fs::create_dir_all(&npz_dir)?;
-    let mut npz = ndarray_npy::NpzWriter::new(BufWriter::new(File::create(npz_dir.join(NPZ_FILE))?));
+    let mut npz =
+        ndarray_npy::NpzWriter::new(BufWriter::new(File::create(npz_dir.join(NPZ_FILE))?));
     npz.add_array("segmentation", &view)?;
     npz.finish()?;
     let equal = passthrough::npz_equals_nifti(&npz_dir, &passthrough::find_nifti(payload)?)?;
@@ -180,7 +190,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         passthrough::write_test_nifti(&p, [91, 109, 91])?;
         p
     };
-    let pipeline = Pipeline::new(PipelineDef::parse(PASSTHROUGH_YAML)?, passthrough::registry())?;
+    let pipeline = Pipeline::new(
+        PipelineDef::parse(PASSTHROUGH_YAML)?,
+        passthrough::registry(),
+    )?;
     let ctx = LocalContext::new(1 << 30);
     let mut thread_t = Vec::new();
     let mut process_t = Vec::new();
@@ -203,9 +216,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let (t, p, c) = (median(thread_t), median(process_t), median(plain_t));
-    println!("passthrough pipeline on {} (median of {RUNS}):", payload.display());
+    println!(
+        "passthrough pipeline on {} (median of {RUNS}):",
+        payload.display()
+    );
     println!("  plain Rust function chain: {:8.2} ms", ms(c));
-    println!("  thread mode:               {:8.2} ms ({:.2}x the chain)", ms(t), ms(t) / ms(c));
-    println!("  process mode:              {:8.2} ms ({:.2}x the chain)", ms(p), ms(p) / ms(c));
+    println!(
+        "  thread mode:               {:8.2} ms ({:.2}x the chain)",
+        ms(t),
+        ms(t) / ms(c)
+    );
+    println!(
+        "  process mode:              {:8.2} ms ({:.2}x the chain)",
+        ms(p),
+        ms(p) / ms(c)
+    );
     Ok(())
 }

@@ -402,15 +402,18 @@ impl Pipeline {
     }
 }
 
+/// An operator being assembled: name, inputs (with their producers), outputs, host.
+type BuilderOp = (
+    String,
+    Vec<(PortSpec, Option<String>)>,
+    Vec<PortSpec>,
+    Option<u32>,
+);
+
 /// Assembles a [`Pipeline`] in code; validated by the same rules as YAML.
 pub struct PipelineBuilder {
     name: String,
-    ops: Vec<(
-        String,
-        Vec<(PortSpec, Option<String>)>,
-        Vec<PortSpec>,
-        Option<u32>,
-    )>,
+    ops: Vec<BuilderOp>,
     registry: OperatorRegistry,
 }
 

@@ -168,8 +168,8 @@ pub fn run_processes(
             }
         }
         let mut skipped = Vec::new();
-        for i in 0..n {
-            let Some(p) = procs[i].as_mut() else { continue };
+        for (i, p) in procs.iter_mut().enumerate() {
+            let Some(p) = p.as_mut() else { continue };
             if p.done {
                 continue;
             }
@@ -270,13 +270,12 @@ fn read_status(path: &Path) -> Option<String> {
 /// exit code to end the process with; otherwise returns `None` at once.
 ///
 /// ```no_run
-/// fn main() {
-///     let registry = fragmenta_pipeline::passthrough::registry();
-///     if let Some(code) = fragmenta_pipeline::process::operator_main(&registry) {
-///         std::process::exit(code);
-///     }
-///     // ... not an operator process: the program's own work.
+/// // First thing in `main`:
+/// let registry = fragmenta_pipeline::passthrough::registry();
+/// if let Some(code) = fragmenta_pipeline::process::operator_main(&registry) {
+///     std::process::exit(code);
 /// }
+/// // ... not an operator process: the program's own work.
 /// ```
 pub fn operator_main(registry: &OperatorRegistry) -> Option<i32> {
     let operator = std::env::var(ENV_OPERATOR).ok()?;
@@ -324,7 +323,8 @@ pub fn operator_main(registry: &OperatorRegistry) -> Option<i32> {
         return Some(EXIT_FAULTED);
     }
     let mut word = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut word);
+    // One short word from the driver; anything longer is not a word of ours.
+    let _ = std::io::Read::take(std::io::stdin().lock(), 64).read_line(&mut word);
     if word.trim() != "execute" {
         exec::cleanup(op.as_mut(), &operator);
         write_status("skipped");

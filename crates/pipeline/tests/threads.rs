@@ -114,7 +114,10 @@ impl Operator for Shapes {
 }
 
 /// Records what it sees of `segmentation`.
-struct Sees(Arc<Mutex<Option<(ElementType, Vec<u64>, f32)>>>);
+/// What the consumer saw: element type, dims, first value.
+type Seen = Arc<Mutex<Option<(ElementType, Vec<u64>, f32)>>>;
+
+struct Sees(Seen);
 
 impl Operator for Sees {
     fn ports(&self) -> Ports {
