@@ -94,3 +94,57 @@ fn run_executes_the_passthrough_as_operator_processes() {
         .join("operators/fastio-to-npz/numpy_npz/segmentation.npz")
         .is_file());
 }
+
+/// The built passthrough example (cargo builds examples for `cargo test`).
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("passthrough");
+    assert!(
+        path.exists(),
+        "example not built at {} (run `cargo test` or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_passthrough_example_runs_alone_and_as_the_operator_binary_of_the_cli() {
+    // Alone: a generated NIfTI, threads, then one process per operator.
+    for args in [&[][..], &["--processes"][..]] {
+        let out = Command::new(example()).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("truth-val") && text.trim_end().ends_with(": true"),
+            "{text}"
+        );
+    }
+    // A user's operator binary under `fragmenta pipeline run`.
+    let dir = tempfile::tempdir().unwrap();
+    let payload = payload(dir.path());
+    let out = dir.path().join("out");
+    let example = example();
+    let (code, stdout, err) = fragmenta(&[
+        "pipeline",
+        "run",
+        YAML,
+        "--payload",
+        payload.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--",
+        example.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let verdict = out.join("operators/compare-original-to-output/truth-val/comparison.txt");
+    assert_eq!(std::fs::read_to_string(verdict).unwrap(), "true");
+}

@@ -427,7 +427,7 @@ impl std::fmt::Debug for PipelineBuilder {
 
 impl PipelineBuilder {
     /// Adds operator `name`, made by `make`, with the ports it declares (inputs read the
-    /// payload until [`PipelineBuilder::connect`]ed).
+    /// payload until connected with [`PipelineBuilder::from`]).
     pub fn operator<O, F>(mut self, name: &str, make: F) -> PipelineBuilder
     where
         O: Operator + 'static,
