@@ -393,8 +393,20 @@ impl PipelineDef {
     /// The definition as YAML (what [`PipelineDef::parse`] reads back to an equal model, up to
     /// lines).
     pub fn to_yaml(&self) -> String {
+        /// A YAML double-quoted scalar.
         fn q(s: &str) -> String {
-            format!("{s:?}")
+            let mut out = String::with_capacity(s.len() + 2);
+            out.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
         }
         fn port(
             out: &mut String,

@@ -526,3 +526,16 @@ fn the_builder_applies_the_same_rules() {
     }
     assert_eq!(ctx.stats().unwrap().allocations, 0);
 }
+
+#[test]
+fn the_yaml_writer_quotes_any_text() {
+    let text = replace(
+        "- name: consumer\n",
+        "- name: consumer\n  description: \"say \\\"hi\\\" \\\\ tab\\there\\nline \\u00e9 \\U0001F600 \\x1b\"\n",
+    );
+    let def = PipelineDef::parse(&text).unwrap();
+    let d = def.operators[1].description.clone().unwrap();
+    assert_eq!(d, "say \"hi\" \\ tab\there\nline \u{e9} \u{1F600} \u{1b}");
+    let again = PipelineDef::parse(&def.to_yaml()).unwrap();
+    assert_eq!(again.operators[1].description.as_deref(), Some(d.as_str()));
+}
