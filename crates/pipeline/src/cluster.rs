@@ -95,7 +95,7 @@ impl OperatorJob {
                     // Timed out meanwhile: the driver has moved on; publish nothing.
                     return Err("cancelled".to_owned());
                 }
-                crate::thread::publish(&ctx, outputs)
+                crate::thread::publish(&ctx, &outputs)
             });
         exec::cleanup(op.as_mut(), &opdef.name);
         result

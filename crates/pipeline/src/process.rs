@@ -7,7 +7,8 @@
 //! process runs [`operator_main`]: it connects, prepares, then waits on its standard input for
 //! the driver's word: `execute` once the operators it reads from have completed (it then
 //! executes, publishes its outputs, cleans up and exits 0), or `skip` (it cleans up and exits).
-//! It reports the outcome in a status file; the driver reads it when the process ends. A
+//! It reports the outcome in a status file: the operator is completed as soon as it reports
+//! that its outputs are published (its consumers start while it cleans up and exits). A
 //! process that dies (a signal, an exit without a status) is faulted at once; one that runs past
 //! its timeout is killed (SIGKILL) and faulted.
 
@@ -173,6 +174,13 @@ pub fn run_processes(
             if p.done {
                 continue;
             }
+            // Completed once its outputs are published: its consumers need not wait for its
+            // cleanup and exit (unmapping large variables takes a while).
+            if sched.state(i) == OperatorState::Running
+                && read_status(&p.status).as_deref() == Some("completed")
+            {
+                sched.on_completed(i);
+            }
             match p.child.try_wait() {
                 Ok(Some(status)) => {
                     p.done = true;
@@ -181,7 +189,7 @@ pub fn run_processes(
                         (OperatorState::Running, Some(0), Some("completed")) => {
                             sched.on_completed(i);
                         }
-                        (OperatorState::Skipped, _, _) => {}
+                        (OperatorState::Skipped | OperatorState::Completed, _, _) => {}
                         (_, _, Some(s)) if s.starts_with("faulted: ") => {
                             skipped.extend(sched.on_faulted(i, s["faulted: ".len()..].to_owned()));
                         }
@@ -281,9 +289,11 @@ pub fn operator_main(registry: &OperatorRegistry) -> Option<i32> {
     let operator = std::env::var(ENV_OPERATOR).ok()?;
     let var = |k: &str| std::env::var_os(k).map(PathBuf::from);
     let status = var(ENV_STATUS);
+    // Written whole, then renamed: the driver never reads half a status.
     let write_status = |text: &str| {
         if let Some(s) = &status {
-            if let Err(e) = std::fs::write(s, text) {
+            let tmp = s.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, s)) {
                 eprintln!(
                     "operator {operator}: cannot write status {}: {e}",
                     s.display()
@@ -333,18 +343,21 @@ pub fn operator_main(registry: &OperatorRegistry) -> Option<i32> {
     let fastio: Arc<dyn FastIo> = Arc::new(ctx.clone());
     let get = |_: usize, name: &str| ctx.get(name).map_err(|e| e.to_string());
     let result = exec::execute(op.as_mut(), &def, index, &layout, fastio, &get)
-        .and_then(|outputs| crate::thread::publish(&ctx, outputs));
-    exec::cleanup(op.as_mut(), &operator);
-    match result {
-        Ok(()) => {
+        .and_then(|outputs| crate::thread::publish(&ctx, &outputs).map(|()| outputs));
+    let code = match result {
+        Ok(outputs) => {
             write_status("completed");
-            Some(0)
+            // Only now unmap this process's view of the outputs.
+            drop(outputs);
+            0
         }
         Err(e) => {
             write_status(&format!("faulted: {e}"));
-            Some(EXIT_FAULTED)
+            EXIT_FAULTED
         }
-    }
+    };
+    exec::cleanup(op.as_mut(), &operator);
+    Some(code)
 }
 
 impl crate::Pipeline {

@@ -113,9 +113,13 @@ impl Pipeline {
                     if sched.state(i) != crate::OperatorState::Running {
                         continue; // timed out already: its outputs are dropped unpublished
                     }
-                    match publish(ctx, outputs) {
+                    match publish(ctx, &outputs) {
                         Ok(()) => {
                             sched.on_completed(i);
+                            for r in sched.take_ready(Instant::now()) {
+                                release(&mut go, r, true);
+                            }
+                            drop(outputs);
                         }
                         Err(m) => {
                             for s in sched.on_faulted(i, m) {
@@ -179,10 +183,13 @@ impl Pipeline {
 }
 
 /// Publishes an operator's outputs; on failure withdraws what was published of them.
-pub(crate) fn publish(ctx: &dyn FastIo, outputs: Vec<(String, Allocation)>) -> Result<(), String> {
-    for (name, alloc) in &outputs {
+///
+/// The caller drops the handles after announcing the result: in an operator process that
+/// unmaps the memory, which for a large variable takes longer than the whole handoff.
+pub(crate) fn publish(ctx: &dyn FastIo, outputs: &[(String, Allocation)]) -> Result<(), String> {
+    for (name, alloc) in outputs {
         if let Err(e) = ctx.publish(alloc, name) {
-            for (n, _) in &outputs {
+            for (n, _) in outputs {
                 if let Ok(a) = ctx.get(n) {
                     let _ = a.free();
                 }
