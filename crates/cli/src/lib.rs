@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! fragmenta launch -n N [--config FILE] [--cores C] [--grace-ms MS] -- PROG ARGS...
-//! fragmenta certs --config FILE [--force]
-//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--force]
+//! fragmenta certs --config FILE [--validity-days DAYS] [--force]
+//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--validity-days DAYS] [--force]
 //! fragmenta status --config FILE
+//! fragmenta secret [FILE]
 //! fragmenta pipeline check FILE
 //! fragmenta pipeline run FILE --payload PATH --output DIR [--threads] [-- PROG ARGS...]
 //! ```
@@ -16,6 +17,7 @@
 mod commands;
 mod launch;
 mod pipeline;
+mod secret;
 mod signals;
 
 pub use launch::{launch, LaunchError, LaunchOptions, DEFAULT_GRACE};

@@ -85,6 +85,9 @@ pub enum JoinError {
     /// The host's Fast I/O context could not be served on its socket.
     #[error("cannot serve the Fast I/O context: {0}")]
     FastIo(#[from] fragmenta_fastio::FastIoError),
+    /// A cluster formed by a launcher (no configuration file) could not meet.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
 }
 
 enum Outgoing {
@@ -215,6 +218,22 @@ impl Signal {
     }
 }
 
+/// The network runtime of `host` (two reactor threads).
+pub(crate) fn runtime(host: HostId) -> Result<tokio::runtime::Runtime, JoinError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("fragmenta-net-{}", host.0))
+        .enable_all()
+        .build()
+        .map_err(|e| JoinError::Runtime(e.to_string()))
+}
+
+/// An endpoint bound on the runtime it lives on, handed to [`Net::start_bound`].
+pub(crate) struct Bound {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) endpoint: Endpoint,
+}
+
 /// The network side of a node.
 pub(crate) struct Net {
     node: Weak<Node>,
@@ -295,12 +314,7 @@ impl Net {
         config: ClusterConfig,
         host: HostId,
     ) -> Result<Arc<Net>, JoinError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("fragmenta-net-{}", host.0))
-            .enable_all()
-            .build()
-            .map_err(|e| JoinError::Runtime(e.to_string()))?;
+        let runtime = runtime(host)?;
         let me = config
             .host(host)
             .ok_or(fragmenta_config::ConfigError::NoHostId)?;
@@ -312,11 +326,24 @@ impl Net {
         };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
-                addr,
-                reason: e.to_string(),
+            Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
+                JoinError::Bind {
+                    addr,
+                    reason: e.to_string(),
+                }
             })?
         };
+        Net::start_bound(node, config, host, Bound { runtime, endpoint })
+    }
+
+    /// [`Net::start`] with an endpoint already bound (by a rendezvous) on `bound.runtime`.
+    pub(crate) fn start_bound(
+        node: &Arc<Node>,
+        config: ClusterConfig,
+        host: HostId,
+        bound: Bound,
+    ) -> Result<Arc<Net>, JoinError> {
+        let Bound { runtime, endpoint } = bound;
         let primary = config.hosts().first().map_or(host, |h| h.id());
         let mut limits = FrameLimits::default();
         if let Some(max) = config.max_frame_bytes() {
@@ -768,6 +795,8 @@ impl Net {
                 Control::Shutdown if peer == self.primary => {
                     tracing::info!(host = %self.host, %peer, "shutdown requested");
                     self.shutdown.set(Ok(()));
+                    // A clean shutdown: the links closing next are not hosts going down.
+                    self.membership.close();
                 }
                 Control::Shutdown => {
                     // Only the primary stops the cluster; any other host asking is ignored.
