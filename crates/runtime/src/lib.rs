@@ -65,7 +65,7 @@ impl std::fmt::Debug for Cluster {
 #[derive(Default)]
 pub struct ClusterBuilder {
     cores: Option<f32>,
-    gpus: u32,
+    gpus: Option<u32>,
     max_workers: usize,
     fastio_capacity: Option<u64>,
     fastio_socket: Option<std::path::PathBuf>,
@@ -81,9 +81,12 @@ impl ClusterBuilder {
         self
     }
 
-    /// GPUs of this host (default 0).
+    /// GPUs of this host (default 0), for the embedded cluster and for a cluster a launcher
+    /// forms without a configuration file. Joining a configured cluster, the host's GPUs come
+    /// from the configuration (the other hosts place GPU fragments by it): a different count
+    /// here is refused with [`JoinError::GpusDiffer`].
     pub fn gpus(mut self, gpus: u32) -> Self {
-        self.gpus = gpus;
+        self.gpus = Some(gpus);
         self
     }
 
@@ -124,7 +127,7 @@ impl ClusterBuilder {
         if let Some(c) = self.cores {
             config.cores = c;
         }
-        config.gpus = self.gpus;
+        config.gpus = self.gpus.unwrap_or(0);
         config.max_workers = self.max_workers;
         if let Some(c) = self.fastio_capacity {
             config.fastio_capacity = c;
@@ -148,7 +151,12 @@ impl ClusterBuilder {
         match fragmenta_config::load_from_env()? {
             None => rendezvous::join(self),
             Some(config) => {
-                let host = fragmenta_config::resolve_host_id(&config, None)?;
+                // A program has no `--host-id`: say what it can do instead.
+                let host =
+                    fragmenta_config::resolve_host_id(&config, None).map_err(|e| match e {
+                        fragmenta_config::ConfigError::NoHostId => JoinError::NoHostId,
+                        e => e.into(),
+                    })?;
                 self.join_config(config, host)
             }
         }
@@ -171,9 +179,20 @@ impl ClusterBuilder {
         if let Some(e) = self.register_error {
             return Err(e.into());
         }
-        let me = config
-            .host(host)
-            .ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let Some(me) = config.host(host) else {
+            let known: Vec<String> = config.host_ids().map(|h| h.0.to_string()).collect();
+            return Err(JoinError::UnknownHost {
+                host,
+                known: known.join(", "),
+            });
+        };
+        if let Some(asked) = self.gpus.filter(|g| *g != me.gpus()) {
+            return Err(JoinError::GpusDiffer {
+                host,
+                configured: me.gpus(),
+                asked,
+            });
+        }
         let node_config = NodeConfig {
             host,
             cores: self.cores.unwrap_or(me.cores() as f32),

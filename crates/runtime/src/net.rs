@@ -85,9 +85,48 @@ pub enum JoinError {
     /// The host's Fast I/O context could not be served on its socket.
     #[error("cannot serve the Fast I/O context: {0}")]
     FastIo(#[from] fragmenta_fastio::FastIoError),
+    /// [`ClusterBuilder::gpus`](crate::ClusterBuilder::gpus) differs from the host's `gpus` in
+    /// the configuration, which is what the other hosts place GPU fragments by.
+    #[error(
+        "ClusterBuilder::gpus({asked}) differs from the {configured} GPUs the configuration \
+         gives {host}: set `gpus` for the host in the cluster configuration instead"
+    )]
+    GpusDiffer {
+        /// This host.
+        host: fragmenta_job::HostId,
+        /// GPUs in the configuration.
+        configured: u32,
+        /// GPUs the program asked for.
+        asked: u32,
+    },
+    /// A program joining a configured cluster could not tell which host it is.
+    #[error(
+        "cannot tell which host of the cluster configuration this process is: set \
+         FRAGMENTA_HOST_ID to its host id, or start the program under a launcher \
+         (fragmenta launch, srun, mpirun)"
+    )]
+    NoHostId,
+    /// [`ClusterBuilder::join_config`](crate::ClusterBuilder::join_config) was given a host
+    /// the configuration does not list.
+    #[error("{host} is not a host of the cluster configuration (it lists {known})")]
+    UnknownHost {
+        /// The host asked for.
+        host: fragmenta_job::HostId,
+        /// The ids the configuration lists, comma-separated.
+        known: String,
+    },
     /// A cluster formed by a launcher (no configuration file) could not meet.
     #[error(transparent)]
     Rendezvous(#[from] crate::rendezvous::RendezvousError),
+}
+
+/// Why binding failed, without the "cannot bind ADDR" its message starts with (the errors that
+/// carry it say it themselves).
+pub(crate) fn bind_reason(e: fragmenta_net::BindError) -> String {
+    match e {
+        fragmenta_net::BindError::Socket { reason, .. } => reason,
+        e => e.to_string(),
+    }
 }
 
 enum Outgoing {
@@ -329,7 +368,7 @@ impl Net {
             Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
                 JoinError::Bind {
                     addr,
-                    reason: e.to_string(),
+                    reason: bind_reason(e),
                 }
             })?
         };
@@ -998,8 +1037,7 @@ impl Net {
                     // (cancelled, for jobs whose fragments are never reassigned).
                     let submitted = node.exec.submit(key, spec, runner, pending.clone());
                     if let Err(e) = submitted {
-                        let reason =
-                            FailureReason::Returned(format!("{host} cannot run the job: {e:?}"));
+                        let reason = crate::executor::refusal(host, &e);
                         *state = RState::Failed(reason.clone());
                         drop(state);
                         for f in pending.into_iter().flatten() {

@@ -40,6 +40,8 @@ pub(crate) trait Remote: Send + Sync + 'static {
     fn release(&self, job: JobId, host: HostId);
 }
 
+// One `Finish` per job: its larger size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Delivery {
     Chunk {
         fragment: usize,
@@ -72,6 +74,8 @@ pub(crate) struct InitiatedJob {
     /// bytes may land in it), until its result is delivered.
     pub(crate) rdma: Option<Mutex<HashMap<usize, (RdmaBuffer, HostId)>>>,
     deliveries: Mutex<DeliveryQueue>,
+    /// Fragments whose result the job failed to receive (`receive_remote_result` panicked).
+    receive_failed: Mutex<crate::registry::ReceiveFailures>,
     result: Mutex<Option<Result<JobReport, ExecuteError>>>,
     finished: Condvar,
     started: Instant,
@@ -82,7 +86,10 @@ impl InitiatedJob {
         self.job.params()
     }
 
-    fn complete(&self, result: Result<JobReport, ExecuteError>) {
+    fn complete(&self, mut result: Result<JobReport, ExecuteError>) {
+        if let Ok(report) = &mut result {
+            self.receive_failed.lock().apply(report);
+        }
         // Buffers of fragments that failed or ran elsewhere go back to their context before the
         // initiator sees the report.
         if let Some(map) = &self.rdma {
@@ -280,12 +287,14 @@ impl Node {
         let erased: Arc<dyn ErasedJob> = Arc::new(Erased(job.clone()));
         let params = erased.params();
         params.validate()?;
-        let assignment = (params.mode == fragmenta_job::SchedulingMode::UserDefined).then(|| {
-            let mut slots = vec![HostId::UNASSIGNED; count];
-            erased.assign(&mut slots);
-            slots
-        });
-        let multi_host = self.remote.read().is_some();
+        let assignment = match params.mode {
+            fragmenta_job::SchedulingMode::UserDefined => {
+                Some(crate::registry::assignment(&*erased, count)?)
+            }
+            _ => None,
+        };
+        // Serialized only if another host is up to receive it; otherwise the job stays here.
+        let multi_host = self.remote.read().is_some() && self.sched.lock().hosts().nth(1).is_some();
         let serialized = if multi_host && params.mode != fragmenta_job::SchedulingMode::Local {
             Some(Arc::new(
                 erased.serialize().map_err(ExecuteError::Serialize)?,
@@ -321,20 +330,24 @@ impl Node {
             serialized,
             rdma,
             deliveries: Mutex::new(DeliveryQueue::default()),
+            receive_failed: Mutex::default(),
             result: Mutex::new(None),
             finished: Condvar::new(),
             started: Instant::now(),
         });
         self.jobs.lock().insert(id, ij.clone());
         let mut sched = self.sched.lock();
-        match sched.submit(
-            id,
-            JobSpec {
-                params,
-                count,
-                assignment,
-            },
-        ) {
+        let spec = JobSpec {
+            params,
+            count,
+            assignment,
+        };
+        let submitted = if ij.serialized.is_some() {
+            sched.submit(id, spec)
+        } else {
+            sched.submit_on_initiator_only(id, spec)
+        };
+        match submitted {
             Ok(resolved) => {
                 ij.count.store(resolved, Ordering::Release);
                 self.process(&mut sched);
@@ -604,8 +617,7 @@ impl Node {
             Ok(()) => *work = Some(key),
             Err(e) => {
                 drop(work);
-                let reason =
-                    FailureReason::Returned(format!("{} cannot run the job: {e:?}", self.host()));
+                let reason = crate::executor::refusal(self.host(), &e);
                 for f in fragments.into_iter().flatten() {
                     sched.on_fragment_failed(job, self.host(), f, reason.clone());
                 }
@@ -804,6 +816,9 @@ fn drain_deliveries(ij: &Arc<InitiatedJob>) {
                 payload,
             } => {
                 let job = &ij.job;
+                if ij.receive_failed.lock().contains(fragment) {
+                    continue; // its result is already lost
+                }
                 let r = catch_unwind(AssertUnwindSafe(|| match payload {
                     Payload::Bytes(bytes) => {
                         let mut reader = ResultReader::new(seq, bytes);
@@ -819,7 +834,9 @@ fn drain_deliveries(ij: &Arc<InitiatedJob>) {
                     }
                 }));
                 if let Err(p) = r {
-                    tracing::error!(job = %ij.id, fragment, "receive_remote_result panicked: {}", panic_message(&*p));
+                    let msg = panic_message(&*p);
+                    tracing::error!(job = %ij.id, fragment, "receive_remote_result panicked: {msg}");
+                    ij.receive_failed.lock().record(fragment, msg);
                 }
             }
             Delivery::Finish(report) => ij.complete(Ok(report)),

@@ -239,7 +239,8 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
             .map(|c| c.ceil().max(1.0) as u32)
             .or(launch.cpus_per_task)
             .unwrap_or_else(machine_cores),
-        gpus: builder.gpus,
+        // No configuration here: the builder's count is what the other ranks learn.
+        gpus: builder.gpus.unwrap_or(0),
     };
     let runtime = net::runtime(host)?;
     let (endpoint, table) = if launch.rank == 0 {
@@ -250,7 +251,7 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
                 RendezvousError::Bind {
                     addr,
                     origin: point.origin.clone(),
-                    reason: e.to_string(),
+                    reason: net::bind_reason(e),
                 }
             })?
         };
@@ -274,7 +275,7 @@ pub(crate) fn join(builder: ClusterBuilder) -> Result<Cluster, JoinError> {
                 RendezvousError::Bind {
                     addr,
                     origin: "this rank's own endpoint".into(),
-                    reason: e.to_string(),
+                    reason: net::bind_reason(e),
                 }
             })?
         };
