@@ -117,8 +117,3 @@ pub mod __private {
     pub use fragmenta_runtime::inventory;
     pub use fragmenta_runtime::LinkedJob;
 }
-
-/// The README's code blocks, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

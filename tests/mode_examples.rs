@@ -158,3 +158,34 @@ fn word_count_example_counts_the_same_embedded_and_on_four_hosts() {
     assert_eq!(counts(&alone).len(), 6, "{alone}");
     assert_eq!(counts(&alone), counts(&four), "{alone}\n{four}");
 }
+
+#[test]
+fn the_readmes_first_job_is_the_squares_example_and_runs_both_ways() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## A job in 20 lines")
+        .nth(1)
+        .expect("README section");
+    let code = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|s| s.split("```\n").next())
+        .expect("README code block");
+    let source = include_str!("../examples/squares.rs");
+    let body: String = source
+        .lines()
+        .skip_while(|l| l.starts_with("//!") || l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        body, code,
+        "examples/squares.rs differs from the README's first job"
+    );
+
+    // Sum of i² for i < 1000.
+    let line = "1000 fragments done, sum 332833500";
+    let alone = run(&mut Command::new(example("squares")));
+    assert!(alone.contains(line), "{alone}");
+    let four = launch4("squares");
+    assert!(four.contains(&format!("[host-0] {line}")), "{four}");
+}
