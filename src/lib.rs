@@ -34,6 +34,10 @@ pub use fragmenta_runtime::{
     Registry, ServeError,
 };
 
+/// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,
+/// Rust operators, and the thread, process and cluster runners.
+pub use fragmenta_pipeline as pipeline;
+
 /// Shows the runtime's log on stderr: what `RUST_LOG` selects (for instance
 /// `RUST_LOG=fragmenta_runtime=debug` for links, jobs and fragment blocks with their ids), or
 /// when it is not set, fragmenta's own `info` level and above and other crates' warnings, so
@@ -44,7 +48,7 @@ pub fn init_logging() -> bool {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(
-            "warn,fragmenta=info,fragmenta_runtime=info,fragmenta_fastio=info,fragmenta_net=info",
+            "warn,fragmenta=info,fragmenta_runtime=info,fragmenta_fastio=info,fragmenta_net=info,fragmenta_pipeline=info",
         )
     });
     tracing_subscriber::fmt()
@@ -58,3 +62,58 @@ pub fn init_logging() -> bool {
 /// The node-local shared-memory data plane (Clara Fast I/O): contexts, allocations, typed views.
 pub use fragmenta_fastio as fastio;
 pub use fragmenta_fastio::{Allocation, ElementType, FastIo, FastIoError, LocalContext};
+pub use fragmenta_fastio::{
+    ContextStats, Element, ReadGuard, RemoteContext, WriteGuard, MAX_DIMS, MAX_NAME_LEN,
+};
+
+/// Registers a job type with every cluster the program builds, on every host: put it on the
+/// `impl FragmentedJob for T` or `impl TypedJob for T` block. Without a `CLASS_ID` in the
+/// block it adds one from the type's module path and name; `#[fragmenta::job(name = "...")]`
+/// names it instead. Explicit [`ClusterBuilder::register`] stays for types without it.
+///
+/// ```
+/// use fragmenta::*;
+/// use serde::{Deserialize, Serialize};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// #[derive(Serialize, Deserialize, Default)]
+/// struct Squares { #[serde(skip)] sum: AtomicU64 }
+///
+/// #[fragmenta::job]
+/// impl TypedJob for Squares {
+///     type Output = u64;
+///     fn run(&self, f: &Fragment<'_>) -> u64 { (f.index * f.index) as u64 }
+///     fn merge(&self, _: usize, square: u64) { self.sum.fetch_add(square, Ordering::Relaxed); }
+///     fn scheduling_mode(&self) -> SchedulingMode { SchedulingMode::Cluster }
+/// }
+///
+/// let registry = Registry::linked().unwrap();
+/// assert!(registry.contains(<Squares as FragmentedJob>::CLASS_ID));
+/// ```
+///
+/// A generic job type is refused at compile time (each instantiation is a type of its own:
+/// register those explicitly):
+///
+/// ```compile_fail
+/// use fragmenta::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Echo<T>(T);
+///
+/// #[fragmenta::job]
+/// impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> TypedJob for Echo<T> {
+///     type Output = ();
+///     fn run(&self, _: &Fragment<'_>) {}
+///     fn merge(&self, _: usize, (): ()) {}
+/// }
+/// ```
+pub use fragmenta_macros::job;
+pub use fragmenta_runtime::{spmd, BoxError, NestedJobs};
+
+/// What `#[fragmenta::job]` expands to refers to these; not an API.
+#[doc(hidden)]
+pub mod __private {
+    pub use fragmenta_runtime::inventory;
+    pub use fragmenta_runtime::LinkedJob;
+}

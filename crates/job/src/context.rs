@@ -99,6 +99,7 @@ pub struct Transaction {
     cancel: CancelToken,
     fastio: Option<LocalContext>,
     fetcher: Option<Arc<dyn Fetch>>,
+    runtime: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -109,6 +110,7 @@ impl std::fmt::Debug for Transaction {
             .field("cancelled", &self.cancel.is_cancelled())
             .field("fastio", &self.fastio.is_some())
             .field("fetch", &self.fetcher.is_some())
+            .field("runtime", &self.runtime.is_some())
             .finish()
     }
 }
@@ -123,7 +125,23 @@ impl Transaction {
             cancel,
             fastio: None,
             fetcher: None,
+            runtime: None,
         }
+    }
+
+    /// The same transaction with a handle on the runtime that runs it, through which a
+    /// fragment starts nested jobs (the runtime attaches its own; the job API never looks
+    /// inside it).
+    pub fn with_runtime(mut self, runtime: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The runtime handle attached with [`with_runtime`](Self::with_runtime); `None` for a
+    /// transaction made by hand. Fragments start nested jobs through the runtime's API on it
+    /// (`fragmenta::NestedJobs`), not through this.
+    pub fn runtime(&self) -> Option<&Arc<dyn std::any::Any + Send + Sync>> {
+        self.runtime.as_ref()
     }
 
     /// The same transaction with the host's Fast I/O context attached.
