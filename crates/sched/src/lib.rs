@@ -15,7 +15,9 @@
 
 pub mod cluster;
 pub mod host;
+pub mod protocol;
+#[cfg(feature = "sim")]
 pub mod sim;
 
-pub use cluster::{Action, HostInfo, JobSpec, Outcome, Scheduler};
+pub use cluster::{Action, HostInfo, JobSpec, Outcome, Scheduler, Weight};
 pub use host::{Block, HostQueue, SubmitError, WorkKey, WorkSpec};
