@@ -3,7 +3,7 @@
 //! liveness of its peers.
 //!
 //! [`Protocol`] performs no I/O whatsoever: no sockets, no threads, no clock reads. The runtime
-//! (or the deterministic simulation, [`crate::sim`] with the `sim` feature) feeds it typed events
+//! (or the deterministic simulation, the `sim` module with the `sim` feature) feeds it typed events
 //! and carries out the [`Action`]s it polls:
 //!
 //! - from peers: [`Protocol::on_message`] (control stream: heartbeat, replica, dispatch, cancel,

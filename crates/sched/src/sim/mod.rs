@@ -1,11 +1,13 @@
-//! Deterministic simulation of the scheduler core, in the spirit of FoundationDB's simulation
+//! Deterministic simulation of the host protocol, in the spirit of FoundationDB's simulation
 //! and TigerBeetle's VOPR.
 //!
 //! [`Sim`] runs N simulated hosts on a fake clock, one event per step, all randomness drawn from
-//! one seeded [`Rng`]: the same seed replays the same run exactly. Each host is what the runtime
-//! (`fragmenta-runtime`'s `node.rs` and `net.rs`) builds around the sans-IO core: a
-//! [`Scheduler`] for the jobs it initiates, a [`HostQueue`] running fragments of every host's
-//! jobs over simulated time, replicas of other hosts' jobs, and links to its peers.
+//! one seeded [`Rng`]: the same seed replays the same run exactly. Each host is the real
+//! [`Protocol`] (the state machine the runtime ships: its jobs' scheduler, replicas of other
+//! hosts' jobs, result-stream rules, backpressure, heartbeats and failure detection) with, around
+//! it, what the runtime does and nothing more: a worker pool ([`HostQueue`] admission, blocks
+//! running over simulated time), replicas made after a delay, a job taking delivered chunks at
+//! its own pace, and connections to its peers. The simulation holds no copy of the protocol.
 //!
 //! **The protocol** is the runtime's: per host pair one connection carrying one control stream
 //! each way (replica, dispatches, cancel, release, heartbeats) and one result stream per job from
@@ -14,7 +16,7 @@
 //! host that lacks the job's class answers every fragment with `UnknownClass`. Fragments run in
 //! blocks with a time slice, emit their chunks over their duration, and some always panic after a
 //! few chunks. A fragment re-run on its initiator after a failed host delivered some of its
-//! chunks runs "remote style" there ([`Scheduler::rerun_with_chunks`]), as the runtime does.
+//! chunks runs "remote style" there ([`Protocol::rerun_with_chunks`]), as the runtime does.
 //! Heartbeats go out every 50 ms; a peer silent for 300 ms, or whose connection closes, is
 //! declared down: its fragments are reassigned or failed by the scheduler, its jobs here are
 //! abandoned, and anything still arriving on the closed connection is dropped. Host ids are
