@@ -9,7 +9,6 @@ use fragmenta_sched::{Block, HostQueue, SubmitError, WorkKey, WorkSpec};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Runs the blocks of one job's work on this host, and reports what happened.
@@ -38,7 +37,6 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct Executor {
     inner: Arc<Inner>,
-    next_key: Arc<AtomicU64>,
 }
 
 type Task = (Block, Arc<dyn BlockRunner>);
@@ -64,12 +62,7 @@ impl Executor {
                 cv: Condvar::new(),
                 host,
             }),
-            next_key: Arc::new(AtomicU64::new(1)),
         }
-    }
-
-    pub(crate) fn new_key(&self) -> WorkKey {
-        WorkKey(self.next_key.fetch_add(1, Ordering::Relaxed))
     }
 
     pub(crate) fn submit(

@@ -403,6 +403,18 @@ impl<P: Weight, R> Protocol<P, R> {
         self.sched.set_limits(max_batch, max_window);
     }
 
+    /// Replaces the limits (for instance with the configuration's heartbeat and failure
+    /// timeout, once it is known).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// A peer broke the protocol on a stream the driver checks itself (a result stream's
+    /// framing, for instance): it is declared down with [`Down::Violation`].
+    pub fn peer_violated(&mut self, peer: HostId, detail: String) {
+        self.violation(peer, detail);
+    }
+
     /// This host.
     pub fn local(&self) -> HostId {
         self.local
