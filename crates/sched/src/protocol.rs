@@ -70,7 +70,7 @@ impl Default for Limits {
             heartbeat_interval: Duration::from_millis(500),
             failure_timeout: Duration::from_millis(2500),
             max_fragments: 1 << 32,
-            max_chunk_bytes: 1 << 30,
+            max_chunk_bytes: 256 << 20,
             max_held_bytes: 64 << 20,
         }
     }
