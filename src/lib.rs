@@ -27,12 +27,25 @@
 //! assert_eq!(job.sum.load(Ordering::Relaxed), (0..100u64).map(|i| i * i).sum());
 //! ```
 
-pub use fragmenta_job::*;
+pub use fragmenta_job::{
+    Cancellation, ClassId, ExecuteError, ExecutionContext, FailureReason, FetchError,
+    FragmentFailure, FragmentSet, FragmentedJob, HostId, InvalidArgument, JobId, JobReport,
+    RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite, ResultReader, ResultWriter,
+    SchedulingMode, Transaction,
+};
 pub use fragmenta_runtime::{
     default_fastio_capacity, default_fastio_socket, Cluster, ClusterBuilder, ClusterConfig,
-    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, NodeConfig, RegisterError,
-    Registry, ServeError,
+    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, RegisterError, ServeError,
 };
+
+/// Runtime plumbing: what the runtime makes and tests of the runtime itself use (cancellation
+/// tokens, chunk sinks, fetchers, job parameters as the scheduler reads them, node settings).
+/// Not part of the API a job or a program needs; it may change without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use fragmenta_job::{Abort, CancelToken, ChunkSink, Fetch, JobParams};
+    pub use fragmenta_runtime::{NodeConfig, Registry};
+}
 
 /// The node-local shared-memory data plane (Clara Fast I/O): contexts, allocations, typed views.
 pub use fragmenta_fastio as fastio;

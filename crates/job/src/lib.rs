@@ -56,7 +56,9 @@ mod rdma;
 mod report;
 mod results;
 
-pub use context::{CancelToken, ExecutionContext, Fetch, FetchError, Transaction};
+pub use context::{
+    Abort, CancelToken, Cancellation, ExecutionContext, Fetch, FetchError, Transaction,
+};
 pub use fragments::FragmentSet;
 pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;

@@ -93,6 +93,20 @@ pub(crate) trait Remote: Send + Sync + 'static {
     fn pause_results(&self, job: JobId, host: HostId, paused: bool);
 }
 
+/// `Transaction::abort` of a job started here: cancels it as its handle does.
+struct LocalAbort {
+    node: Weak<Node>,
+    job: JobId,
+}
+
+impl fragmenta_job::Abort for LocalAbort {
+    fn abort(&self) {
+        if let Some(node) = self.node.upgrade() {
+            node.abort(self.job);
+        }
+    }
+}
+
 /// One host's runtime.
 pub(crate) struct Node {
     pub(crate) config: NodeConfig,
@@ -259,9 +273,13 @@ impl Node {
             seq: self.next_job.fetch_add(1, Ordering::Relaxed),
         };
         let cancel = CancelToken::new();
+        let aborter = Arc::new(LocalAbort {
+            node: self.weak.clone(),
+            job: id,
+        });
         let ij = Arc::new(InitiatedJob {
             id,
-            tx: self.transaction(id, cancel.clone()),
+            tx: self.transaction(id, cancel.clone()).with_abort(aborter),
             job: erased,
             cancel,
             cancel_called: AtomicBool::new(false),
@@ -311,6 +329,13 @@ impl Node {
         self.with_proto(|p| {
             let _ = p.cancel(ij.id);
         });
+    }
+
+    /// A fragment of a job started here aborted it.
+    fn abort(&self, job: JobId) {
+        if let Some(ij) = self.job(job) {
+            self.cancel(&ij);
+        }
     }
 
     /// Runs `f` on the protocol, then carries out the actions it produced.

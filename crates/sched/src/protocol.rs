@@ -100,7 +100,8 @@ pub enum Message<R> {
         /// Half-open fragment ranges.
         fragments: Vec<(u64, u64)>,
     },
-    /// Cancel the job here.
+    /// Cancel the job here; from a host running fragments of a job this host initiated: a
+    /// fragment aborted the job, cancel it.
     Cancel {
         /// The job.
         job: JobId,
@@ -684,6 +685,14 @@ impl<P: Weight, R> Protocol<P, R> {
     }
 
     fn on_cancel(&mut self, peer: HostId, job: JobId) {
+        if job.initiator == self.local {
+            // A fragment of this host's job aborted it on `peer`: cancel it here, once.
+            if self.local_jobs.contains_key(&job) {
+                let _ = self.sched.cancel(job);
+                self.pump();
+            }
+            return;
+        }
         if job.initiator != peer {
             return self.violation(peer, format!("cancel of {job}, initiated by another host"));
         }

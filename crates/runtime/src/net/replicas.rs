@@ -96,6 +96,20 @@ impl RemoteJob {
     }
 }
 
+/// `Transaction::abort` on a replica: asks the job's initiator to cancel it.
+struct RemoteAbort {
+    net: std::sync::Weak<Net>,
+    job: JobId,
+}
+
+impl fragmenta_job::Abort for RemoteAbort {
+    fn abort(&self) {
+        if let Some(net) = self.net.upgrade() {
+            net.send_control(self.job.initiator, Control::Cancel { job: self.job });
+        }
+    }
+}
+
 impl Net {
     /// Registers the replica of `job` and makes it from its bytes on the blocking pool, then
     /// tells the protocol.
@@ -110,7 +124,12 @@ impl Net {
         let rj = Arc::new(RemoteJob {
             id: job,
             count,
-            tx: node.transaction(job, cancel.clone()),
+            tx: node
+                .transaction(job, cancel.clone())
+                .with_abort(Arc::new(RemoteAbort {
+                    net: self.me.clone(),
+                    job,
+                })),
             cancel,
             cancel_called: AtomicBool::new(false),
             replica: Mutex::new(None),
