@@ -357,6 +357,12 @@ impl Node {
         self.with_proto(|p| p.link_down(host, why));
     }
 
+    /// A frame header from `host` arrived.
+    pub(crate) fn heard_from(&self, host: HostId) {
+        let now = self.now();
+        self.proto.lock().heard_from(host, now);
+    }
+
     /// A control message from `host`.
     pub(crate) fn on_message(&self, host: HostId, msg: Message<ReplicaBody>) {
         let now = self.now();

@@ -517,6 +517,12 @@ impl<P: Weight, R> Protocol<P, R> {
         }
     }
 
+    /// Something arrived from `peer` (a frame header whose payload is still coming, for
+    /// instance): it is alive.
+    pub fn heard_from(&mut self, peer: HostId, now: Duration) {
+        let _ = self.seen(peer, now);
+    }
+
     /// A connection to `peer` is up: it counts for scheduling from now on. Host ids are never
     /// reused, so a peer already linked is ignored.
     pub fn link_up(&mut self, peer: HostId, info: HostInfo, now: Duration) {

@@ -94,6 +94,12 @@ impl Net {
                 Ok(None) => return,
                 Err(e) => return close_on_frame_error(&conn, &e),
             };
+            if len > 0 {
+                // A large payload (a replica) may take a while: the peer is alive meanwhile.
+                if let Some(node) = self.node.upgrade() {
+                    node.heard_from(peer);
+                }
+            }
             let payload = match self.read_payload(&mut stream, len).await {
                 Ok(p) => p,
                 Err(e) => return close_on_frame_error(&conn, &e),
