@@ -477,3 +477,41 @@ fn the_loss_of_an_initiator_abandons_its_jobs_here() {
     replica(&mut p, theirs(2), 4);
     assert!(drain(&mut p).is_empty());
 }
+
+#[test]
+fn a_cancel_from_a_host_running_a_job_here_aborts_it() {
+    let mut p = proto(Limits::default());
+    let job = JobId {
+        initiator: ME,
+        seq: 1,
+    };
+    let spec = JobSpec {
+        params: params(SchedulingMode::Cluster, false),
+        count: 40,
+        assignment: None,
+    };
+    p.submit(job, spec).unwrap();
+    let a = drain(&mut p);
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::SendDispatch { host, .. } if *host == PEER)));
+    // A fragment on the peer called `Transaction::abort`: the job is cancelled everywhere.
+    p.on_message(PEER, Message::Cancel { job }, T0);
+    let a = drain(&mut p);
+    assert!(a.contains(&Action::SendCancel { job, host: PEER }), "{a:?}");
+    assert!(
+        a.iter().any(|x| matches!(x, Action::DrainWork { .. })),
+        "{a:?}"
+    );
+    assert_eq!(down_reason(&a), None, "an abort is not a violation");
+    // A cancel of a third host's job is.
+    let other = JobId {
+        initiator: HostId(9),
+        seq: 1,
+    };
+    p.on_message(PEER, Message::Cancel { job: other }, T0);
+    assert!(matches!(
+        down_reason(&drain(&mut p)),
+        Some(Down::Violation(_))
+    ));
+}
