@@ -12,7 +12,7 @@
 //!    ordered chunks behind a slow fragment 0: both bounded by the initiator's per-job limit
 //!    on results it holds (64 MiB) and the sender's queue (32 MiB), not by the results' size.
 //!
-//! `cargo bench --bench cluster`
+//! `cargo bench --bench cluster` (`-- held` runs figure 5 alone)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -286,7 +286,7 @@ fn held_job(scenario: &str) -> Held {
         "slow-receiver" => Held {
             chunks: 4,
             local_ms: 500,
-            take_ms: 20,
+            take_ms: 50,
             unordered: true,
             ..Held::default()
         },
@@ -368,6 +368,10 @@ fn main() {
         held_host(&spec.to_string_lossy());
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::args().any(|a| a == "held") {
+        held_report(dir.path());
+        return;
+    }
     let config = common::loopback_config(dir.path(), 4, "");
     let clusters: Vec<Cluster> = (0..4u32)
         .map(|h| {
@@ -492,18 +496,22 @@ fn main() {
     println!("Fast I/O fetch, {rounds} x 256 MiB from host-1 into host-0's context (best of 3): new allocation each time {fetch:.0} MB/s, reusing one {fetch_reusing:.0} MB/s; raw QUIC stream: {raw:.0} MB/s; ratios {:.2} / {:.2} (target >= 0.8)", fetch / raw, fetch_reusing / raw);
     drop(clusters);
 
-    // 5. Peak RSS on both sides when the initiator cannot take results as fast as they come.
+    held_report(dir.path());
+}
+
+/// 5. Peak RSS on both sides when the initiator cannot take results as fast as they come.
+fn held_report(dir: &std::path::Path) {
     for (scenario, what) in [
         (
             "slow-receiver",
-            "slow receiver (20 ms per 4 MiB chunk, 1 GiB of results)",
+            "slow receiver (50 ms per 4 MiB chunk, 1 GiB of results)",
         ),
         (
             "ordered-slow-first",
             "ordered chunks behind a 3 s fragment 0 (1 GiB of results)",
         ),
     ] {
-        let sub = dir.path().join(scenario);
+        let sub = dir.join(scenario);
         std::fs::create_dir_all(&sub).expect("dir");
         let (initiator, sender, received) = held_figures(&sub, scenario);
         println!("peak RSS, {what}: initiator {initiator} MiB, sender {sender} MiB ({received} received by the initiator; limit: 64 MiB held per job + 32 MiB queued per sender + runtime)");
