@@ -100,12 +100,9 @@ impl FragmentedJob for Mandelbrot {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // RUST_LOG=fragmenta_runtime=debug shows links, jobs and fragment blocks with their ids.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
+    // fragment blocks with their ids.
+    fragmenta::init_logging();
     // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
     let cluster = Cluster::builder().register::<Mandelbrot>().join()?;
     if !cluster.is_primary() {

@@ -147,10 +147,7 @@ impl FragmentedJob for Inventory {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    fragmenta::init_logging();
     let cluster = Cluster::builder().register::<Inventory>().join()?;
     if !cluster.is_primary() {
         cluster.serve()?;

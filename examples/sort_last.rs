@@ -8,6 +8,7 @@
 //! cargo run --release --example sort_last -- --volume ../shared/data/volumes/engine_256x256x128_uint8.raw.gz \
 //!     --dims 256x256x128 --type u8 --tf ct --out engine.png
 //! fragmenta launch -n 4 -- target/release/examples/sort_last    # hosts from the launcher
+//! FRAGMENTA_SECRET_FILE=~/.fragmenta-secret srun -n 4 target/release/examples/sort_last
 //! ```
 //!
 //! With no cluster in the environment the program starts `--hosts` copies of itself on this
@@ -16,7 +17,7 @@
 //! casting), composite (everything else until the image is on host 0), total, and the bytes
 //! received by the busiest host.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +44,7 @@ struct Args {
     #[arg(long, default_value = "768x768", value_parser = parse_image)]
     image: (u32, u32),
     /// Camera azimuth around the vertical axis, degrees.
-    #[arg(long, default_value_t = 35.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 35.0, allow_negative_numbers = true, value_parser = parse_azimuth)]
     azimuth: f32,
     /// Camera elevation above the horizontal plane, degrees (-90..=90).
     #[arg(long, default_value_t = 50.0, allow_negative_numbers = true, value_parser = parse_elevation)]
@@ -90,6 +91,41 @@ fn parse_image(s: &str) -> Result<(u32, u32), String> {
         )),
     };
     Ok((side(w)?, side(h)?))
+}
+
+fn parse_azimuth(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not an angle in degrees")),
+    }
+}
+
+/// Checks before any work that the picture can be written where `--out` says: its folder
+/// exists and takes a new file.
+fn check_out(out: &Path) -> Result<(), String> {
+    let folder = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "--out {}: the folder {} does not exist",
+            out.display(),
+            folder.display()
+        ));
+    }
+    if out.is_dir() {
+        return Err(format!("--out {} is a folder", out.display()));
+    }
+    tempfile::NamedTempFile::new_in(folder)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "--out {}: cannot write in {}: {e}",
+                out.display(),
+                folder.display()
+            )
+        })
 }
 
 fn parse_elevation(s: &str) -> Result<f32, String> {
@@ -153,7 +189,15 @@ fn main() -> ExitCode {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
-    let configured = std::env::var_os(fragmenta_config::CONFIG_ENV).is_some();
+    // A config file, or a launcher that started several processes (srun, mpirun): the cluster
+    // is already there, this process is one of its hosts.
+    let configured = std::env::var_os(fragmenta_config::CONFIG_ENV).is_some()
+        || matches!(fragmenta_config::launcher::detect(), Ok(Some(l)) if l.size > 1);
+    // Rendering can take a while: say now, not after it, that the picture cannot be written.
+    if let Err(e) = check_out(&args.out) {
+        eprintln!("sort_last: error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(path) = &args.volume {
         // Every host reads the file; say at once if it cannot be read here.
         if let Err(e) = std::fs::File::open(path) {

@@ -180,10 +180,7 @@ impl FragmentedJob for ShardStats {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    fragmenta::init_logging();
     // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
     let cluster = Cluster::builder().register::<ShardStats>().join()?;
     let hosts = cluster.hosts();

@@ -47,6 +47,27 @@ pub mod __private {
     pub use fragmenta_runtime::{NodeConfig, Registry};
 }
 
+/// Shows the runtime's log on stderr: what `RUST_LOG` selects (for instance
+/// `RUST_LOG=fragmenta_runtime=debug` for links, jobs and fragment blocks with their ids), or
+/// when it is not set, fragmenta's own `info` level and above and other crates' warnings, so
+/// notices such as huge pages being off for Fast I/O and lost links are seen. Call it first thing in `main`. Returns false, changing
+/// nothing, when the program already installed a `tracing` subscriber (its own, or by an
+/// earlier call).
+pub fn init_logging() -> bool {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(
+            "warn,fragmenta=info,fragmenta_runtime=info,fragmenta_fastio=info,fragmenta_net=info",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init()
+        .is_ok()
+}
+
 /// The node-local shared-memory data plane (Clara Fast I/O): contexts, allocations, typed views.
 pub use fragmenta_fastio as fastio;
 pub use fragmenta_fastio::{Allocation, ElementType, FastIo, FastIoError, LocalContext};

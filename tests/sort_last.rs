@@ -440,3 +440,40 @@ fn the_example_starts_its_hosts_and_writes_the_picture() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--image"));
 }
+
+/// Arguments the example refuses before it renders anything: a NaN angle, and an output
+/// folder that does not exist (said at once, not after the whole render).
+#[test]
+fn the_example_checks_its_angles_and_output_before_rendering() {
+    for azimuth in ["nan", "inf", "-inf"] {
+        let bad = std::process::Command::new(example("sort_last"))
+            .args(["--hosts", "1", "--size", "8"])
+            .arg(format!("--azimuth={azimuth}"))
+            .env_remove("FRAGMENTA_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!bad.status.success(), "--azimuth {azimuth} accepted");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains("--azimuth"), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder/out.png");
+    let bad = std::process::Command::new(example("sort_last"))
+        .args(["--hosts", "2", "--size", "8", "--image", "8x8", "--out"])
+        .arg(&missing)
+        .env_remove("FRAGMENTA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let text =
+        String::from_utf8_lossy(&bad.stdout).into_owned() + &String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        text.contains("--out") && text.contains("does not exist"),
+        "{text}"
+    );
+    // Refused before any host started or anything was rendered.
+    assert!(
+        !text.contains("[host-") && !text.contains("load "),
+        "{text}"
+    );
+}

@@ -33,7 +33,11 @@ enum Command {
     Launch(LaunchArgs),
     /// Generate the cluster CA and a certificate and key for every host.
     Certs(CertsArgs),
-    /// Check a cluster config and list its hosts and whether their certificate files exist.
+    /// Create a cluster secret for srun/mpirun clusters with no config file (written to FILE
+    /// with mode 0600, or printed as an export line).
+    Secret(crate::secret::SecretArgs),
+    /// Check a cluster config and list its hosts and whether their certificate files exist,
+    /// name their host and are still valid.
     Status {
         /// The cluster config file.
         #[arg(long, value_name = "FILE")]
@@ -90,6 +94,12 @@ struct CertsArgs {
     /// Replace an existing CA (every host then needs its new certificate).
     #[arg(long)]
     force: bool,
+    /// Days each host certificate is valid (the CA: ten years, or longer to cover them). An
+    /// expired host can no longer join: regenerate with --force before then (see the
+    /// README's "Certificates" section).
+    #[arg(long, value_name = "DAYS", default_value_t = 365,
+        value_parser = clap::value_parser!(u32).range(1..=36500))]
+    validity_days: u32,
 }
 
 pub(crate) fn main() -> ExitCode {
@@ -97,9 +107,39 @@ pub(crate) fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fragmenta: error: {e:#}");
+            eprintln!("fragmenta: error: {}", render_error(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, `: `-separated, leaving out a cause whose text the
+/// message before it already shows (many errors print their source themselves).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// `n hosts` or `1 host`.
+fn hosts_phrase(n: usize) -> String {
+    if n == 1 {
+        "1 host".to_owned()
+    } else {
+        format!("{n} hosts")
+    }
+}
+
+/// Certificate options from `--validity-days`.
+fn cert_options(validity_days: u32) -> certs::CertOptions {
+    certs::CertOptions {
+        host_validity: Duration::from_secs(u64::from(validity_days) * 86_400),
     }
 }
 
@@ -115,20 +155,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = launch(opts)?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
         }
+        Command::Secret(args) => {
+            crate::secret::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Certs(args) => {
+            let options = cert_options(args.validity_days);
             match args.config {
-                Some(config) => certs_for_config(&config, args.force)?,
+                Some(config) => certs_for_config(&config, args.force, &options)?,
                 None => {
                     let out = args.out.context("--out is required without --config")?;
+                    fragmenta_config::check_cluster_name(&args.cluster, "--cluster")?;
                     let hosts: Vec<HostId> = args.hosts.into_iter().map(HostId).collect();
+                    if let Some(h) = hosts.iter().find(|h| **h == HostId::UNASSIGNED) {
+                        bail!(
+                            "--hosts: {} is reserved (it marks a fragment assigned to no host)",
+                            h.0
+                        );
+                    }
                     refuse_overwrite(&[out.join("ca.pem")], args.force)?;
-                    certs::generate(&out, &args.cluster, &hosts)
+                    certs::generate_with(&out, &args.cluster, &hosts, &options)
                         .with_context(|| format!("generating certificates in {}", out.display()))?;
                     println!(
-                        "wrote the CA and certificates for {} hosts of cluster {:?} into {}",
-                        hosts.len(),
+                        "wrote the CA and certificates for {} of cluster {:?} into {} \
+                         (host certificates valid {} days)",
+                        hosts_phrase(hosts.len()),
                         args.cluster,
-                        out.display()
+                        out.display(),
+                        args.validity_days
                     );
                 }
             }
@@ -137,13 +191,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { config: path } => {
             let config = ClusterConfig::load(&path)?;
             print!("{}", render_status(&config, &path));
-            match config.check_files() {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => {
-                    eprintln!("fragmenta: {e}");
-                    Ok(ExitCode::FAILURE)
-                }
+            let mut ok = true;
+            if let Err(e) = config.check_files() {
+                eprintln!("fragmenta: {e}");
+                ok = false;
             }
+            for problem in certificate_problems(&config) {
+                eprintln!("fragmenta: {problem}");
+                ok = false;
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -164,7 +225,7 @@ fn refuse_overwrite(existing: &[PathBuf], force: bool) -> anyhow::Result<()> {
 
 /// Writes certificates to the paths the config names: straight into the folder when all files
 /// have `generate`'s names in one folder, otherwise generated in a temporary folder and copied.
-fn certs_for_config(path: &Path, force: bool) -> anyhow::Result<()> {
+fn certs_for_config(path: &Path, force: bool, options: &certs::CertOptions) -> anyhow::Result<()> {
     let config = ClusterConfig::load(path)?;
     let ids: Vec<HostId> = config.host_ids().collect();
     let ca_key = config.ca_cert().with_extension("key");
@@ -182,12 +243,12 @@ fn certs_for_config(path: &Path, force: bool) -> anyhow::Result<()> {
             h.cert() == expected.cert && h.key() == expected.key
         });
     if conventional {
-        certs::generate(dir, config.name(), &ids)
+        certs::generate_with(dir, config.name(), &ids, options)
             .with_context(|| format!("generating certificates in {}", dir.display()))?;
     } else {
         let temp = tempfile::tempdir().context("creating a temporary folder")?;
-        let made =
-            certs::generate(temp.path(), config.name(), &ids).context("generating certificates")?;
+        let made = certs::generate_with(temp.path(), config.name(), &ids, options)
+            .context("generating certificates")?;
         let mut copies = vec![
             (made.ca.clone(), config.ca_cert().to_owned()),
             (temp.path().join("ca.key"), ca_key),
@@ -205,12 +266,57 @@ fn certs_for_config(path: &Path, force: bool) -> anyhow::Result<()> {
         }
     }
     println!(
-        "wrote the CA and certificates for {} hosts of cluster {:?} (ca_cert {})",
-        ids.len(),
+        "wrote the CA and certificates for {} of cluster {:?} (ca_cert {})",
+        hosts_phrase(ids.len()),
         config.name(),
         config.ca_cert().display()
     );
     Ok(())
+}
+
+/// Whether the certificate at `path` has expired (unreadable ones count as not: they are
+/// reported as such).
+fn expired(path: &Path) -> bool {
+    fragmenta_net::tls::certificate_expiry(path).is_ok_and(|at| at <= std::time::SystemTime::now())
+}
+
+/// The state of a host's certificate file for `status`: `None` when it names the host and has
+/// not expired.
+fn certificate_state(host: &fragmenta_config::HostConfig) -> Option<String> {
+    match fragmenta_net::tls::certificate_host(host.cert()) {
+        Ok(id) if id != host.id() => Some(format!("cert is {id}'s")),
+        Ok(_) if expired(host.cert()) => Some("cert expired".to_owned()),
+        Ok(_) => None,
+        Err(_) => Some("unreadable cert".to_owned()),
+    }
+}
+
+/// What is wrong with the certificates that exist: one that names another host (a host given
+/// another host's certificate and key cannot join: both sides wait for the host its
+/// certificate names), or one that is not a host certificate.
+fn certificate_problems(config: &ClusterConfig) -> Vec<String> {
+    config
+        .hosts()
+        .iter()
+        .filter(|h| h.cert().is_file())
+        .filter_map(|h| {
+            let cert = h.cert().display();
+            match fragmenta_net::tls::certificate_host(h.cert()) {
+                Ok(id) if id == h.id() && expired(h.cert()) => Some(format!(
+                    "{}'s certificate {cert} has expired: rotate the cluster's certificates \
+                     (`fragmenta certs --config <this config file> --force`)",
+                    h.id()
+                )),
+                Ok(id) if id == h.id() => None,
+                Ok(id) => Some(format!(
+                    "{}'s certificate {cert} is {id}'s: give each host its own certificate \
+                     (`fragmenta certs --config <this config file> --force`)",
+                    h.id()
+                )),
+                Err(e) => Some(format!("{}'s certificate: {e}", h.id())),
+            }
+        })
+        .collect()
 }
 
 /// The `status` report: cluster settings and a table of hosts.
@@ -238,10 +344,10 @@ fn render_status(config: &ClusterConfig, path: &Path) -> String {
         .iter()
         .map(|h| {
             let certs = match (h.cert().is_file(), h.key().is_file()) {
-                (true, true) => "ok",
-                (false, true) => "missing cert",
-                (true, false) => "missing key",
-                (false, false) => "missing cert+key",
+                (true, true) => certificate_state(h).unwrap_or_else(|| "ok".to_owned()),
+                (false, true) => "missing cert".to_owned(),
+                (true, false) => "missing key".to_owned(),
+                (false, false) => "missing cert+key".to_owned(),
             };
             [
                 h.id().0.to_string(),
@@ -249,7 +355,7 @@ fn render_status(config: &ClusterConfig, path: &Path) -> String {
                 h.sub_cluster().to_string(),
                 h.cores().to_string(),
                 h.gpus().to_string(),
-                certs.to_owned(),
+                certs,
             ]
         })
         .collect();
@@ -336,11 +442,11 @@ mod tests {
             let path = config_in(dir.path(), folder);
             let config = ClusterConfig::load(&path).expect("valid");
             assert!(config.check_files().is_err());
-            certs_for_config(&path, false).expect("generates");
+            certs_for_config(&path, false, &Default::default()).expect("generates");
             assert_eq!(config.check_files(), Ok(()));
-            let err = certs_for_config(&path, false).expect_err("CA exists");
+            let err = certs_for_config(&path, false, &Default::default()).expect_err("CA exists");
             assert!(err.to_string().contains("--force"), "{err}");
-            certs_for_config(&path, true).expect("--force regenerates");
+            certs_for_config(&path, true, &Default::default()).expect("--force regenerates");
         }
     }
 
@@ -352,7 +458,7 @@ mod tests {
                     cert = \"node3/cert.pem\"\nkey = \"node3/private/key.pem\"\n";
         let path = dir.path().join("c.toml");
         std::fs::write(&path, text).expect("write");
-        certs_for_config(&path, false).expect("generates");
+        certs_for_config(&path, false, &Default::default()).expect("generates");
         let config = ClusterConfig::load(&path).expect("valid");
         assert_eq!(config.check_files(), Ok(()));
         assert!(dir.path().join("pki/cluster-ca.key").is_file());
@@ -380,12 +486,164 @@ mod tests {
             lines[2],
             "1   127.0.0.1:47101  0            2      1     missing cert+key"
         );
-        certs_for_config(&path, false).expect("generates");
+        certs_for_config(&path, false, &Default::default()).expect("generates");
         let after = render_status(&config, &path);
         assert!(after.contains("ca.pem (present)"), "{after}");
         assert!(
             after.lines().skip(4).all(|l| l.ends_with("  ok")),
             "{after}"
         );
+    }
+
+    #[test]
+    fn certs_refuses_an_empty_cluster_name_and_the_reserved_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("certs");
+        let out_arg = out.to_str().expect("utf-8 path");
+        for name in ["", "  ", "a\nb"] {
+            let cli = Cli::try_parse_from([
+                "fragmenta",
+                "certs",
+                "--out",
+                out_arg,
+                "--hosts",
+                "0",
+                "--cluster",
+                name,
+            ])
+            .expect("parses");
+            let err = run(cli).expect_err("refused");
+            assert!(err.to_string().contains("--cluster"), "{err}");
+        }
+        let cli = Cli::try_parse_from([
+            "fragmenta",
+            "certs",
+            "--out",
+            out_arg,
+            "--hosts",
+            "0,4294967295",
+        ])
+        .expect("parses");
+        let err = run(cli).expect_err("refused");
+        assert!(err.to_string().contains("reserved"), "{err}");
+        assert!(!out.exists(), "nothing written");
+    }
+
+    #[test]
+    fn certs_validity_days_sets_the_host_certificates_lifetime() {
+        assert!(Cli::try_parse_from([
+            "fragmenta",
+            "certs",
+            "--out",
+            "d",
+            "--hosts",
+            "0",
+            "--validity-days",
+            "0"
+        ])
+        .is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("certs");
+        let cli = Cli::try_parse_from([
+            "fragmenta",
+            "certs",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--hosts",
+            "0",
+            "--validity-days",
+            "30",
+        ])
+        .expect("parses");
+        run(cli).expect("generates");
+        let pem = std::fs::read(out.join("host-0.pem")).expect("cert");
+        let ders: Vec<_> = rustls_pki_types::pem::PemObject::pem_slice_iter(&pem)
+            .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
+            .expect("pem");
+        let (_, cert) = x509_parser::parse_x509_certificate(&ders[0]).expect("x509");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let days = (cert.validity().not_after.timestamp() - now) / 86_400;
+        assert!((29..=30).contains(&days), "{days}");
+    }
+
+    #[test]
+    fn status_names_a_host_holding_another_hosts_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config_in(dir.path(), "certs");
+        certs_for_config(&path, false, &Default::default()).expect("generates");
+        let config = ClusterConfig::load(&path).expect("valid");
+        assert!(certificate_problems(&config).is_empty());
+        // Host 1 gets host 0's certificate and key.
+        let certs = dir.path().join("certs");
+        std::fs::copy(certs.join("host-0.pem"), certs.join("host-1.pem")).expect("copy");
+        std::fs::copy(certs.join("host-0.key"), certs.join("host-1.key")).expect("copy");
+        let status = render_status(&config, &path);
+        let row = status.lines().last().expect("host 1's row");
+        assert!(
+            row.starts_with("1 ") && row.ends_with("cert is host-0's"),
+            "{status}"
+        );
+        let problems = certificate_problems(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("host-1's certificate") && problems[0].contains("is host-0's")
+        );
+    }
+
+    #[test]
+    fn status_names_an_expired_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config_in(dir.path(), "certs");
+        let config = ClusterConfig::load(&path).expect("valid");
+        let now = certs::CertOptions {
+            host_validity: Duration::ZERO,
+        };
+        certs::generate_with(
+            &dir.path().join("certs"),
+            "t",
+            &[HostId(0), HostId(1)],
+            &now,
+        )
+        .expect("generates");
+        // Valid until this very second.
+        std::thread::sleep(Duration::from_millis(1100));
+        let status = render_status(&config, &path);
+        assert!(
+            status
+                .lines()
+                .skip(4)
+                .all(|l| l.ends_with("  cert expired")),
+            "{status}"
+        );
+        let problems = certificate_problems(&config);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("expired") && problems[0].contains("--force"));
+    }
+
+    #[test]
+    fn errors_show_each_cause_once() {
+        let e = anyhow::Error::from(crate::launch::LaunchError::Spawn {
+            program: "/nonexistent".into(),
+            host: HostId(0),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
+        let text = render_error(&e);
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        let e = e.context("launching");
+        assert!(render_error(&e).starts_with("launching: cannot start"));
+    }
+
+    #[test]
+    fn host_counts_are_pluralised() {
+        assert_eq!(hosts_phrase(1), "1 host");
+        assert_eq!(hosts_phrase(0), "0 hosts");
+        assert_eq!(hosts_phrase(4), "4 hosts");
     }
 }

@@ -94,6 +94,16 @@ pub enum LaunchError {
     /// `-n 0`.
     #[error("the number of hosts (-n) must be at least 1")]
     NoHosts,
+    /// More hosts requested than this machine can start.
+    #[error("-n {requested}: this machine can start at most {limit} hosts ({reason})")]
+    BeyondMachine {
+        /// Hosts requested.
+        requested: usize,
+        /// The most this machine can start.
+        limit: usize,
+        /// Which of the machine's limits sets it.
+        reason: String,
+    },
     /// More hosts requested than the configuration lists.
     #[error("-n {requested}: the cluster config {} lists only {available} hosts", config.display())]
     TooManyHosts {
@@ -167,6 +177,14 @@ pub fn launch(opts: LaunchOptions) -> Result<i32, LaunchError> {
     if opts.hosts == 0 {
         return Err(LaunchError::NoHosts);
     }
+    let (limit, reason) = machine_host_limit(opts.config.is_none());
+    if opts.hosts > limit {
+        return Err(LaunchError::BeyondMachine {
+            requested: opts.hosts,
+            limit,
+            reason,
+        });
+    }
     let prepared = match &opts.config {
         Some(path) => {
             if opts.cores.is_some() {
@@ -238,6 +256,59 @@ pub fn launch(opts: LaunchOptions) -> Result<i32, LaunchError> {
     drop(prepared);
 
     Ok(children.first().and_then(|c| c.status).map_or(1, exit_code))
+}
+
+/// Descriptors the launcher holds per host (its two output pipes, and a UDP socket while it
+/// picks ports), and those it needs besides.
+const FDS_PER_HOST: u64 = 3;
+const FDS_SPARE: u64 = 64;
+
+/// The most hosts this machine lets the launcher start, and which limit sets it: the user's
+/// process limit (`ulimit -u`), the launcher's open-file limit (`ulimit -n`), and for a
+/// generated configuration the local port range (each host needs its own UDP port).
+fn machine_host_limit(generated: bool) -> (usize, String) {
+    let soft = |resource| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit for getrlimit to fill.
+        let ok = unsafe { libc::getrlimit(resource, &mut lim) } == 0;
+        (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+    };
+    let mut limits: Vec<(u64, String)> = Vec::new();
+    if let Some(n) = soft(libc::RLIMIT_NPROC) {
+        limits.push((n, format!("the process limit, ulimit -u, is {n}")));
+    }
+    if let Some(n) = soft(libc::RLIMIT_NOFILE) {
+        limits.push((
+            n.saturating_sub(FDS_SPARE) / FDS_PER_HOST,
+            format!("the open-file limit, ulimit -n, is {n}, and each host needs {FDS_PER_HOST}"),
+        ));
+    }
+    if generated {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| {
+                let mut it = text.split_whitespace().map(str::parse::<u64>);
+                match (it.next(), it.next()) {
+                    (Some(Ok(lo)), Some(Ok(hi))) if hi >= lo => Some((lo, hi)),
+                    _ => None,
+                }
+            });
+        let (lo, hi) = range.unwrap_or((1024, 65535));
+        limits.push((
+            hi - lo + 1,
+            format!("each host needs a UDP port of the local port range {lo}-{hi}"),
+        ));
+    }
+    // Host ids of a generated configuration are 0..n, below the reserved u32::MAX.
+    limits.push((u64::from(u32::MAX), "host ids are 32-bit".to_owned()));
+    let (n, reason) = limits
+        .into_iter()
+        .min_by_key(|(n, _)| *n)
+        .unwrap_or((u64::from(u32::MAX), String::new()));
+    (usize::try_from(n).unwrap_or(usize::MAX), reason)
 }
 
 /// A started child.
@@ -494,6 +565,21 @@ mod tests {
     fn exit_codes_follow_the_shell_convention() {
         assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
         assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+    }
+
+    #[test]
+    fn launching_more_hosts_than_the_machine_can_start_is_refused_at_once() {
+        let (limit, reason) = machine_host_limit(true);
+        assert!(limit >= 1, "{reason}");
+        let err =
+            launch(LaunchOptions::new(3_000_000_000, "/bin/true", ["x"; 0])).expect_err("refused");
+        assert!(
+            matches!(&err, LaunchError::BeyondMachine { requested: 3_000_000_000, limit: l, .. } if *l == limit),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&format!("at most {limit} hosts")), "{text}");
+        assert!(text.contains("ulimit") || text.contains("port"), "{text}");
     }
 
     #[test]

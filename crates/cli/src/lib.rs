@@ -3,9 +3,10 @@
 //!
 //! ```text
 //! fragmenta launch -n N [--config FILE] [--cores C] [--grace-ms MS] -- PROG ARGS...
-//! fragmenta certs --config FILE [--force]
-//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--force]
+//! fragmenta certs --config FILE [--validity-days DAYS] [--force]
+//! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--validity-days DAYS] [--force]
 //! fragmenta status --config FILE
+//! fragmenta secret [FILE]
 //! ```
 //!
 //! `launch` is also a library function, [`launch()`], so that tests and tools can start local
@@ -13,6 +14,7 @@
 
 mod commands;
 mod launch;
+mod secret;
 mod signals;
 
 pub use launch::{launch, LaunchError, LaunchOptions, DEFAULT_GRACE};

@@ -414,17 +414,21 @@ fn default_cores() -> u32 {
         .unwrap_or(1)
 }
 
+/// Checks a cluster name by the rules of `cluster.name` (not empty or blank, no control
+/// characters); `field` names where it came from in the error.
+pub fn check_cluster_name(name: &str, field: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
 fn validate(file: ConfigFile, base_dir: &Path) -> Result<ClusterConfig, ConfigError> {
     let c = file.cluster;
-    if c.name.trim().is_empty() {
-        return Err(invalid("cluster.name", "must not be empty"));
-    }
-    if c.name.chars().any(char::is_control) {
-        return Err(invalid(
-            "cluster.name",
-            "must not contain control characters",
-        ));
-    }
+    check_cluster_name(&c.name, "cluster.name")?;
     let ca_cert = resolve_path(base_dir, &c.ca_cert, "cluster.ca_cert")?;
     if file.hosts.is_empty() {
         return Err(invalid(
@@ -442,9 +446,15 @@ fn validate(file: ConfigFile, base_dir: &Path) -> Result<ClusterConfig, ConfigEr
         let id = u32::try_from(h.id).map_err(|_| {
             invalid(
                 field("id"),
-                format!("must be between 0 and {}, got {}", u32::MAX, h.id),
+                format!("must be between 0 and {}, got {}", u32::MAX - 1, h.id),
             )
         })?;
+        if HostId(id) == HostId::UNASSIGNED {
+            return Err(ConfigError::ReservedHostId {
+                field: field("id"),
+                id,
+            });
+        }
         if let Some(first) = ids.insert(id, i) {
             return Err(invalid(
                 field("id"),

@@ -82,6 +82,18 @@ pub enum ConfigError {
         /// The rule it breaks.
         reason: String,
     },
+    /// A host id that is reserved: `4294967295` (`u32::MAX`) is `HostId::UNASSIGNED`, the
+    /// marker of a fragment assigned to no host, and can never be a real host's.
+    #[error(
+        "invalid `{field}`: {id} is reserved (it marks a fragment assigned to no host); \
+         use an id below {id}"
+    )]
+    ReservedHostId {
+        /// Path of the id field, e.g. `host[1].id`.
+        field: String,
+        /// The id.
+        id: u32,
+    },
     /// A file the configuration names does not exist (see `ClusterConfig::check_files`).
     #[error(
         "`{field}` names {path}, which does not exist; \
@@ -134,6 +146,9 @@ pub enum ConfigError {
         /// The number of hosts in the configuration.
         hosts: usize,
     },
+    /// A launcher was detected but its variables are unusable.
+    #[error(transparent)]
+    Launcher(#[from] crate::launcher::LauncherError),
     /// No host id anywhere: not on the command line nor in the environment.
     #[error(
         "cannot tell which host this process is: pass --host-id, set FRAGMENTA_HOST_ID, \

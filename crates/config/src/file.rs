@@ -64,7 +64,8 @@ pub struct HostSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastio_capacity_mib: Option<i64>,
     /// Unix socket on which the host serves its Fast I/O context to other processes; default:
-    /// `fragmenta-<uid>/<cluster>-host<id>.sock` in `$XDG_RUNTIME_DIR` or the temporary folder.
+    /// `fragmenta-<uid>/<cluster>-<n>-host<id>.<pid>.sock` in `$XDG_RUNTIME_DIR` or the
+    /// temporary folder (at most 107 bytes: the limit of a Unix socket path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastio_socket: Option<String>,
     /// The host's certificate (PEM), relative to the config file's folder.

@@ -2,7 +2,9 @@
 //! settings, its validation, and the choice of which host this process is.
 //!
 //! This crate owns the file format and its checks; it opens no sockets and reads no
-//! certificates (it only checks that they exist, on request).
+//! certificates (it only checks that they exist, on request). It also reads what a launcher
+//! says about this process ([`launcher`]: Open MPI, PMI, a Slurm step) and expands Slurm
+//! hostlists ([`hostlist`]).
 //!
 //! ```toml
 //! [cluster]
@@ -58,12 +60,14 @@
 mod cluster;
 mod error;
 mod file;
+pub mod hostlist;
+pub mod launcher;
 mod locate;
 mod select;
 
 pub use cluster::{
-    ClusterConfig, HostConfig, DEFAULT_FAILURE_TIMEOUT_MS, DEFAULT_HEARTBEAT_INTERVAL_MS,
-    DEFAULT_MIN_HOSTS_TIMEOUT_MS,
+    check_cluster_name, ClusterConfig, HostConfig, DEFAULT_FAILURE_TIMEOUT_MS,
+    DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MIN_HOSTS_TIMEOUT_MS,
 };
 pub use error::{ConfigError, HostIdOrigin};
 pub use file::{ClusterSection, ConfigFile, HostSection};

@@ -9,9 +9,10 @@ use crate::ClusterConfig;
 pub const CONFIG_ENV: &str = "FRAGMENTA_CONFIG";
 /// Environment variable with this process's host id (set by `fragmenta launch`).
 pub const HOST_ID_ENV: &str = "FRAGMENTA_HOST_ID";
-/// Rank variables of other launchers (Slurm, Open MPI, MPICH/PMI), in the order they are
-/// consulted. A rank `r` selects the `r`-th host of the configuration, in file order.
-pub const RANK_ENVS: [&str; 3] = ["SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"];
+/// Rank variables of other launchers, in the order [`detect_with`](crate::launcher::detect_with)
+/// consults them (Open MPI, PMI, then a Slurm step). A rank `r` selects the `r`-th host of the
+/// configuration, in file order. `SLURM_PROCID` counts only inside a step (`SLURM_STEP_ID` set).
+pub const RANK_ENVS: [&str; 3] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"];
 
 /// Chooses this process's host, reading the process environment; see [`resolve_host_id_with`].
 pub fn resolve_host_id(config: &ClusterConfig, cli: Option<u32>) -> Result<HostId, ConfigError> {
@@ -21,7 +22,8 @@ pub fn resolve_host_id(config: &ClusterConfig, cli: Option<u32>) -> Result<HostI
 /// Chooses this process's host, reading variables through `lookup` (`None` = not set).
 ///
 /// Precedence: the command line (`cli`), then [`HOST_ID_ENV`] (a host id), then the first set
-/// variable of [`RANK_ENVS`] (a rank: the rank-th host in config order). A value that is set
+/// the rank of the launcher [`detect_with`](crate::launcher::detect_with) finds (the rank-th
+/// host in config order; a batch shell is no launcher). A value that is set
 /// but unusable is an error naming the variable and the value; it does not fall through to
 /// the next source. Surrounding whitespace is ignored.
 pub fn resolve_host_id_with(
@@ -44,22 +46,13 @@ pub fn resolve_host_id_with(
             })?;
         return known_id(config, origin, id);
     }
-    for var in RANK_ENVS {
-        let Some(value) = lookup(var) else { continue };
-        let rank = value
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| ConfigError::NotANumber {
-                origin: HostIdOrigin::Env(var),
-                value: value.clone(),
-                what: "rank",
-            })?;
-        let host = usize::try_from(rank)
+    if let Some(launch) = crate::launcher::detect_with(&lookup)? {
+        let host = usize::try_from(launch.rank)
             .ok()
             .and_then(|r| config.hosts().get(r))
             .ok_or(ConfigError::RankOutOfRange {
-                var,
-                rank,
+                var: launch.rank_var,
+                rank: u64::from(launch.rank),
                 hosts: config.hosts().len(),
             })?;
         return Ok(host.id());

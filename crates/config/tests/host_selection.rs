@@ -84,25 +84,51 @@ fn host_id_env_errors_name_variable_and_value() {
 }
 
 #[test]
-fn launcher_ranks_pick_hosts_in_config_order_slurm_first() {
+fn launcher_ranks_pick_hosts_in_config_order_open_mpi_first() {
+    // mpirun inside an sbatch job: every rank inherits its daemons' step, SLURM_PROCID=0.
+    let step = [
+        ("SLURM_JOB_ID", "5"),
+        ("SLURM_STEP_ID", "0"),
+        ("SLURM_PROCID", "0"),
+        ("SLURM_STEP_NUM_TASKS", "1"),
+        ("SLURM_STEP_NODELIST", "n1"),
+    ];
+    let mut env = step.to_vec();
+    env.extend([("OMPI_COMM_WORLD_RANK", "2"), ("OMPI_COMM_WORLD_SIZE", "3")]);
+    assert_eq!(resolve(None, &env), Ok(HostId(30)));
+    assert_eq!(
+        resolve(None, &[("PMI_RANK", "1"), ("PMI_SIZE", "3")]),
+        Ok(HostId(20))
+    );
+    let mut env = step.to_vec();
+    env[2] = ("SLURM_PROCID", "1");
+    env[3] = ("SLURM_STEP_NUM_TASKS", "3");
+    assert_eq!(resolve(None, &env), Ok(HostId(20)));
+}
+
+#[test]
+fn a_batch_shell_is_no_rank() {
+    // SLURM_PROCID of a batch script describes the allocation, not this process.
     assert_eq!(
         resolve(
             None,
-            &[("SLURM_PROCID", "1"), ("OMPI_COMM_WORLD_RANK", "2")]
+            &[
+                ("SLURM_JOB_ID", "5"),
+                ("SLURM_PROCID", "0"),
+                ("SLURM_NTASKS", "4")
+            ]
         ),
-        Ok(HostId(20))
+        Err(ConfigError::NoHostId)
     );
-    assert_eq!(
-        resolve(None, &[("OMPI_COMM_WORLD_RANK", "2"), ("PMI_RANK", "0")]),
-        Ok(HostId(30))
-    );
-    assert_eq!(resolve(None, &[("PMI_RANK", "0")]), Ok(HostId(10)));
 }
 
 #[test]
 fn rank_errors_name_variable_and_value() {
     assert_eq!(
-        resolve(None, &[("OMPI_COMM_WORLD_RANK", "3")]),
+        resolve(
+            None,
+            &[("OMPI_COMM_WORLD_RANK", "3"), ("OMPI_COMM_WORLD_SIZE", "4")]
+        ),
         Err(ConfigError::RankOutOfRange {
             var: "OMPI_COMM_WORLD_RANK",
             rank: 3,
@@ -110,12 +136,14 @@ fn rank_errors_name_variable_and_value() {
         })
     );
     assert_eq!(
-        resolve(None, &[("PMI_RANK", "-1")]),
-        Err(ConfigError::NotANumber {
-            origin: HostIdOrigin::Env("PMI_RANK"),
-            value: "-1".into(),
-            what: "rank"
-        })
+        resolve(None, &[("PMI_RANK", "-1"), ("PMI_SIZE", "4")]),
+        Err(ConfigError::Launcher(
+            fragmenta_config::launcher::LauncherError::NotANumber {
+                var: "PMI_RANK",
+                value: "-1".into(),
+                what: "rank"
+            }
+        ))
     );
 }
 

@@ -163,8 +163,32 @@ fn duplicate_host_id() {
 fn negative_host_id() {
     assert_eq!(
         load(&with("id = 5", "id = -5")),
-        invalid("host[2].id", "must be between 0 and 4294967295, got -5")
+        invalid("host[2].id", "must be between 0 and 4294967294, got -5")
     );
+}
+
+#[test]
+fn unassigned_marker_is_not_a_host_id() {
+    // 4294967295 is `HostId::UNASSIGNED`: a host with it would run the fragments a job left
+    // unassigned.
+    assert_eq!(HostId::UNASSIGNED.0, 4294967295);
+    let err = load(&with("id = 5", "id = 4294967295")).expect_err("reserved");
+    assert_eq!(
+        err,
+        ConfigError::ReservedHostId {
+            field: "host[2].id".into(),
+            id: u32::MAX,
+        }
+    );
+    assert!(err.to_string().contains("reserved"), "{err}");
+    assert_eq!(
+        load(&with("id = 5", "id = 4294967296")),
+        invalid(
+            "host[2].id",
+            "must be between 0 and 4294967294, got 4294967296"
+        )
+    );
+    assert!(load(&with("id = 5", "id = 4294967294")).is_ok());
 }
 
 #[test]

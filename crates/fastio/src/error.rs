@@ -101,12 +101,29 @@ pub enum FastIoError {
     Protocol(Cow<'static, str>),
     /// The socket path or its directory is not safe to use: not owned by this user, readable by
     /// others, a symlink, or not a socket.
-    #[error("refusing insecure socket path {path}: {reason}")]
+    #[error(
+        "refusing insecure socket path {path}: {reason} (choose a folder only you can use: \
+         set the host's `fastio_socket`, or XDG_RUNTIME_DIR)"
+    )]
     InsecurePath {
         /// The offending path.
         path: String,
         /// Why it is refused.
         reason: Cow<'static, str>,
+    },
+    /// The socket path is longer than the system allows
+    /// ([`MAX_SOCKET_PATH`](crate::MAX_SOCKET_PATH) bytes).
+    #[error(
+        "socket path {path} is {len} bytes, longer than the {max} a Unix socket allows; \
+         choose a shorter `fastio_socket`"
+    )]
+    SocketPathTooLong {
+        /// The path.
+        path: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest path allowed.
+        max: usize,
     },
     /// Another server is already listening on the socket path.
     #[error("a server is already listening on {0}")]

@@ -102,6 +102,7 @@ mod alloc;
 mod core;
 mod error;
 mod local;
+mod path;
 mod proto;
 mod remote;
 mod server;
@@ -111,8 +112,9 @@ mod types;
 pub use crate::alloc::{Allocation, ReadGuard, WriteGuard};
 pub use crate::error::{FastIoError, IoOp, Result};
 pub use crate::local::LocalContext;
+pub use crate::path::{default_socket_dir, default_socket_path, socket_file_name, MAX_SOCKET_PATH};
 pub use crate::remote::RemoteContext;
-pub use crate::server::ContextServer;
+pub use crate::server::{ContextServer, ServerLimits};
 pub use crate::sys::shmem_huge_pages;
 pub use crate::types::{
     ContextStats, Element, ElementType, HandleId, MapMode, MemId, Metadata, OwnerId, MAX_DIMS,

@@ -94,7 +94,16 @@ impl LocalContext {
     /// Serves this context to other processes on a Unix socket at `socket_path` (see
     /// [`ContextServer::start`]).
     pub fn serve(&self, socket_path: impl AsRef<Path>) -> Result<ContextServer> {
-        ContextServer::serve_core(Arc::clone(&self.core), socket_path.as_ref())
+        self.serve_with(socket_path, crate::ServerLimits::default())
+    }
+
+    /// [`serve`](Self::serve) with other [`ServerLimits`](crate::ServerLimits).
+    pub fn serve_with(
+        &self,
+        socket_path: impl AsRef<Path>,
+        limits: crate::ServerLimits,
+    ) -> Result<ContextServer> {
+        ContextServer::serve_core(Arc::clone(&self.core), socket_path.as_ref(), limits)
     }
 }
 

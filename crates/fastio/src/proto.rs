@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -118,25 +119,51 @@ pub(crate) fn send<T: Serialize>(
 }
 
 /// Reads one request on the server (descriptors a client attaches are discarded by the kernel).
-pub(crate) fn read_request(stream: &mut UnixStream) -> Result<ToServer, FrameError> {
+///
+/// `stream` must have a read timeout (the server sets its frame timeout once per connection):
+/// the wait for a request to begin goes on across timeouts (a client may hold its connection
+/// idle), but once its first byte has arrived the whole frame must arrive within
+/// `frame_timeout`, or it is [`FrameError::Malformed`] (a client that sends part of a frame and
+/// stalls). No system call is added to a request that arrives whole.
+pub(crate) fn read_request(
+    stream: &mut UnixStream,
+    frame_timeout: Duration,
+) -> Result<ToServer, FrameError> {
+    let timed_out = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )
+    };
     let mut header = [0u8; 4];
     let mut got = 0;
-    while got < 4 {
-        match stream.read(&mut header[got..]) {
-            Ok(0) if got == 0 => return Err(FrameError::Closed),
-            Ok(0) => return Err(FrameError::Malformed("connection closed inside a frame")),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+    while got == 0 {
+        match stream.read(&mut header) {
+            Ok(0) => return Err(FrameError::Closed),
+            Ok(n) => got = n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || timed_out(&e) => {}
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
-    let mut body = vec![0u8; body_len(header)?];
-    stream.read_exact(&mut body).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => {
-            FrameError::Malformed("connection closed inside a frame")
+    let deadline = Instant::now() + frame_timeout;
+    let mut read_by_deadline = |buf: &mut [u8]| -> Result<(), FrameError> {
+        let mut got = 0;
+        while got < buf.len() {
+            if Instant::now() >= deadline {
+                return Err(FrameError::Malformed("request frame not completed in time"));
+            }
+            match stream.read(&mut buf[got..]) {
+                Ok(0) => return Err(FrameError::Malformed("connection closed inside a frame")),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted || timed_out(&e) => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
         }
-        _ => FrameError::Io(e),
-    })?;
+        Ok(())
+    };
+    read_by_deadline(&mut header[got..])?;
+    let mut body = vec![0u8; body_len(header)?];
+    read_by_deadline(&mut body)?;
     decode(&body)
 }
 
@@ -184,19 +211,26 @@ mod tests {
     #[test]
     fn oversized_and_garbage_frames_are_malformed() {
         let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         std::io::Write::write_all(&mut a, &(MAX_FRAME as u32 + 1).to_le_bytes()).unwrap();
         assert!(matches!(
-            read_request(&mut b),
+            read_request(&mut b, Duration::from_secs(5)),
             Err(FrameError::Malformed(_))
         ));
         std::io::Write::write_all(&mut a, &[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
         assert!(matches!(
-            read_request(&mut b),
+            read_request(&mut b, Duration::from_secs(5)),
             Err(FrameError::Malformed(_))
         ));
         send(&a, &ToServer::Stats, None).unwrap();
-        assert!(matches!(read_request(&mut b), Ok(ToServer::Stats)));
+        assert!(matches!(
+            read_request(&mut b, Duration::from_secs(5)),
+            Ok(ToServer::Stats)
+        ));
         drop(a);
-        assert!(matches!(read_request(&mut b), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_request(&mut b, Duration::from_secs(5)),
+            Err(FrameError::Closed)
+        ));
     }
 }

@@ -98,6 +98,7 @@ pub struct RemoteContext {
 impl RemoteContext {
     /// Connects to the server listening on `socket_path`. The server must run as the same user.
     pub fn connect(socket_path: impl AsRef<Path>) -> Result<RemoteContext> {
+        crate::path::check_len(socket_path.as_ref())?;
         let stream = UnixStream::connect(socket_path.as_ref())
             .map_err(|e| FastIoError::io(IoOp::Connect, &e))?;
         let uid = crate::sys::peer_uid(&stream).map_err(|e| FastIoError::io(IoOp::Connect, &e))?;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -20,6 +21,27 @@ use crate::proto::{self, FrameError, FromServer, ToServer};
 use crate::sys;
 use crate::types::{ContextStats, OwnerId};
 
+/// Bounds on what clients of a [`ContextServer`] may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Client connections served at once (default 256); one more is closed at once (its
+    /// requests then fail with [`FastIoError::Disconnected`]).
+    pub max_clients: usize,
+    /// Once a request's first byte has arrived, the rest must arrive within this (default 5 s;
+    /// at least 1 ms) or the connection is closed, and a reply must be taken within it; an
+    /// idle connection between requests is kept.
+    pub frame_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_clients: 256,
+            frame_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     stop: AtomicBool,
@@ -27,7 +49,9 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// Serves a Fast I/O context on a Unix socket; one thread per client connection.
+/// Serves a Fast I/O context on a Unix socket; one thread per client connection, at most
+/// [`ServerLimits::max_clients`] of them, each closed when a request stalls mid-frame for
+/// [`ServerLimits::frame_timeout`].
 ///
 /// The socket is created with mode 0600 inside a directory only the owner can access (created
 /// with mode 0700 if missing). Every reference and map lock a client takes is tracked against
@@ -49,12 +73,25 @@ impl ContextServer {
     /// Errors: [`FastIoError::InsecurePath`] if the directory is not owned by this user, is
     /// accessible by others or is a symlink, or if `socket_path` exists and is not a socket
     /// owned by this user (a stale socket of ours is replaced);
-    /// [`FastIoError::AddressInUse`] if a server is listening there.
+    /// [`FastIoError::AddressInUse`] if a server is listening there;
+    /// [`FastIoError::SocketPathTooLong`] beyond [`MAX_SOCKET_PATH`](crate::MAX_SOCKET_PATH)
+    /// bytes. Sockets that dead servers of this user left in the folder (named by
+    /// [`socket_file_name`](crate::socket_file_name)) are removed first.
     pub fn start(socket_path: impl AsRef<Path>, capacity: u64) -> Result<ContextServer> {
         LocalContext::new(capacity).serve(socket_path)
     }
 
-    pub(crate) fn serve_core(core: SharedCore, path: &Path) -> Result<ContextServer> {
+    pub(crate) fn serve_core(
+        core: SharedCore,
+        path: &Path,
+        limits: ServerLimits,
+    ) -> Result<ContextServer> {
+        crate::path::check_len(path)?;
+        // A zero socket timeout is refused by the system (and would mean none).
+        let limits = ServerLimits {
+            frame_timeout: limits.frame_timeout.max(Duration::from_millis(1)),
+            ..limits
+        };
         prepare_path(path)?;
         let listener = UnixListener::bind(path).map_err(|e| FastIoError::io(IoOp::Bind, &e))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
@@ -64,7 +101,7 @@ impl ContextServer {
             let (core, shared) = (Arc::clone(&core), Arc::clone(&shared));
             std::thread::Builder::new()
                 .name("fastio-accept".into())
-                .spawn(move || accept_loop(listener, core, shared))
+                .spawn(move || accept_loop(listener, core, shared, limits))
                 .map_err(|e| FastIoError::io(IoOp::Spawn, &e))?
         };
         tracing::info!(path = %path.display(), "fast i/o server listening");
@@ -157,6 +194,10 @@ fn prepare_path(path: &Path) -> Result<()> {
             "socket directory is accessible by other users",
         ));
     }
+    let stale = crate::path::remove_stale_sockets(dir);
+    if stale > 0 {
+        tracing::info!(dir = %dir.display(), stale, "removed sockets that dead servers left");
+    }
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(&e)),
@@ -175,7 +216,12 @@ fn prepare_path(path: &Path) -> Result<()> {
     }
 }
 
-fn accept_loop(listener: UnixListener, core: SharedCore, shared: Arc<Shared>) {
+fn accept_loop(
+    listener: UnixListener,
+    core: SharedCore,
+    shared: Arc<Shared>,
+    limits: ServerLimits,
+) {
     let uid = sys::effective_uid();
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
@@ -195,6 +241,14 @@ fn accept_loop(listener: UnixListener, core: SharedCore, shared: Arc<Shared>) {
                 continue;
             }
         }
+        let clients = shared.conns.lock().len();
+        if clients >= limits.max_clients {
+            tracing::warn!(
+                clients,
+                "too many Fast I/O clients; closing a new connection"
+            );
+            continue;
+        }
         let Ok(shutdown_handle) = stream.try_clone() else {
             continue;
         };
@@ -203,7 +257,7 @@ fn accept_loop(listener: UnixListener, core: SharedCore, shared: Arc<Shared>) {
         let (core2, shared2) = (Arc::clone(&core), Arc::clone(&shared));
         let spawned = std::thread::Builder::new()
             .name(format!("fastio-conn-{}", owner.0))
-            .spawn(move || serve_connection(stream, owner, core2, shared2));
+            .spawn(move || serve_connection(stream, owner, core2, shared2, limits));
         let mut threads = shared.threads.lock();
         threads.retain(|t| !t.is_finished());
         match spawned {
@@ -217,12 +271,29 @@ fn accept_loop(listener: UnixListener, core: SharedCore, shared: Arc<Shared>) {
     }
 }
 
-fn serve_connection(mut stream: UnixStream, owner: OwnerId, core: SharedCore, shared: Arc<Shared>) {
+fn serve_connection(
+    mut stream: UnixStream,
+    owner: OwnerId,
+    core: SharedCore,
+    shared: Arc<Shared>,
+    limits: ServerLimits,
+) {
     let span = tracing::debug_span!("fastio_conn", conn = owner.0);
     let _enter = span.enter();
     tracing::debug!("client connected");
+    // A request stalled mid-frame, or a client that stops reading its replies, must not hold
+    // this thread: reads and writes block at most the frame timeout (see `read_request`).
+    let timeouts = stream
+        .set_read_timeout(Some(limits.frame_timeout))
+        .and_then(|()| stream.set_write_timeout(Some(limits.frame_timeout)));
+    if let Err(e) = timeouts {
+        tracing::warn!(error = %e, "cannot set the socket timeouts; closing connection");
+        core.lock().disconnect(owner);
+        shared.conns.lock().remove(&owner);
+        return;
+    }
     loop {
-        let request = match proto::read_request(&mut stream) {
+        let request = match proto::read_request(&mut stream, limits.frame_timeout) {
             Ok(r) => r,
             Err(FrameError::Closed) => break,
             Err(FrameError::Io(e)) => {
@@ -299,6 +370,7 @@ mod tests {
     use crate::types::{HandleId, MapMode};
     use crate::{FastIo, RemoteContext};
     use std::io::{Read, Write};
+    use std::time::Duration;
 
     fn server() -> (tempfile::TempDir, ContextServer) {
         let dir = tempfile::tempdir().unwrap();
@@ -398,6 +470,178 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "{:?}", server.stats());
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+    }
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn clients_beyond_the_bound_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = ServerLimits {
+            max_clients: 2,
+            ..ServerLimits::default()
+        };
+        let server = LocalContext::new(1 << 20)
+            .serve_with(dir.path().join("run/s.sock"), limits)
+            .unwrap();
+        let a = RemoteContext::connect(server.socket_path()).unwrap();
+        let b = RemoteContext::connect(server.socket_path()).unwrap();
+        a.create(10).unwrap();
+        b.create(10).unwrap();
+        let c = RemoteContext::connect(server.socket_path()).unwrap();
+        assert_eq!(c.create(10).unwrap_err(), FastIoError::Disconnected);
+        assert_eq!(server.connections(), 2);
+        // A slot freed is a slot for the next client.
+        drop(a);
+        wait_for("a's connection to close", || server.connections() == 1);
+        let d = RemoteContext::connect(server.socket_path()).unwrap();
+        d.create(10).unwrap();
+        b.create(10).unwrap();
+    }
+
+    #[test]
+    fn a_request_stalled_mid_frame_closes_its_connection_and_idle_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = ServerLimits {
+            frame_timeout: Duration::from_millis(200),
+            ..ServerLimits::default()
+        };
+        let server = LocalContext::new(1 << 20)
+            .serve_with(dir.path().join("run/s.sock"), limits)
+            .unwrap();
+        let idle = RemoteContext::connect(server.socket_path()).unwrap();
+        // Half a length prefix, then silence.
+        let mut raw = UnixStream::connect(server.socket_path()).unwrap();
+        raw.write_all(&[8, 0]).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(raw.read(&mut buf).unwrap(), 0, "the server closes it");
+        // A whole header and part of a body, then silence.
+        let mut raw = UnixStream::connect(server.socket_path()).unwrap();
+        raw.write_all(&[8, 0, 0, 0, 1]).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(raw.read(&mut buf).unwrap(), 0, "the server closes it");
+        wait_for("the stalled connections to go", || {
+            server.connections() == 1
+        });
+        // A client idle for longer than the frame timeout is still served.
+        std::thread::sleep(Duration::from_millis(300));
+        idle.create(10).unwrap();
+    }
+
+    #[test]
+    fn a_socket_path_too_long_is_named_with_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = dir.path().join("x".repeat(crate::MAX_SOCKET_PATH));
+        let err = ContextServer::start(&long, 1).unwrap_err();
+        assert_eq!(
+            err,
+            FastIoError::SocketPathTooLong {
+                path: long.display().to_string(),
+                len: long.as_os_str().len(),
+                max: 107,
+            }
+        );
+        assert!(err.to_string().contains(&long.display().to_string()));
+        assert!(matches!(
+            RemoteContext::connect(&long),
+            Err(FastIoError::SocketPathTooLong { max: 107, .. })
+        ));
+        // The longest allowed path works.
+        let base = dir.path().join("run");
+        let room = crate::MAX_SOCKET_PATH - base.as_os_str().len() - 1;
+        let longest = base.join("y".repeat(room));
+        assert_eq!(longest.as_os_str().len(), crate::MAX_SOCKET_PATH);
+        let server = ContextServer::start(&longest, 1).unwrap();
+        RemoteContext::connect(server.socket_path()).unwrap();
+    }
+
+    #[test]
+    fn sockets_of_dead_servers_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir(&run).unwrap();
+        fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).unwrap();
+        // A process id that is dead: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = run.join(format!("old-host1.{dead}.sock"));
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(stale.exists(), "a dropped listener leaves its socket");
+        // Same dead id, but someone serves on it: kept.
+        let served = run.join(format!("other.{dead}.sock"));
+        let _listener = UnixListener::bind(&served).unwrap();
+        // Not a socket: kept.
+        let file = run.join(format!("file.{dead}.sock"));
+        fs::write(&file, b"keep").unwrap();
+        // A name without a process id: kept.
+        let plain = run.join("plain.sock");
+        drop(UnixListener::bind(&plain).unwrap());
+        // This process's own: kept.
+        let mine = run.join(crate::socket_file_name("mine"));
+        drop(UnixListener::bind(&mine).unwrap());
+
+        let server = ContextServer::start(run.join("new.sock"), 1).unwrap();
+        assert!(!stale.exists(), "the dead server's socket is removed");
+        for kept in [&served, &file, &plain, &mine] {
+            assert!(kept.exists(), "{} kept", kept.display());
+        }
+        drop(server);
+    }
+
+    #[test]
+    fn the_default_folder_falls_back_when_another_user_took_it() {
+        let base = tempfile::tempdir().unwrap();
+        // Only this test of the binary reads XDG_RUNTIME_DIR.
+        std::env::set_var("XDG_RUNTIME_DIR", base.path());
+        let uid = sys::effective_uid();
+        let preferred = base.path().join(format!("fragmenta-{uid}"));
+        assert_eq!(crate::default_socket_dir(), preferred, "made when missing");
+        assert_eq!(
+            fs::symlink_metadata(&preferred).unwrap().mode() & 0o777,
+            0o700
+        );
+        // Squatted: open to everyone (as another user's folder would be to us, or owned by
+        // another user where this test may change owners).
+        fs::set_permissions(&preferred, fs::Permissions::from_mode(0o777)).unwrap();
+        if uid == 0 {
+            std::os::unix::fs::chown(&preferred, Some(4242), Some(4242)).unwrap();
+        }
+        let fallback = crate::default_socket_dir();
+        assert_ne!(fallback, preferred);
+        assert!(fallback
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(&format!("fragmenta-{uid}-")));
+        assert_eq!(
+            fs::symlink_metadata(&fallback).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            crate::default_socket_dir(),
+            fallback,
+            "reused, not one per call"
+        );
+        let server = LocalContext::new(1 << 20)
+            .serve(crate::default_socket_path("test-host0"))
+            .unwrap();
+        assert!(server.socket_path().starts_with(&fallback));
+        RemoteContext::connect(server.socket_path()).unwrap();
+        // Serving in the squatted folder itself is refused, saying what to set.
+        let err = ContextServer::start(preferred.join("s.sock"), 1).unwrap_err();
+        assert!(err.to_string().contains("fastio_socket"), "{err}");
+        std::env::remove_var("XDG_RUNTIME_DIR");
     }
 
     #[test]

@@ -74,9 +74,17 @@ use serde::{de::DeserializeOwned, Serialize};
 /// no-op cancel).
 ///
 /// Serialization (DiCE `serialize`/`deserialize`) is serde: the initiator serializes the job
-/// once per remote host, and each remote host deserializes it once into a *replica* shared by
-/// all fragments that run there. Local fragments use the original. Fields that must not travel
-/// (counters, caches) take `#[serde(skip)]`.
+/// once per job, when it is submitted and another host is up to receive it (the same bytes go to
+/// every remote host that runs fragments of it), and each remote host deserializes it once into
+/// a *replica* shared by all fragments that run there. Local fragments use the original. Fields
+/// that must not travel (counters, caches) take `#[serde(skip)]`.
+///
+/// Which instance runs what: [`execute_fragment`](Self::execute_fragment) runs on the original;
+/// [`execute_fragment_remote`](Self::execute_fragment_remote) runs on a replica, except for a
+/// CLUSTER fragment reassigned after a host failure once chunks of its earlier attempt were
+/// delivered: that one reruns `execute_fragment_remote` wherever it is placed next, the
+/// initiator's **original instance** included, so the chunks already delivered are skipped by
+/// sequence number. Write `execute_fragment_remote` so it also works on the original.
 ///
 /// `Sync` is required because fragments run concurrently on one instance (DiCE: "all accesses to
 /// instance data need to be properly serialized").
@@ -96,7 +104,9 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
     );
 
     /// Runs fragment `index` of `count` on a remote host, on that host's replica, writing
-    /// results to `result` (DiCE `execute_fragment_remote`). Every `flush()` becomes exactly one
+    /// results to `result` (DiCE `execute_fragment_remote`). It may also run on the initiator's
+    /// original instance: a CLUSTER fragment whose attempt on a failed host already delivered
+    /// chunks runs this method again wherever it is reassigned, the initiator included. Every `flush()` becomes exactly one
     /// [`receive_remote_result`](Self::receive_remote_result) call on the initiator, even when
     /// empty; returning flushes the rest (one more call). An error fails the fragment.
     ///
@@ -119,9 +129,11 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 
     /// Receives one chunk of fragment `index`'s remote result, on the original instance (DiCE
-    /// `receive_remote_result`). Calls for different fragments may be concurrent when
-    /// [`allow_non_sequential_chunks`](Self::allow_non_sequential_chunks) is true; otherwise
-    /// they come one at a time in ascending (fragment, chunk) order. Default: ignores the chunk.
+    /// `receive_remote_result`). The calls for one job come one at a time, never concurrently
+    /// (other jobs' deliveries run in parallel): in ascending (fragment, chunk) order, or in
+    /// arrival order when [`allow_non_sequential_chunks`](Self::allow_non_sequential_chunks) is
+    /// true. A panic here fails the fragment (`FailureReason::ReceivePanicked`); its later chunks
+    /// are not delivered. Default: ignores the chunk.
     fn receive_remote_result(
         &self,
         result: &mut ResultReader,
@@ -134,8 +146,11 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Returns the buffer the result of remote fragment `index` should land in, or `None` to use
     /// [`execute_fragment_remote`](Self::execute_fragment_remote) (DiCE
-    /// `get_rdma_result_buffer`). Called on the initiator, only for fragments that run remotely.
-    /// The buffer must hold the largest result the fragment can produce. Default: `None`.
+    /// `get_rdma_result_buffer`). Called on the initiator: for fragment 0 when a job that may run
+    /// remotely is submitted (a buffer there selects the RDMA result path for the whole job,
+    /// even if fragment 0 then runs on the initiator), and for each other fragment when it is
+    /// dispatched to a remote host. The buffer must hold the largest result the fragment can
+    /// produce. Default: `None`.
     fn get_rdma_result_buffer(&self, rdma: &RdmaContext, index: usize) -> Option<RdmaBuffer> {
         let _ = (rdma, index);
         None

@@ -22,6 +22,15 @@ pub enum FailureReason {
     /// The remote host could not deserialize the job; the decoder's message.
     #[error("the job could not be deserialized on the remote host: {0}")]
     Deserialize(String),
+    /// The fragment was placed on a host without a GPU although the job has a GPU load (a
+    /// USER_DEFINED assignment to a GPU-less host); it never ran.
+    #[error("{0} has no GPU and the job has a GPU load")]
+    NoGpu(HostId),
+    /// The fragment ran, but `receive_remote_result` (or `receive_remote_result_rdma`)
+    /// panicked on the initiator while receiving its result, so the result was lost there; the
+    /// panic message. Later chunks of the fragment are not delivered.
+    #[error("receiving the result panicked: {0}")]
+    ReceivePanicked(String),
 }
 
 /// One failed fragment.
@@ -60,6 +69,12 @@ pub struct JobReport {
     pub failures: Vec<FragmentFailure>,
     /// Fragments done per host, ascending by host.
     pub per_host: Vec<(HostId, usize)>,
+    /// CLUSTER only: hosts excluded from this job because they could not run it, with the
+    /// reason they gave (their program did not register the job's type:
+    /// [`FailureReason::UnknownClass`]; or the replica could not be deserialized:
+    /// [`FailureReason::Deserialize`]). Their fragments were placed on other hosts, as for a
+    /// host that failed. Ascending by host.
+    pub excluded_hosts: Vec<(HostId, FailureReason)>,
     /// Wall time from submission to completion.
     pub elapsed: Duration,
 }
@@ -106,9 +121,21 @@ pub enum InvalidArgument {
     /// The job needs a GPU and no host of the cluster has one.
     #[error("the job has gpu_load {0} but no host of the cluster has a GPU")]
     NoGpuHost(f32),
-    /// `assign_fragments_to_hosts` must be given one slot per fragment; the runtime checks the
-    /// count fits in memory.
-    #[error("fragment count {0} is too large")]
+    /// A LOCAL job needs a GPU and its initiator has none (LOCAL runs on the initiator only;
+    /// other hosts of the cluster may have GPUs).
+    #[error(
+        "the LOCAL job has gpu_load {gpu_load} but its initiator {host} has no GPU \
+         (a LOCAL job runs on its initiator only)"
+    )]
+    NoLocalGpu {
+        /// The job's GPU load.
+        gpu_load: f32,
+        /// The initiator.
+        host: HostId,
+    },
+    /// USER_DEFINED: `assign_fragments_to_hosts` is given one slot per fragment, and this many
+    /// slots do not fit in the memory the runtime allows them (half of the machine's).
+    #[error("fragment count {0} is too large: USER_DEFINED needs one host slot per fragment")]
     CountTooLarge(usize),
 }
 

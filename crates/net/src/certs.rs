@@ -15,10 +15,24 @@
 //! [`HostId`] is read back from its certificate (see [`host_id_from_cert`]). Host certificates
 //! are valid for both TLS server and client authentication, since every host both accepts and
 //! opens connections.
+//!
+//! ## Validity and rotation
+//!
+//! A host certificate is valid for [`CertOptions::host_validity`] (default
+//! [`DEFAULT_HOST_VALIDITY`], one year) from its creation (backdated by
+//! [`CLOCK_SKEW`] for machines whose clocks differ a little); the CA for
+//! [`CA_VALIDITY`] or the host validity if longer. TLS refuses an expired certificate on every
+//! connection, so an expired host can no longer join. To rotate, before expiry: regenerate
+//! with `fragmenta certs --config FILE --force` (a new CA and new host certificates) and
+//! restart the hosts with the new files; a host that joins later with [`add_host`] gets a
+//! certificate from the same CA. There are no revocation lists: to retire one host's
+//! certificate before it expires (a lost machine, a leaked key), regenerate the CA and every
+//! host's certificate; the old ones then chain to nothing the hosts trust.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fragmenta_job::HostId;
 use rcgen::{
@@ -28,6 +42,47 @@ use rcgen::{
 
 /// The DNS suffix of host certificates' subject alternative names.
 pub const HOST_NAME_SUFFIX: &str = ".fragmenta";
+
+/// Default validity of a host certificate: one year.
+pub const DEFAULT_HOST_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Least validity of a cluster CA certificate: ten years (longer if the host certificates are
+/// valid longer).
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How far back a certificate's validity starts, so that machines whose clocks run a little
+/// behind accept it at once.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+/// Longest validity accepted: 100 years.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Settings of generated certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertOptions {
+    /// How long a host certificate is valid from its creation (default
+    /// [`DEFAULT_HOST_VALIDITY`]; at most [`MAX_VALIDITY`]).
+    pub host_validity: Duration,
+}
+
+impl Default for CertOptions {
+    fn default() -> Self {
+        Self {
+            host_validity: DEFAULT_HOST_VALIDITY,
+        }
+    }
+}
+
+/// The validity window `[now - CLOCK_SKEW, now + validity]`.
+fn validity_window(
+    validity: Duration,
+) -> Result<(time::OffsetDateTime, time::OffsetDateTime), CertError> {
+    if validity > MAX_VALIDITY {
+        return Err(CertError::Validity {
+            validity,
+            max: MAX_VALIDITY,
+        });
+    }
+    let now = time::OffsetDateTime::now_utc();
+    Ok((now - CLOCK_SKEW, now + validity))
+}
 
 /// File name of the CA certificate inside a certificate directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -186,6 +241,14 @@ pub enum CertError {
         /// Its existing certificate.
         path: PathBuf,
     },
+    /// The requested validity is longer than [`MAX_VALIDITY`].
+    #[error("certificate validity {validity:?} exceeds the maximum of {max:?}")]
+    Validity {
+        /// The validity asked for.
+        validity: Duration,
+        /// The maximum.
+        max: Duration,
+    },
     /// Generating a key or signing a certificate failed.
     #[error("cannot generate certificate for {subject}: {reason}")]
     Generate {
@@ -200,8 +263,19 @@ pub enum CertError {
 /// host, `host-<id>.pem` and `host-<id>.key` signed by that CA. Key files get mode 0600.
 ///
 /// Existing files of the same names are overwritten: this is how a cluster's certificates are
-/// regenerated.
+/// regenerated. Certificates get the default [`CertOptions`].
 pub fn generate(dir: &Path, cluster: &str, hosts: &[HostId]) -> Result<CertPaths, CertError> {
+    generate_with(dir, cluster, hosts, &CertOptions::default())
+}
+
+/// [`generate`] with the validity of `options`.
+pub fn generate_with(
+    dir: &Path,
+    cluster: &str,
+    hosts: &[HostId],
+    options: &CertOptions,
+) -> Result<CertPaths, CertError> {
+    let (not_before, not_after) = validity_window(options.host_validity.max(CA_VALIDITY))?;
     for (i, host) in hosts.iter().enumerate() {
         if hosts[..i].contains(host) {
             return Err(CertError::DuplicateHost(*host));
@@ -214,21 +288,9 @@ pub fn generate(dir: &Path, cluster: &str, hosts: &[HostId]) -> Result<CertPaths
         reason: reason.to_string(),
     };
     let ca_key = KeyPair::generate().map_err(gen_err)?;
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("fragmenta cluster CA {cluster}"),
-    );
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "fragmenta");
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    let mut params = ca_params(cluster);
+    params.not_before = not_before;
+    params.not_after = not_after;
     let ca_cert = params.self_signed(&ca_key).map_err(gen_err)?;
 
     let ca_path = dir.join(CA_CERT_FILE);
@@ -242,7 +304,7 @@ pub fn generate(dir: &Path, cluster: &str, hosts: &[HostId]) -> Result<CertPaths
     let issuer = Issuer::new(params, ca_key);
     let mut out = Vec::with_capacity(hosts.len());
     for &host in hosts {
-        out.push((host, write_host(dir, host, &issuer)?));
+        out.push((host, write_host(dir, host, &issuer, options)?));
     }
     Ok(CertPaths {
         ca: ca_path,
@@ -254,7 +316,18 @@ pub fn generate(dir: &Path, cluster: &str, hosts: &[HostId]) -> Result<CertPaths
 /// writing `host-<id>.pem` and `host-<id>.key`.
 ///
 /// Refuses with [`CertError::HostExists`] when `host` already has a certificate there.
+/// The certificate gets the default [`CertOptions`].
 pub fn add_host(dir: &Path, host: HostId) -> Result<HostCertPaths, CertError> {
+    add_host_with(dir, host, &CertOptions::default())
+}
+
+/// [`add_host`] with the validity of `options`.
+pub fn add_host_with(
+    dir: &Path,
+    host: HostId,
+    options: &CertOptions,
+) -> Result<HostCertPaths, CertError> {
+    validity_window(options.host_validity)?;
     let ca_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
     let ca_pem = read_file(&ca_path)?;
@@ -274,30 +347,69 @@ pub fn add_host(dir: &Path, host: HostId) -> Result<HostCertPaths, CertError> {
             path: paths.cert,
         });
     }
-    write_host(dir, host, &issuer)
+    write_host(dir, host, &issuer, options)
+}
+
+/// The parameters of the CA certificate of `cluster` (a CA that signs host certificates only).
+pub(crate) fn ca_params(cluster: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("fragmenta cluster CA {cluster}"),
+    );
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "fragmenta");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// A certificate for `host` with a fresh key, signed by `issuer`: valid for TLS server and
+/// client authentication, naming the host as its one DNS name, valid from `validity.0` to
+/// `validity.1` (rcgen's defaults without).
+pub(crate) fn sign_host(
+    host: HostId,
+    issuer: &Issuer<'_, KeyPair>,
+    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> Result<(rcgen::Certificate, KeyPair), rcgen::Error> {
+    let name = host_server_name(host);
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.clone()])?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, &name);
+    params.use_authority_key_identifier_extension = true;
+    if let Some((not_before, not_after)) = validity {
+        params.not_before = not_before;
+        params.not_after = not_after;
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
 }
 
 fn write_host(
     dir: &Path,
     host: HostId,
     issuer: &Issuer<'_, KeyPair>,
+    options: &CertOptions,
 ) -> Result<HostCertPaths, CertError> {
+    let (not_before, not_after) = validity_window(options.host_validity)?;
     let name = host_server_name(host);
     let gen_err = |reason: rcgen::Error| CertError::Generate {
         subject: name.clone(),
         reason: reason.to_string(),
     };
-    let key = KeyPair::generate().map_err(gen_err)?;
-    let mut params = CertificateParams::new(vec![name.clone()]).map_err(gen_err)?;
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, &name);
-    params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
+    let (cert, key) = sign_host(host, issuer, Some((not_before, not_after))).map_err(gen_err)?;
     let paths = HostCertPaths::in_dir(dir, host);
     write_file(&paths.cert, cert.pem().as_bytes(), false)?;
     write_file(&paths.key, key.serialize_pem().as_bytes(), true)?;
@@ -416,6 +528,35 @@ mod tests {
             generate(&dir, "test", &[HostId(1), HostId(1)]),
             Err(CertError::DuplicateHost(HostId(1)))
         );
+    }
+
+    #[test]
+    fn certificates_expire_after_their_validity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = generate(tmp.path(), "test", &[HostId(1)]).unwrap();
+        let days_left = |path: &Path| {
+            let der = pem_to_der(&fs::read_to_string(path).unwrap());
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let left = cert.validity().not_after.timestamp()
+                - time::OffsetDateTime::now_utc().unix_timestamp();
+            left / 86400
+        };
+        // Default: hosts one year, the CA ten.
+        assert!((364..=365).contains(&days_left(&paths.hosts[0].1.cert)));
+        assert!((3649..=3650).contains(&days_left(&paths.ca)));
+        let week = CertOptions {
+            host_validity: Duration::from_secs(7 * 86400),
+        };
+        let added = add_host_with(tmp.path(), HostId(2), &week).unwrap();
+        assert!((6..=7).contains(&days_left(&added.cert)));
+        let too_long = CertOptions {
+            host_validity: MAX_VALIDITY + Duration::from_secs(1),
+        };
+        assert!(matches!(
+            generate_with(&tmp.path().join("x"), "test", &[HostId(1)], &too_long),
+            Err(CertError::Validity { .. })
+        ));
+        assert!(!tmp.path().join("x").exists(), "nothing written");
     }
 
     #[test]

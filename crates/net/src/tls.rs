@@ -38,10 +38,48 @@ impl TlsFiles {
     }
 }
 
+/// A host's TLS identity held in memory: the cluster CA certificate (the only trusted root),
+/// the host's certificate chain and its private key. Made by
+/// [`DerivedCa::issue_host`](crate::secret::DerivedCa::issue_host); the key never touches a
+/// file. Its `Debug` output shows no key material.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub(crate) ca: CertificateDer<'static>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: std::sync::Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// The CA certificate (DER).
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca
+    }
+
+    /// This host's certificate (DER), the leaf of the chain.
+    pub fn cert_der(&self) -> &[u8] {
+        self.chain.first().map_or(&[], |c| c.as_ref())
+    }
+}
+
 /// Transport tuning shared by all QUIC connections of an endpoint.
 ///
 /// The defaults favour bandwidth on fast links (large flow-control windows) and quick failure
 /// detection (1 s keep-alive, 10 s idle timeout).
+///
+/// Incoming TLS handshakes run concurrently, each bounded by `handshake_timeout`, at most
+/// `max_handshakes` at once and `max_handshakes_per_ip` from one address: a client that starts
+/// a handshake and goes silent (it needs no certificate to do so) holds one slot for at most
+/// `handshake_timeout` and delays no other handshake. A new handshake beyond a bound takes the
+/// place of the oldest one in progress (from the same address, for the per-address bound), so
+/// stalled handshakes cannot keep a real client out by filling the slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
     /// Flow-control window of one stream, in bytes (default 16 MiB).
@@ -58,6 +96,14 @@ pub struct NetConfig {
     pub keep_alive_interval: Duration,
     /// A connection with no traffic for this long is lost (default 10 s).
     pub idle_timeout: Duration,
+    /// An incoming TLS handshake not complete after this long is dropped (default 3 s).
+    pub handshake_timeout: Duration,
+    /// Incoming TLS handshakes in progress at once, all clients together (default 256); the
+    /// oldest is dropped for a new one beyond it.
+    pub max_handshakes: usize,
+    /// Incoming TLS handshakes in progress at once from one IP address (default 64); its
+    /// oldest is dropped for a new one beyond it.
+    pub max_handshakes_per_ip: usize,
 }
 
 impl Default for NetConfig {
@@ -70,6 +116,9 @@ impl Default for NetConfig {
             max_concurrent_bi_streams: 64,
             keep_alive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            max_handshakes: 256,
+            max_handshakes_per_ip: 64,
         }
     }
 }
@@ -135,6 +184,20 @@ pub enum TlsError {
         /// Why no host id could be read.
         #[source]
         source: CertIdentityError,
+    },
+    /// This host's certificate names another host: the host was given another host's
+    /// certificate and key.
+    #[error(
+        "certificate {path} is {found}'s, but this is {expected}: give each host its own \
+         certificate (`fragmenta certs`)"
+    )]
+    WrongHost {
+        /// The certificate file.
+        path: PathBuf,
+        /// The host this endpoint is for.
+        expected: HostId,
+        /// The host the certificate names.
+        found: HostId,
     },
     /// rustls refused the server configuration (for example a key that does not match the
     /// certificate).
@@ -202,6 +265,72 @@ pub(crate) fn load(files: &TlsFiles) -> Result<LoadedTls, TlsError> {
         roots: Arc::new(roots),
         chain,
         key,
+        host,
+    })
+}
+
+/// The host named by the certificate (the leaf, first in the file) in the PEM file at `path`.
+///
+/// This checks the file is a host certificate of the form [`certs::generate`] writes; it does
+/// not verify the signature (TLS does, on every connection).
+pub fn certificate_host(path: &Path) -> Result<HostId, TlsError> {
+    let chain = read_certs(path)?;
+    certs::host_id_from_cert(&chain[0]).map_err(|source| TlsError::OwnIdentity {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// When the certificate (the leaf, first in the file) in the PEM file at `path` expires: TLS
+/// refuses it from then on.
+pub fn certificate_expiry(path: &Path) -> Result<std::time::SystemTime, TlsError> {
+    let chain = read_certs(path)?;
+    let unparsable = |reason: String| TlsError::OwnIdentity {
+        path: path.to_path_buf(),
+        source: CertIdentityError::Unparsable { reason },
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| unparsable(e.to_string()))?;
+    let secs = cert.validity().not_after.timestamp();
+    let since_epoch = Duration::from_secs(secs.unsigned_abs());
+    Ok(if secs >= 0 {
+        std::time::UNIX_EPOCH + since_epoch
+    } else {
+        std::time::UNIX_EPOCH - since_epoch
+    })
+}
+
+/// [`load`], checking that the certificate is `expected`'s.
+pub(crate) fn load_for(files: &TlsFiles, expected: HostId) -> Result<LoadedTls, TlsError> {
+    let loaded = load(files)?;
+    if loaded.host != expected {
+        return Err(TlsError::WrongHost {
+            path: files.cert.clone(),
+            expected,
+            found: loaded.host,
+        });
+    }
+    Ok(loaded)
+}
+
+/// The trust root, chain and key of an in-memory identity.
+pub(crate) fn load_identity(id: &TlsIdentity) -> Result<LoadedTls, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(id.ca.clone()).map_err(|e| TlsError::InvalidCa {
+        path: PathBuf::from("(derived from the cluster secret)"),
+        reason: e.to_string(),
+    })?;
+    let leaf = id.chain.first().ok_or(TlsError::NoCertificate {
+        path: PathBuf::from("(in-memory identity)"),
+    })?;
+    let host = certs::host_id_from_cert(leaf).map_err(|source| TlsError::OwnIdentity {
+        path: PathBuf::from("(in-memory identity)"),
+        source,
+    })?;
+    Ok(LoadedTls {
+        roots: Arc::new(roots),
+        chain: id.chain.clone(),
+        key: id.key.clone_key(),
         host,
     })
 }
@@ -301,6 +430,36 @@ mod tests {
                 source: CertIdentityError::NoHostName,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn another_hosts_certificate_is_refused_for_this_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        certs::generate(tmp.path(), "c", &[HostId(1), HostId(2)]).unwrap();
+        // Host 2 started with host 1's certificate and key.
+        let files = TlsFiles::for_host(tmp.path(), HostId(1));
+        assert_eq!(certificate_host(&files.cert), Ok(HostId(1)));
+        assert!(load_for(&files, HostId(1)).is_ok());
+        let err = load_for(&files, HostId(2)).unwrap_err();
+        assert_eq!(
+            err,
+            TlsError::WrongHost {
+                path: files.cert.clone(),
+                expected: HostId(2),
+                found: HostId(1),
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains("host-1") && text.contains("host-2"), "{text}");
+        let left = certificate_expiry(&files.cert)
+            .unwrap()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(364 * 86400), "{left:?}");
+        assert!(matches!(
+            certificate_host(&files.key),
+            Err(TlsError::NoCertificate { .. })
         ));
     }
 }

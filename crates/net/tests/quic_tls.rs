@@ -143,3 +143,37 @@ async fn client_without_certificate_is_refused() {
     );
     accepted.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_expired_host_certificate_is_refused() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let dir = tempfile::tempdir().unwrap();
+    certs::generate(dir.path(), "ours", &[HostId(1)]).unwrap();
+    let short = certs::CertOptions {
+        host_validity: Duration::from_secs(1),
+    };
+    certs::add_host_with(dir.path(), HostId(2), &short).unwrap();
+    let cfg = NetConfig::default();
+    let server =
+        Endpoint::bind_quic(any_addr(), &TlsFiles::for_host(dir.path(), HostId(1)), &cfg).unwrap();
+    let client =
+        Endpoint::bind_quic(any_addr(), &TlsFiles::for_host(dir.path(), HostId(2)), &cfg).unwrap();
+    // Valid at first...
+    let conn = timeout(T, client.connect(server.local_addr(), HostId(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = timeout(T, server.accept()).await.unwrap().unwrap();
+    assert_eq!(first.unwrap().peer(), HostId(2));
+    conn.close(0, b"done");
+    // ...refused once expired.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let _ = timeout(T, client.connect(server.local_addr(), HostId(1))).await;
+    match timeout(T, server.accept()).await.unwrap() {
+        Some(Err(AcceptError::Connection(e))) => {
+            assert!(e.to_string().to_lowercase().contains("expired"), "{e}")
+        }
+        Some(Ok(c)) => panic!("accepted an expired certificate of {}", c.peer()),
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -2,14 +2,20 @@
 //!
 //! Fragments never run on an async reactor thread: the networking side only enqueues work here.
 //! Threads are started on demand (a worker that takes a block while another block could start
-//! and nobody is idle starts a helper with it), up to a cap, and park when nothing may start.
+//! hands it to a waiting worker, or starts a helper with it when nobody waits), up to a cap.
+//! A waiting worker is woken only for a block taken for it: never all at once, so workers a
+//! past job started cost a later job nothing. Workers beyond one per core exit after a second
+//! without work, so the pool shrinks back after a job with many slow, load-free fragments.
 
-use fragmenta_job::HostId;
+use fragmenta_job::{FailureReason, HostId};
 use fragmenta_sched::{Block, HostQueue, SubmitError, WorkKey, WorkSpec};
-use parking_lot::{Condvar, Mutex, MutexGuard};
-use std::collections::HashMap;
+use parking_lot::{Condvar, Mutex};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Runs the blocks of one job's work on this host, and reports what happened.
 pub(crate) trait BlockRunner: Send + Sync + 'static {
@@ -21,9 +27,24 @@ pub(crate) trait BlockRunner: Send + Sync + 'static {
 struct State {
     queue: HostQueue,
     runners: HashMap<WorkKey, Arc<dyn BlockRunner>>,
+    /// Live worker threads.
     workers: usize,
+    /// Workers waiting for work.
     idle: usize,
+    /// Wake-ups sent to waiting workers and not yet taken up.
+    wakes: usize,
+    /// Blocks taken for a waiting worker that was woken to run them.
+    handoff: VecDeque<Task>,
+    /// Indices of workers that exited, reused lowest first so indices stay `< max_workers`.
+    free: BinaryHeap<Reverse<usize>>,
+    next_index: usize,
     max_workers: usize,
+    /// Workers kept however long they are idle.
+    keep: usize,
+    /// How long a worker beyond `keep` waits for work before it exits.
+    idle_timeout: Duration,
+    /// Times a waiting worker woke up and found nothing to run.
+    wasted_wakeups: u64,
     shutdown: bool,
 }
 
@@ -37,9 +58,13 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct Executor {
     inner: Arc<Inner>,
+    next_key: Arc<AtomicU64>,
 }
 
 type Task = (Block, Arc<dyn BlockRunner>);
+
+/// How long a worker beyond the kept ones stays without work before it exits.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Executor {
     pub(crate) fn new(host: HostId, cores: f32, gpus: usize, max_workers: usize) -> Self {
@@ -56,13 +81,27 @@ impl Executor {
                     runners: HashMap::new(),
                     workers: 0,
                     idle: 0,
+                    wakes: 0,
+                    handoff: VecDeque::new(),
+                    free: BinaryHeap::new(),
+                    next_index: 0,
                     max_workers,
+                    keep: (cores.ceil().max(1.0) as usize).min(max_workers.max(1)),
+                    idle_timeout: IDLE_TIMEOUT,
+                    wasted_wakeups: 0,
                     shutdown: false,
                 }),
                 cv: Condvar::new(),
                 host,
             }),
+            next_key: Arc::new(AtomicU64::new(1)),
         }
+    }
+
+    // The node's protocol numbers its work itself; the pool's own tests use this.
+    #[allow(dead_code)]
+    pub(crate) fn new_key(&self) -> WorkKey {
+        WorkKey(self.next_key.fetch_add(1, Ordering::Relaxed))
     }
 
     pub(crate) fn submit(
@@ -75,7 +114,7 @@ impl Executor {
         let mut st = self.inner.state.lock();
         st.queue.submit(key, spec, fragments)?;
         st.runners.insert(key, runner);
-        self.kick(st);
+        start_more(&self.inner, &mut st);
         Ok(())
     }
 
@@ -85,7 +124,7 @@ impl Executor {
         if !st.queue.add(key, fragments) {
             return false;
         }
-        self.kick(st);
+        start_more(&self.inner, &mut st);
         true
     }
 
@@ -106,16 +145,48 @@ impl Executor {
         st.shutdown = true;
         self.inner.cv.notify_all();
     }
+}
 
-    /// Wakes idle workers, or starts workers for blocks that may start now.
-    fn kick(&self, mut st: MutexGuard<'_, State>) {
-        if st.idle > 0 {
-            self.inner.cv.notify_all();
+#[cfg(test)]
+impl Executor {
+    /// (live workers, wake-ups that found nothing to run).
+    fn pool_stats(&self) -> (usize, u64) {
+        let st = self.inner.state.lock();
+        (st.workers, st.wasted_wakeups)
+    }
+
+    fn set_idle_timeout(&self, timeout: Duration) {
+        self.inner.state.lock().idle_timeout = timeout;
+    }
+}
+
+/// Why `host`'s pool refused a job's work, as the failure of its fragments.
+pub(crate) fn refusal(host: HostId, e: &SubmitError) -> FailureReason {
+    match e {
+        SubmitError::NoGpu => FailureReason::NoGpu(host),
+        // Keys come from `new_key`, unique per pool.
+        SubmitError::DuplicateKey(_) => {
+            FailureReason::Returned(format!("{host} cannot run the job: {e:?}"))
+        }
+    }
+}
+
+/// Starts every block that may start now: each goes to a waiting worker woken for it alone, or
+/// to a new worker while the pool is below its cap. Workers with nothing to run are never
+/// woken, so a pool grown by one job costs later jobs nothing.
+fn start_more(inner: &Arc<Inner>, st: &mut State) {
+    loop {
+        let sleepers = st.idle.saturating_sub(st.wakes);
+        if sleepers == 0 && st.workers >= st.max_workers {
             return;
         }
-        while st.workers < st.max_workers {
-            let Some(task) = take(&mut st) else { break };
-            spawn_worker(&self.inner, &mut st, task);
+        let Some(task) = take(st) else { return };
+        if sleepers > 0 {
+            st.handoff.push_back(task);
+            st.wakes += 1;
+            inner.cv.notify_one();
+        } else {
+            spawn_worker(inner, st, task);
         }
     }
 }
@@ -131,7 +202,13 @@ fn take(st: &mut State) -> Option<Task> {
 }
 
 fn spawn_worker(inner: &Arc<Inner>, st: &mut State, task: Task) {
-    let index = st.workers;
+    let index = match st.free.pop() {
+        Some(Reverse(i)) => i,
+        None => {
+            st.next_index += 1;
+            st.next_index - 1
+        }
+    };
     st.workers += 1;
     let inner2 = inner.clone();
     let block = task.0.clone();
@@ -140,6 +217,7 @@ fn spawn_worker(inner: &Arc<Inner>, st: &mut State, task: Task) {
         .spawn(move || worker_loop(inner2, index, Some(task)));
     if let Err(e) = spawned {
         st.workers -= 1;
+        st.free.push(Reverse(index));
         tracing::error!(error = %e, "cannot start a worker thread; the block waits for a worker");
         // Only under resource exhaustion: give the block back, unstarted.
         st.queue.finish(&block);
@@ -149,33 +227,172 @@ fn spawn_worker(inner: &Arc<Inner>, st: &mut State, task: Task) {
 
 fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
     let mut st = inner.state.lock();
+    let mut timed_out = false;
+    // Whether this worker just came back from waiting: only such a worker takes a handed-off
+    // block (each was taken for one woken worker), so a busy worker never leaves the one woken
+    // for it with nothing to do.
+    let mut returned = false;
     loop {
-        let task = first.take().or_else(|| take(&mut st));
+        let handed = if std::mem::take(&mut returned) {
+            st.handoff.pop_front()
+        } else {
+            None
+        };
+        let task = first.take().or(handed).or_else(|| take(&mut st));
         match task {
             Some((block, runner)) => {
-                if st.idle == 0 && st.workers < st.max_workers {
-                    if let Some(extra) = take(&mut st) {
-                        spawn_worker(&inner, &mut st, extra);
-                    }
-                }
+                timed_out = false;
+                // Other blocks that may start now go to other workers.
+                start_more(&inner, &mut st);
                 drop(st);
                 let leftover = runner.run(&block, index);
                 st = inner.state.lock();
                 st.queue.finish(&block);
                 st.queue.requeue_front(block.work, leftover);
-                if st.idle > 0 {
-                    inner.cv.notify_one();
-                }
             }
             None => {
-                if st.shutdown {
+                let beyond_kept = st.workers > st.keep;
+                if st.shutdown || (timed_out && beyond_kept) {
                     st.workers -= 1;
+                    st.free.push(Reverse(index));
                     return;
                 }
                 st.idle += 1;
-                inner.cv.wait(&mut st);
+                let timeout = st.idle_timeout;
+                let woke = if beyond_kept {
+                    !inner.cv.wait_for(&mut st, timeout).timed_out()
+                } else {
+                    inner.cv.wait(&mut st);
+                    true
+                };
                 st.idle -= 1;
+                if st.wakes > 0 {
+                    st.wakes -= 1;
+                }
+                returned = true;
+                timed_out = !woke;
+                if woke && st.handoff.is_empty() && !st.shutdown {
+                    st.wasted_wakeups += 1;
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
+
+    /// Sleeps `sleep` per fragment and counts the fragments run.
+    struct Sleeper {
+        sleep: Duration,
+        ran: AtomicUsize,
+    }
+
+    impl BlockRunner for Sleeper {
+        fn run(&self, block: &Block, _: usize) -> Range<usize> {
+            for _ in block.range.clone() {
+                std::thread::sleep(self.sleep);
+                self.ran.fetch_add(1, Ordering::Relaxed);
+            }
+            block.range.end..block.range.end
+        }
+    }
+
+    fn spec(cpu_load: f32) -> WorkSpec {
+        WorkSpec {
+            priority: 0,
+            cpu_load,
+            gpu_load: 0.0,
+            thread_limit: 0,
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Grows a pool of 64 workers with 64 load-free sleeping fragments, as a LOCAL job with
+    /// `cpu_load 0` does.
+    fn grown_pool() -> (Executor, Arc<Sleeper>) {
+        let exec = Executor::new(HostId(0), 2.0, 0, 64);
+        let slow = Arc::new(Sleeper {
+            sleep: Duration::from_millis(60),
+            ran: AtomicUsize::new(0),
+        });
+        let key = exec.new_key();
+        let ranges = (0..64).map(|i| i..i + 1).collect();
+        exec.submit(key, spec(0.0), slow.clone(), ranges).unwrap();
+        wait_for("the slow fragments", || {
+            slow.ran.load(Ordering::Relaxed) == 64
+        });
+        exec.remove(key);
+        (exec, slow)
+    }
+
+    #[test]
+    fn idle_workers_are_not_woken_for_work_they_cannot_run() {
+        let (exec, _) = grown_pool();
+        let (workers, _) = exec.pool_stats();
+        assert!(workers > 32, "the pool grew to {workers} workers");
+        // Wait until every worker waits, then feed a CPU job that fits 2 cores in 2,000 small
+        // dispatches, as a CLUSTER job's batches arrive.
+        wait_for("idle workers", || exec.inner.state.lock().idle == workers);
+        let (_, before) = exec.pool_stats();
+        let fast = Arc::new(Sleeper {
+            sleep: Duration::ZERO,
+            ran: AtomicUsize::new(0),
+        });
+        let key = exec.new_key();
+        exec.submit(key, spec(1.0), fast.clone(), vec![0..10])
+            .unwrap();
+        for i in 1..2000 {
+            assert!(exec.add(key, vec![i * 10..i * 10 + 10]));
+        }
+        wait_for("the fast fragments", || {
+            fast.ran.load(Ordering::Relaxed) == 20_000
+        });
+        let (_, after) = exec.pool_stats();
+        // Waking every waiting worker on each dispatch costs tens of thousands of wake-ups
+        // that find nothing; waking one worker per block that may start wastes next to none.
+        assert!(
+            after - before < 200,
+            "{} wake-ups found nothing to run",
+            after - before
+        );
+        exec.shutdown();
+    }
+
+    #[test]
+    fn the_pool_shrinks_back_after_a_job_that_grew_it() {
+        let (exec, _) = grown_pool();
+        exec.set_idle_timeout(Duration::from_millis(20));
+        // Workers beyond one per core exit once they have waited a timeout without work.
+        // Every waiting worker is woken once so it waits again under the short timeout.
+        exec.inner.cv.notify_all();
+        wait_for("the pool to shrink", || exec.pool_stats().0 <= 2);
+        // The shrunk pool grows again for the next job that needs it, with indices in range.
+        let again = Arc::new(Sleeper {
+            sleep: Duration::from_millis(20),
+            ran: AtomicUsize::new(0),
+        });
+        let key = exec.new_key();
+        let ranges = (0..64).map(|i| i..i + 1).collect();
+        exec.submit(key, spec(0.0), again.clone(), ranges).unwrap();
+        wait_for("the second job", || again.ran.load(Ordering::Relaxed) == 64);
+        let st = exec.inner.state.lock();
+        assert!(
+            st.next_index <= 64,
+            "worker index {} out of range",
+            st.next_index
+        );
+        drop(st);
+        exec.shutdown();
     }
 }

@@ -16,12 +16,28 @@
 //! CLUSTER run everything here; ONCE_PER_HOST has no remote host, so a count of 0 runs nothing
 //! and any other count is an invalid argument; USER_DEFINED runs the fragments assigned to this
 //! host's id and skips the others).
+//!
+//! # Clusters formed by a launcher
+//!
+//! With no configuration file, [`ClusterBuilder::join`] under `srun`, `mpirun` or another PMI
+//! launcher forms one cluster of all the processes it started: host id = rank, rank 0 is the
+//! primary and the meeting point (its host from the step's node list, `FRAGMENTA_RENDEZVOUS`
+//! or `mpirun`'s URI; its port from `FRAGMENTA_PORT`, `SLURM_STEP_RESV_PORTS` or the job id).
+//! The others connect to it, receive the host table (every rank's address, cores and GPUs)
+//! and link to each other. Mutual TLS stays mandatory: the CA is derived from the cluster
+//! secret (`FRAGMENTA_SECRET_FILE`, a mode-0600 file, or `FRAGMENTA_SECRET`) and the cluster
+//! name (`slurm-<job>.<step>`, `ompi-<jobid>`), and each rank issues its own certificate with
+//! a fresh key; see `fragmenta_net::secret`. A launch of several processes with neither a
+//! configuration nor a secret is an error, never an embedded or unauthenticated cluster. Every
+//! rank waits `FRAGMENTA_JOIN_TIMEOUT_MS` (default 30 s) for the others; rank 0's error names
+//! the ranks that never joined.
 
 mod executor;
 mod membership;
 mod net;
 mod node;
 mod registry;
+mod rendezvous;
 
 pub use fragmenta_config::ClusterConfig;
 pub use membership::{HostEvent, HostEventKind, HostEvents};
@@ -53,7 +69,7 @@ impl std::fmt::Debug for Cluster {
 #[derive(Default)]
 pub struct ClusterBuilder {
     cores: Option<f32>,
-    gpus: u32,
+    gpus: Option<u32>,
     max_workers: usize,
     fastio_capacity: Option<u64>,
     fastio_socket: Option<std::path::PathBuf>,
@@ -69,9 +85,12 @@ impl ClusterBuilder {
         self
     }
 
-    /// GPUs of this host (default 0).
+    /// GPUs of this host (default 0), for the embedded cluster and for a cluster a launcher
+    /// forms without a configuration file. Joining a configured cluster, the host's GPUs come
+    /// from the configuration (the other hosts place GPU fragments by it): a different count
+    /// here is refused with [`JoinError::GpusDiffer`].
     pub fn gpus(mut self, gpus: u32) -> Self {
-        self.gpus = gpus;
+        self.gpus = Some(gpus);
         self
     }
 
@@ -112,7 +131,7 @@ impl ClusterBuilder {
         if let Some(c) = self.cores {
             config.cores = c;
         }
-        config.gpus = self.gpus;
+        config.gpus = self.gpus.unwrap_or(0);
         config.max_workers = self.max_workers;
         if let Some(c) = self.fastio_capacity {
             config.fastio_capacity = c;
@@ -126,13 +145,22 @@ impl ClusterBuilder {
 
     /// Joins the cluster the environment describes: the configuration named by
     /// `FRAGMENTA_CONFIG` (set by `fragmenta launch`) and this process's host from
-    /// `FRAGMENTA_HOST_ID` or a launcher's rank variable (`SLURM_PROCID`, `OMPI_COMM_WORLD_RANK`,
-    /// `PMI_RANK`). With no configuration this is the embedded one-host cluster.
+    /// `FRAGMENTA_HOST_ID` or the launcher's rank (Open MPI, PMI, a Slurm step; see
+    /// [`fragmenta_config::launcher`]). With no configuration, under a launcher that started
+    /// more than one process, the processes meet at rank 0 and form one cluster authenticated
+    /// by a shared secret (see [`rendezvous`](crate#clusters-formed-by-a-launcher)); with no
+    /// configuration and no launcher (or a launcher of one process), the embedded one-host
+    /// cluster.
     pub fn join(self) -> Result<Cluster, JoinError> {
         match fragmenta_config::load_from_env()? {
-            None => Ok(self.embedded()?),
+            None => rendezvous::join(self),
             Some(config) => {
-                let host = fragmenta_config::resolve_host_id(&config, None)?;
+                // A program has no `--host-id`: say what it can do instead.
+                let host =
+                    fragmenta_config::resolve_host_id(&config, None).map_err(|e| match e {
+                        fragmenta_config::ConfigError::NoHostId => JoinError::NoHostId,
+                        e => e.into(),
+                    })?;
                 self.join_config(config, host)
             }
         }
@@ -142,12 +170,33 @@ impl ClusterBuilder {
     /// hosts with mutual TLS and waits until the configuration's minimum number of hosts is up
     /// (an error naming the missing hosts after the configured wait).
     pub fn join_config(self, config: ClusterConfig, host: HostId) -> Result<Cluster, JoinError> {
+        self.join_node(config, host, None)
+    }
+
+    /// [`ClusterBuilder::join_config`], on an endpoint already bound by a rendezvous if `bound`.
+    fn join_node(
+        self,
+        config: ClusterConfig,
+        host: HostId,
+        bound: Option<net::Bound>,
+    ) -> Result<Cluster, JoinError> {
         if let Some(e) = self.register_error {
             return Err(e.into());
         }
-        let me = config
-            .host(host)
-            .ok_or(fragmenta_config::ConfigError::NoHostId)?;
+        let Some(me) = config.host(host) else {
+            let known: Vec<String> = config.host_ids().map(|h| h.0.to_string()).collect();
+            return Err(JoinError::UnknownHost {
+                host,
+                known: known.join(", "),
+            });
+        };
+        if let Some(asked) = self.gpus.filter(|g| *g != me.gpus()) {
+            return Err(JoinError::GpusDiffer {
+                host,
+                configured: me.gpus(),
+                asked,
+            });
+        }
         let node_config = NodeConfig {
             host,
             cores: self.cores.unwrap_or(me.cores() as f32),
@@ -170,7 +219,11 @@ impl ClusterBuilder {
             node.shutdown();
             return Err(JoinError::FastIo(e));
         }
-        match net::Net::start(&node, config, host) {
+        let started = match bound {
+            Some(bound) => net::Net::start_bound(&node, config, host, bound),
+            None => net::Net::start(&node, config, host),
+        };
+        match started {
             Ok(net) => Ok(Cluster {
                 node,
                 net: Some(net),
@@ -183,12 +236,13 @@ impl ClusterBuilder {
     }
 }
 
-/// `<pid>-<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in
-/// one process (tests, benchmarks) never collide.
+/// `<n>` for the n-th cluster of this process: default Fast I/O sockets of clusters in one
+/// process (tests, benchmarks) never collide (the socket's name adds the process id, see
+/// `fragmenta_fastio::socket_file_name`).
 fn process_label() -> String {
     static CLUSTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}-{n}", std::process::id())
+    n.to_string()
 }
 
 impl Cluster {
@@ -219,7 +273,9 @@ impl Cluster {
 
     /// Membership events from now on: other hosts coming up and being declared down, with the
     /// moment this host decided it. Each call is a separate subscription. The embedded cluster
-    /// has no other host: its subscription is empty.
+    /// has no other host: its subscription is empty. Once the primary has shut the cluster
+    /// down (`serve` returned `Ok`), subscriptions end: the links closing then are no hosts
+    /// going down.
     pub fn host_events(&self) -> HostEvents {
         match &self.net {
             Some(net) => net.membership.subscribe(),

@@ -74,14 +74,24 @@ impl Iterator for HostEvents {
 /// The subscribers of one host's membership events.
 #[derive(Default)]
 pub(crate) struct Membership {
-    subscribers: Mutex<Vec<crossbeam_channel::Sender<HostEvent>>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    subscribers: Vec<crossbeam_channel::Sender<HostEvent>>,
+    /// Set by [`Membership::close`]: nothing is told any more.
+    closed: bool,
 }
 
 impl Membership {
-    /// A new subscription.
+    /// A new subscription (one that never receives anything once closed).
     pub(crate) fn subscribe(&self) -> HostEvents {
         let (tx, rx) = crossbeam_channel::unbounded();
-        self.subscribers.lock().push(tx);
+        let mut state = self.state.lock();
+        if !state.closed {
+            state.subscribers.push(tx);
+        }
         HostEvents { rx }
     }
 
@@ -91,7 +101,8 @@ impl Membership {
         HostEvents { rx }
     }
 
-    /// Tells every subscriber; forgets those that dropped their [`HostEvents`].
+    /// Tells every subscriber; forgets those that dropped their [`HostEvents`]. Nothing once
+    /// closed.
     pub(crate) fn emit(&self, host: HostId, kind: HostEventKind) {
         let event = HostEvent {
             host,
@@ -99,13 +110,17 @@ impl Membership {
             at: Instant::now(),
             wall: SystemTime::now(),
         };
-        self.subscribers
+        self.state
             .lock()
+            .subscribers
             .retain(|s| s.send(event.clone()).is_ok());
     }
 
-    /// Ends every subscription (their queued events can still be received).
+    /// Ends every subscription (their queued events can still be received) and every later
+    /// one: after a clean shutdown, the links going down are no news.
     pub(crate) fn close(&self) {
-        self.subscribers.lock().clear();
+        let mut state = self.state.lock();
+        state.closed = true;
+        state.subscribers.clear();
     }
 }

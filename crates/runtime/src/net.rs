@@ -86,6 +86,48 @@ pub enum JoinError {
     /// The host's Fast I/O context could not be served on its socket.
     #[error("cannot serve the Fast I/O context: {0}")]
     FastIo(#[from] fragmenta_fastio::FastIoError),
+    /// [`ClusterBuilder::gpus`](crate::ClusterBuilder::gpus) differs from the host's `gpus` in
+    /// the configuration, which is what the other hosts place GPU fragments by.
+    #[error(
+        "ClusterBuilder::gpus({asked}) differs from the {configured} GPUs the configuration \
+         gives {host}: set `gpus` for the host in the cluster configuration instead"
+    )]
+    GpusDiffer {
+        /// This host.
+        host: fragmenta_job::HostId,
+        /// GPUs in the configuration.
+        configured: u32,
+        /// GPUs the program asked for.
+        asked: u32,
+    },
+    /// A program joining a configured cluster could not tell which host it is.
+    #[error(
+        "cannot tell which host of the cluster configuration this process is: set \
+         FRAGMENTA_HOST_ID to its host id, or start the program under a launcher \
+         (fragmenta launch, srun, mpirun)"
+    )]
+    NoHostId,
+    /// [`ClusterBuilder::join_config`](crate::ClusterBuilder::join_config) was given a host
+    /// the configuration does not list.
+    #[error("{host} is not a host of the cluster configuration (it lists {known})")]
+    UnknownHost {
+        /// The host asked for.
+        host: fragmenta_job::HostId,
+        /// The ids the configuration lists, comma-separated.
+        known: String,
+    },
+    /// A cluster formed by a launcher (no configuration file) could not meet.
+    #[error(transparent)]
+    Rendezvous(#[from] crate::rendezvous::RendezvousError),
+}
+
+/// Why binding failed, without the "cannot bind ADDR" its message starts with (the errors that
+/// carry it say it themselves).
+pub(crate) fn bind_reason(e: fragmenta_net::BindError) -> String {
+    match e {
+        fragmenta_net::BindError::Socket { reason, .. } => reason,
+        e => e.to_string(),
+    }
 }
 
 enum Outgoing {
@@ -145,6 +187,22 @@ impl Signal {
             }
         }
     }
+}
+
+/// The network runtime of `host` (two reactor threads).
+pub(crate) fn runtime(host: HostId) -> Result<tokio::runtime::Runtime, JoinError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(format!("fragmenta-net-{}", host.0))
+        .enable_all()
+        .build()
+        .map_err(|e| JoinError::Runtime(e.to_string()))
+}
+
+/// An endpoint bound on the runtime it lives on, handed to [`Net::start_bound`].
+pub(crate) struct Bound {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) endpoint: Endpoint,
 }
 
 /// The network side of a node.
@@ -209,12 +267,7 @@ impl Net {
         config: ClusterConfig,
         host: HostId,
     ) -> Result<Arc<Net>, JoinError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("fragmenta-net-{}", host.0))
-            .enable_all()
-            .build()
-            .map_err(|e| JoinError::Runtime(e.to_string()))?;
+        let runtime = runtime(host)?;
         let me = config
             .host(host)
             .ok_or(fragmenta_config::ConfigError::NoHostId)?;
@@ -226,11 +279,24 @@ impl Net {
         };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic(addr, &tls, &NetConfig::default()).map_err(|e| JoinError::Bind {
-                addr,
-                reason: e.to_string(),
+            Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
+                JoinError::Bind {
+                    addr,
+                    reason: bind_reason(e),
+                }
             })?
         };
+        Net::start_bound(node, config, host, Bound { runtime, endpoint })
+    }
+
+    /// [`Net::start`] with an endpoint already bound (by a rendezvous) on `bound.runtime`.
+    pub(crate) fn start_bound(
+        node: &Arc<Node>,
+        config: ClusterConfig,
+        host: HostId,
+        bound: Bound,
+    ) -> Result<Arc<Net>, JoinError> {
+        let Bound { runtime, endpoint } = bound;
         let primary = config.hosts().first().map_or(host, |h| h.id());
         let mut limits = FrameLimits::default();
         if let Some(max) = config.max_frame_bytes() {

@@ -244,12 +244,14 @@ impl Node {
         let erased: Arc<dyn ErasedJob> = Arc::new(Erased(job.clone()));
         let params = erased.params();
         params.validate()?;
-        let assignment = (params.mode == fragmenta_job::SchedulingMode::UserDefined).then(|| {
-            let mut slots = vec![HostId::UNASSIGNED; count];
-            erased.assign(&mut slots);
-            slots
-        });
-        let multi_host = self.remote.read().is_some();
+        let assignment = match params.mode {
+            fragmenta_job::SchedulingMode::UserDefined => {
+                Some(crate::registry::assignment(&*erased, count)?)
+            }
+            _ => None,
+        };
+        // Serialized only if another host is up to receive it; otherwise the job stays here.
+        let multi_host = self.remote.read().is_some() && self.proto.lock().hosts().nth(1).is_some();
         let serialized = if multi_host && params.mode != fragmenta_job::SchedulingMode::Local {
             Some(Arc::new(
                 erased.serialize().map_err(ExecuteError::Serialize)?,
@@ -289,6 +291,7 @@ impl Node {
             serialized,
             rdma,
             deliveries: Mutex::new(Default::default()),
+            receive_failed: Mutex::default(),
             result: Mutex::new(None),
             finished: Condvar::new(),
             started: Instant::now(),
@@ -300,7 +303,12 @@ impl Node {
             count,
             assignment,
         };
-        match proto.submit(id, spec) {
+        let submitted = if ij.serialized.is_some() {
+            proto.submit(id, spec)
+        } else {
+            proto.submit_on_initiator_only(id, spec)
+        };
+        match submitted {
             Ok(resolved) => {
                 ij.count.store(resolved, Ordering::Release);
                 self.process(&mut proto);

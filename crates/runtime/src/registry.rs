@@ -1,8 +1,9 @@
 //! Job types by class id, and the type-erased view of a job the runtime works with.
 
 use fragmenta_job::{
-    ChunkSink, ClassId, ExecutionContext, FailureReason, FragmentedJob, HostId, JobParams,
-    RdmaBuffer, RdmaContext, ResultReader, ResultWriter, Transaction,
+    ChunkSink, ClassId, ExecutionContext, FailureReason, FragmentFailure, FragmentedJob, HostId,
+    InvalidArgument, JobParams, JobReport, RdmaBuffer, RdmaContext, ResultReader, ResultWriter,
+    Transaction,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -243,6 +244,65 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
     fn serialize(&self) -> Result<Vec<u8>, String> {
         bincode::serde::encode_to_vec(&*self.0, bincode::config::standard())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The USER_DEFINED assignment of a job of `count` fragments: one slot per fragment, filled by
+/// `assign_fragments_to_hosts`. A count whose slots would take more than half of the machine's
+/// memory is refused before anything is allocated.
+pub(crate) fn assignment(
+    job: &dyn ErasedJob,
+    count: usize,
+) -> Result<Vec<HostId>, InvalidArgument> {
+    let too_large = || InvalidArgument::CountTooLarge(count);
+    let bytes = count
+        .checked_mul(std::mem::size_of::<HostId>())
+        .ok_or_else(too_large)?;
+    if bytes as u64 > crate::node::default_fastio_capacity() {
+        return Err(too_large());
+    }
+    let mut slots = Vec::new();
+    slots.try_reserve_exact(count).map_err(|_| too_large())?;
+    slots.resize(count, HostId::UNASSIGNED);
+    job.assign(&mut slots);
+    Ok(slots)
+}
+
+/// Fragments of a job whose result was lost on the initiator because receiving it panicked.
+#[derive(Default)]
+pub(crate) struct ReceiveFailures {
+    failed: std::collections::BTreeMap<usize, String>,
+}
+
+impl ReceiveFailures {
+    /// Records the first panic while receiving `fragment`'s result.
+    pub(crate) fn record(&mut self, fragment: usize, message: String) {
+        self.failed.entry(fragment).or_insert(message);
+    }
+
+    /// Whether receiving `fragment`'s result already panicked.
+    pub(crate) fn contains(&self, fragment: usize) -> bool {
+        self.failed.contains_key(&fragment)
+    }
+
+    /// Moves the recorded fragments from `done` to `failed` in the job's report.
+    pub(crate) fn apply(&self, report: &mut JobReport) {
+        let initiator = report.job.initiator;
+        for (&index, message) in &self.failed {
+            if !report.done.remove(index) {
+                continue;
+            }
+            report.failed.insert(index);
+            let at = report.failures.partition_point(|f| f.index < index);
+            report.failures.insert(
+                at,
+                FragmentFailure {
+                    index,
+                    host: initiator,
+                    reason: FailureReason::ReceivePanicked(message.clone()),
+                },
+            );
+        }
     }
 }
 

@@ -13,7 +13,10 @@
 //! - CLUSTER: pull-based. Each host has a window of outstanding fragments (starting at twice its
 //!   parallel slots, doubling each time the host runs dry while work remains); batches follow
 //!   guided self-scheduling so a slow host holds little and the tail stays balanced. Fragments
-//!   of a failed host go back to the pool and run elsewhere, the initiator included.
+//!   of a failed host go back to the pool and run elsewhere, the initiator included. So do
+//!   those of a host that answers it cannot run the job (its type is not registered there, or
+//!   the replica cannot be deserialized): that host is excluded from the job, and the report
+//!   names it in `excluded_hosts`.
 //! - Results: chunk `(fragment, seq)` is delivered at most once across attempts; a chunk is
 //!   accepted only from the host the fragment is assigned to now, so anything arriving late from
 //!   a host declared dead, or after the fragment or job finished, is dropped. Without
@@ -51,6 +54,9 @@ pub struct JobSpec {
 }
 
 /// What the runtime must do next.
+// `Finished` carries the report, larger than the other variants; actions live briefly in one
+// queue and there is one `Finished` per job, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Action<P> {
     /// Serialize the job and send it to `host` (always before the first `Dispatch` there).
@@ -158,6 +164,11 @@ struct JobState<P> {
     /// delivered or buffered: wherever they run next (the initiator included) their chunks must
     /// go through `on_chunk` so no `(fragment, seq)` reaches the application twice.
     tainted: FragmentSet,
+    /// Submitted with [`Scheduler::submit_on_initiator_only`]: no other host is used.
+    initiator_only: bool,
+    /// CLUSTER: hosts that answered that they cannot run the job, with their reason; they get
+    /// no more of its fragments.
+    excluded: BTreeMap<HostId, FailureReason>,
 }
 
 impl<P> JobState<P> {
@@ -294,7 +305,11 @@ impl<P: Weight> Scheduler<P> {
             }
             // A CLUSTER GPU job whose GPU hosts are all gone cannot finish: fail the rest.
             if job.reassign && !job.unassigned.is_empty() && job.params.gpu_load > 0.0 {
-                let any_gpu = self.hosts.values().any(|h| h.gpus > 0);
+                let local = self.local;
+                let any_gpu = self
+                    .hosts
+                    .iter()
+                    .any(|(h, i)| i.gpus > 0 && Self::may_use(job, local, *h));
                 if !any_gpu {
                     let rest = std::mem::take(&mut job.unassigned);
                     for i in rest.iter() {
@@ -316,23 +331,50 @@ impl<P: Weight> Scheduler<P> {
     /// Submits a job; returns its resolved fragment count. Invalid arguments are reported
     /// before anything is scheduled.
     pub fn submit(&mut self, job: JobId, spec: JobSpec) -> Result<usize, InvalidArgument> {
+        self.submit_with(job, spec, false)
+    }
+
+    /// [`submit`](Self::submit) for a job that cannot go to another host (the runtime did not
+    /// serialize it because no other host was up): it is scheduled as if this host were alone,
+    /// and hosts that come up later get none of its fragments.
+    pub fn submit_on_initiator_only(
+        &mut self,
+        job: JobId,
+        spec: JobSpec,
+    ) -> Result<usize, InvalidArgument> {
+        self.submit_with(job, spec, true)
+    }
+
+    fn submit_with(
+        &mut self,
+        job: JobId,
+        spec: JobSpec,
+        initiator_only: bool,
+    ) -> Result<usize, InvalidArgument> {
         spec.params.validate()?;
         let params = spec.params;
-        // A LOCAL job runs on this host alone, so only this host's GPUs count for it.
-        let local_only = params.mode == SchedulingMode::Local;
-        if params.gpu_load > 0.0
-            && !self
-                .hosts
-                .iter()
-                .any(|(h, i)| i.gpus > 0 && (!local_only || *h == self.local))
-        {
-            return Err(InvalidArgument::NoGpuHost(params.gpu_load));
+        let local = self.local;
+        let usable = |h: &HostId| !initiator_only || *h == local;
+        let gpu_here = self.hosts.get(&local).is_some_and(|i| i.gpus > 0);
+        if params.gpu_load > 0.0 && !gpu_here {
+            // A LOCAL job runs on this host alone, so only this host's GPUs count for it.
+            if params.mode == SchedulingMode::Local && self.hosts.values().any(|i| i.gpus > 0) {
+                return Err(InvalidArgument::NoLocalGpu {
+                    gpu_load: params.gpu_load,
+                    host: local,
+                });
+            }
+            if params.mode == SchedulingMode::Local
+                || !self.hosts.iter().any(|(h, i)| i.gpus > 0 && usable(h))
+            {
+                return Err(InvalidArgument::NoGpuHost(params.gpu_load));
+            }
         }
         let local_sub = self.hosts.get(&self.local).map_or(0, |h| h.sub_cluster);
         let once_hosts: Vec<HostId> = self
             .hosts
             .iter()
-            .filter(|(h, i)| **h != self.local && i.sub_cluster == local_sub)
+            .filter(|(h, i)| **h != self.local && i.sub_cluster == local_sub && usable(h))
             .map(|(h, _)| *h)
             .collect();
         let count = match params.mode {
@@ -372,6 +414,8 @@ impl<P: Weight> Scheduler<P> {
             buffered: BTreeMap::new(),
             buffered_weight: 0,
             tainted: FragmentSet::new(),
+            initiator_only,
+            excluded: BTreeMap::new(),
         };
         match state.params.mode {
             SchedulingMode::Local => {
@@ -393,17 +437,14 @@ impl<P: Weight> Scheduler<P> {
                 let slots = spec.assignment.unwrap_or_default();
                 for i in 0..count {
                     match slots.get(i) {
-                        Some(h) if self.hosts.contains_key(h) => {
+                        Some(h) if self.hosts.contains_key(h) && usable(h) => {
                             if state.params.gpu_load > 0.0
                                 && self.hosts.get(h).is_some_and(|info| info.gpus == 0)
                             {
                                 state.failures.push(FragmentFailure {
                                     index: i,
                                     host: *h,
-                                    reason: FailureReason::Returned(format!(
-                                        "{h} has no GPU for a job with gpu_load {}",
-                                        state.params.gpu_load
-                                    )),
+                                    reason: FailureReason::NoGpu(*h),
                                 });
                                 state.failed.insert(i);
                             } else {
@@ -468,6 +509,40 @@ impl<P: Weight> Scheduler<P> {
         s
     }
 
+    /// Whether `host` may get fragments of `job` (CLUSTER placement).
+    fn may_use(job: &JobState<P>, local: HostId, host: HostId) -> bool {
+        (!job.initiator_only || host == local) && !job.excluded.contains_key(&host)
+    }
+
+    /// Whether a host other than `host` can take CLUSTER fragments of the job: the initiator
+    /// always can for a CPU job; a GPU job needs another GPU host it may use.
+    fn another_host_can_run(&self, id: JobId, host: HostId) -> bool {
+        let Some(job) = self.jobs.get(&id) else {
+            return false;
+        };
+        job.params.gpu_load <= 0.0
+            || self
+                .hosts
+                .iter()
+                .any(|(h, i)| *h != host && i.gpus > 0 && Self::may_use(job, self.local, *h))
+    }
+
+    /// Takes `host` out of a CLUSTER job that it cannot run: its outstanding fragments go back
+    /// to the pool for the other hosts, as for a failed host, and the report names it.
+    fn exclude(&mut self, id: JobId, host: HostId, reason: FailureReason) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.window.remove(&host);
+        let lost = job.assigned.remove(&host).unwrap_or_default();
+        job.excluded.entry(host).or_insert_with(|| reason.clone());
+        if job.cancelling {
+            job.cancelled.extend_from(&lost);
+        } else {
+            job.unassigned.extend_from(&lost);
+        }
+    }
+
     /// CLUSTER: hand out unassigned fragments to hosts with room in their window.
     fn pump(&mut self, id: JobId) {
         let Some(job) = self.jobs.get(&id) else {
@@ -480,6 +555,7 @@ impl<P: Weight> Scheduler<P> {
         let slots: Vec<(HostId, usize)> = self
             .hosts
             .keys()
+            .filter(|h| Self::may_use(job, self.local, **h))
             .map(|h| (*h, self.slots(*h, &params)))
             .filter(|(_, s)| *s > 0)
             .collect();
@@ -658,6 +734,19 @@ impl<P: Weight> Scheduler<P> {
         if !self.accepts(id, host, fragment) {
             return Outcome::Stale;
         }
+        // A CLUSTER host that cannot run the job at all is excluded from it; the fragment and
+        // the rest it holds run elsewhere (if no other host can, they fail there as they come).
+        let cannot_run = matches!(
+            reason,
+            FailureReason::UnknownClass(_) | FailureReason::Deserialize(_)
+        );
+        let reassign = self.jobs.get(&id).is_some_and(|j| j.reassign);
+        if reassign && cannot_run && host != self.local && self.another_host_can_run(id, host) {
+            self.exclude(id, host, reason);
+            self.pump(id);
+            self.advance(id);
+            return Outcome::Applied;
+        }
         let Some(job) = self.jobs.get_mut(&id) else {
             return Outcome::Stale;
         };
@@ -817,6 +906,7 @@ impl<P: Weight> Scheduler<P> {
             cancelled: job.cancelled,
             failures: job.failures,
             per_host: job.per_host.into_iter().collect(),
+            excluded_hosts: job.excluded.into_iter().collect(),
             elapsed: Duration::ZERO,
         }));
     }

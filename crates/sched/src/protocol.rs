@@ -742,12 +742,7 @@ impl<P: Weight, R> Protocol<P, R> {
 
     /// Whether this host can admit a job with these parameters at all.
     fn cannot_run(&self, params: &JobParams) -> Option<FailureReason> {
-        (params.gpu_load > 0.0 && self.info.gpus == 0).then(|| {
-            FailureReason::Returned(format!(
-                "{} has no GPU for a job with gpu_load {}",
-                self.local, params.gpu_load
-            ))
-        })
+        (params.gpu_load > 0.0 && self.info.gpus == 0).then_some(FailureReason::NoGpu(self.local))
     }
 
     /// The replica of `job` was made (`Ok`) or could not be (`Err`: unknown class, bad bytes).
@@ -824,8 +819,31 @@ impl<P: Weight, R> Protocol<P, R> {
 
     /// Submits a job initiated here; returns its resolved fragment count.
     pub fn submit(&mut self, job: JobId, spec: JobSpec) -> Result<usize, InvalidArgument> {
+        self.submit_with(job, spec, false)
+    }
+
+    /// [`submit`](Self::submit) for a job that stays on this host
+    /// ([`Scheduler::submit_on_initiator_only`]).
+    pub fn submit_on_initiator_only(
+        &mut self,
+        job: JobId,
+        spec: JobSpec,
+    ) -> Result<usize, InvalidArgument> {
+        self.submit_with(job, spec, true)
+    }
+
+    fn submit_with(
+        &mut self,
+        job: JobId,
+        spec: JobSpec,
+        initiator_only: bool,
+    ) -> Result<usize, InvalidArgument> {
         let params = spec.params.clone();
-        let n = self.sched.submit(job, spec)?;
+        let n = if initiator_only {
+            self.sched.submit_on_initiator_only(job, spec)?
+        } else {
+            self.sched.submit(job, spec)?
+        };
         self.local_jobs.insert(
             job,
             LocalJob {

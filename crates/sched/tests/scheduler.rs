@@ -629,3 +629,60 @@ fn fragment_rerun_on_the_initiator_after_partial_delivery_dedupes_its_chunks() {
     assert_eq!(delivered[0].2, 10);
     assert_eq!(delivered[1].2, 101);
 }
+
+/// A CLUSTER host that answers it lacks the job's type gets none of it any more: what it held
+/// runs on the others, and the report names it.
+#[test]
+fn a_host_that_cannot_run_a_cluster_job_is_excluded_from_it() {
+    let mut s = cluster(3);
+    let id = job(1);
+    let spec = JobSpec {
+        params: params(SchedulingMode::Cluster),
+        count: 200,
+        assignment: None,
+    };
+    s.submit(id, spec).unwrap();
+    let first = drain(&mut s);
+    let at_2: Vec<usize> = dispatched(&first)
+        .into_iter()
+        .filter(|(h, _)| *h == HostId(2))
+        .flat_map(|(_, r)| r.into_iter().flatten())
+        .collect();
+    assert!(!at_2.is_empty());
+    let reason = FailureReason::UnknownClass(fragmenta_job::ClassId(7));
+    // Host 2 answers each fragment it was given; only the first answer counts.
+    let mut actions = Vec::new();
+    for &f in &at_2 {
+        s.on_fragment_failed(id, HostId(2), f, reason.clone());
+        actions.extend(drain(&mut s));
+    }
+    assert!(dispatched(&actions).iter().all(|(h, _)| *h != HostId(2)));
+    let rest: Vec<Action<u32>> = first
+        .into_iter()
+        .filter(|a| !matches!(a, Action::Dispatch { host, .. } if *host == HostId(2)))
+        .chain(actions)
+        .collect();
+    let (_, report) = run_to_end(&mut s, id, rest);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.done_on(HostId(2)), 0);
+    assert_eq!(report.excluded_hosts, vec![(HostId(2), reason)]);
+}
+
+/// A job the runtime could not send anywhere stays on the initiator, even when hosts come up.
+#[test]
+fn an_initiator_only_job_never_goes_to_another_host() {
+    let mut s = cluster(1);
+    let id = job(1);
+    let spec = JobSpec {
+        params: params(SchedulingMode::Cluster),
+        count: 5000,
+        assignment: None,
+    };
+    s.submit_on_initiator_only(id, spec).unwrap();
+    let mut actions = drain(&mut s);
+    s.host_up(HostId(1), info(0, 8.0, 0));
+    actions.extend(drain(&mut s));
+    let (_, report) = run_to_end(&mut s, id, actions);
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.done_on(L), 5000);
+}

@@ -231,7 +231,10 @@ fn a_local_gpu_job_needs_a_gpu_on_its_initiator() {
     let job = |seq| JobId { initiator: L, seq };
     assert_eq!(
         s.submit(job(1), spec(SchedulingMode::Local)),
-        Err(InvalidArgument::NoGpuHost(1.0))
+        Err(InvalidArgument::NoLocalGpu {
+            gpu_load: 1.0,
+            host: L
+        })
     );
     assert_eq!(s.active_jobs(), 0);
     // CLUSTER may still use the other host's GPUs.

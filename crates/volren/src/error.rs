@@ -40,6 +40,15 @@ pub enum VolrenError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Serialized brick bytes do not match their header.
     #[error("brick bytes do not match header: {0}")]
     BadBrickBytes(String),

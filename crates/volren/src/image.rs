@@ -317,7 +317,7 @@ impl Image {
     /// Writes [`Image::to_png`] to `path`.
     pub fn write_png(&self, path: impl AsRef<Path>, background: [u8; 3]) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_png(background)?).map_err(|source| VolrenError::Io {
+        std::fs::write(path, self.to_png(background)?).map_err(|source| VolrenError::Write {
             path: path.to_path_buf(),
             source,
         })

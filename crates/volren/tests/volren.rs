@@ -634,6 +634,14 @@ fn png_is_straight_colour_over_background() {
     let path = dir.path().join("x.png");
     img.write_png(&path, [0, 0, 0]).unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    // A folder that does not exist is a write error naming the file, not a read error.
+    let missing = dir.path().join("none/x.png");
+    let err = img.write_png(&missing, [0, 0, 0]).unwrap_err();
+    assert!(
+        matches!(&err, VolrenError::Write { path, .. } if *path == missing),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("cannot write"), "{err}");
 }
 
 #[test]

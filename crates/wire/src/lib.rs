@@ -25,4 +25,6 @@ pub use frame::{
 
 /// The version of the protocol spoken between hosts, exchanged in the
 /// [handshake](handshake::Hello). Hosts with different versions refuse each other.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: `FailureReason` (in `ResultItem::Failed`) gained `NoGpu` and `ReceivePanicked`.
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -17,7 +17,7 @@ use fragmenta_wire::{encode, PROTOCOL_VERSION};
 use serde::Serialize;
 
 /// The protocol version the table below was recorded for.
-const GOLDEN_VERSION: u32 = 1;
+const GOLDEN_VERSION: u32 = 2;
 
 fn hex<M: Serialize>(m: &M) -> String {
     encode(m)
@@ -53,6 +53,8 @@ fn samples() -> Vec<(String, String)> {
         FailureReason::HostFailed(HostId(5)),
         FailureReason::UnknownClass(ClassId(0x0102_0304)),
         FailureReason::Deserialize("d".into()),
+        FailureReason::NoGpu(HostId(6)),
+        FailureReason::ReceivePanicked("q".into()),
     ];
     let mut v: Vec<(String, String)> = vec![
         ("Hello", hex(&Hello::new("c", HostId(2)))),
@@ -164,6 +166,8 @@ fn samples() -> Vec<(String, String)> {
             "ResultItem::Failed HostFailed",
             "ResultItem::Failed UnknownClass",
             "ResultItem::Failed Deserialize",
+            "ResultItem::Failed NoGpu",
+            "ResultItem::Failed ReceivePanicked",
         ][i];
         v.push((
             name.to_string(),
@@ -213,7 +217,7 @@ fn samples() -> Vec<(String, String)> {
 
 /// `(message, hex bytes)` for [`GOLDEN_VERSION`].
 const GOLDEN: &[(&str, &str)] = &[
-    ("Hello", "01016302"),
+    ("Hello", "02016302"),
     ("HelloReply::Accept", "0001"),
     ("HandshakeRejection::VersionMismatch", "01000102"),
     ("HandshakeRejection::ClusterMismatch", "0101610162"),
@@ -255,6 +259,8 @@ const GOLDEN: &[(&str, &str)] = &[
     ("ResultItem::Failed HostFailed", "02070205"),
     ("ResultItem::Failed UnknownClass", "020703fc04030201"),
     ("ResultItem::Failed Deserialize", "0207040164"),
+    ("ResultItem::Failed NoGpu", "02070506"),
+    ("ResultItem::Failed ReceivePanicked", "0207060171"),
     ("FetchReply::Found U8", "00180100020203"),
     ("FetchReply::Found U16", "00180101020203"),
     ("FetchReply::Found U32", "00180102020203"),

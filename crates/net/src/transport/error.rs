@@ -183,6 +183,15 @@ pub enum AcceptError {
     /// The client presented no certificate.
     #[error("client presented no certificate")]
     NoPeerCertificate,
+    /// The client did not complete its TLS handshake within
+    /// [`NetConfig::handshake_timeout`](crate::NetConfig::handshake_timeout).
+    #[error("handshake from {remote} not complete after {timeout:?}")]
+    HandshakeTimeout {
+        /// The client's address.
+        remote: SocketAddr,
+        /// The timeout.
+        timeout: std::time::Duration,
+    },
 }
 
 /// Why [`SendStream::finish`](super::SendStream::finish) failed.

@@ -62,7 +62,8 @@ impl QuicTransport {
 
 impl Transport for QuicTransport {
     fn bind(&self, host: HostId, addr: SocketAddr) -> Result<Endpoint, BindError> {
-        Endpoint::bind_quic(
+        Endpoint::bind_quic_as(
+            host,
             addr,
             &TlsFiles::for_host(&self.certs_dir, host),
             &self.config,
@@ -115,7 +116,33 @@ impl Endpoint {
         config: &NetConfig,
     ) -> Result<Endpoint, BindError> {
         Ok(Endpoint {
-            inner: EndpointInner::Quic(quic::QuicEndpoint::bind(addr, tls, config)?),
+            inner: EndpointInner::Quic(quic::QuicEndpoint::bind(addr, tls, config, None)?),
+        })
+    }
+
+    /// [`bind_quic`](Self::bind_quic) for `host`: its certificate must name `host`
+    /// ([`TlsError::WrongHost`](crate::tls::TlsError::WrongHost) otherwise, for example when a
+    /// host was given another host's certificate and key).
+    pub fn bind_quic_as(
+        host: HostId,
+        addr: SocketAddr,
+        tls: &TlsFiles,
+        config: &NetConfig,
+    ) -> Result<Endpoint, BindError> {
+        Ok(Endpoint {
+            inner: EndpointInner::Quic(quic::QuicEndpoint::bind(addr, tls, config, Some(host))?),
+        })
+    }
+
+    /// Binds a QUIC endpoint at `addr` with an in-memory identity (see
+    /// [`crate::secret`]); otherwise as [`Endpoint::bind_quic`].
+    pub fn bind_quic_identity(
+        addr: SocketAddr,
+        identity: &crate::tls::TlsIdentity,
+        config: &NetConfig,
+    ) -> Result<Endpoint, BindError> {
+        Ok(Endpoint {
+            inner: EndpointInner::Quic(quic::QuicEndpoint::bind_identity(addr, identity, config)?),
         })
     }
 
@@ -162,8 +189,10 @@ impl Endpoint {
 
     /// Waits for the next incoming connection. `None` once the endpoint is closed.
     ///
-    /// Handshakes are completed one at a time; a failed one is returned as an error and the
-    /// endpoint keeps accepting.
+    /// Connections come in the order their handshakes complete: QUIC handshakes run
+    /// concurrently within the bounds of [`NetConfig`] (a client that stalls its handshake
+    /// delays no other). A failed, refused-by-certificate or timed-out handshake is returned
+    /// as an error and the endpoint keeps accepting.
     pub async fn accept(&self) -> Option<Result<Connection, AcceptError>> {
         match &self.inner {
             EndpointInner::Quic(e) => e.accept().await,

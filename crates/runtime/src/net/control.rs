@@ -136,6 +136,8 @@ impl Net {
                 Control::Shutdown if peer == self.primary => {
                     tracing::info!(host = %self.host, %peer, "shutdown requested");
                     self.shutdown.set(Ok(()));
+                    // A clean shutdown: the links closing next are not hosts going down.
+                    self.membership.close();
                     continue;
                 }
                 Control::Shutdown => {

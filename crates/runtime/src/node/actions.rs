@@ -36,7 +36,8 @@ impl Node {
                     match runner {
                         Some(runner) => {
                             if let Err(e) = self.exec.submit(key, spec, runner, fragments) {
-                                tracing::error!(%job, error = ?e, "the worker pool refused work");
+                                let reason = crate::executor::refusal(self.host(), &e);
+                                tracing::error!(%job, %reason, "the worker pool refused work");
                             }
                         }
                         None => tracing::error!(%job, "no runner for the job's work"),

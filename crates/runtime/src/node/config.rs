@@ -34,29 +34,13 @@ pub fn default_fastio_capacity() -> u64 {
     total_kib.map_or(4 << 30, |k| k.saturating_mul(1024) / 2)
 }
 
-/// Default socket of a host's Fast I/O context: `fragmenta-<uid>/<label>-host<id>.sock` in
-/// `$XDG_RUNTIME_DIR` or else the temporary folder (the folder is made readable by its owner
-/// only). `label` tells apart clusters sharing a machine (the cluster name, or the process id
-/// for an embedded cluster).
+/// Default socket of a host's Fast I/O context: `<label>-host<id>.<pid>.sock` in
+/// [`fragmenta_fastio::default_socket_dir`] (`$XDG_RUNTIME_DIR` or else the temporary folder,
+/// `fragmenta-<uid>`, readable by its owner only, with a private fallback should another user
+/// have taken that name). `label` tells apart clusters sharing a machine (the cluster name and
+/// a count of the process's clusters).
 pub fn default_fastio_socket(label: &str, host: HostId) -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
-    let label: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    base.join(format!("fragmenta-{uid}"))
-        .join(format!("{label}-host{}.sock", host.0))
+    fragmenta_fastio::default_socket_path(&format!("{label}-host{}", host.0))
 }
 
 impl NodeConfig {

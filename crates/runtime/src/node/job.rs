@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+// One `Finish` per job: its larger size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Delivery {
     Chunk {
         fragment: usize,
@@ -47,6 +49,8 @@ pub(crate) struct InitiatedJob {
     /// bytes may land in it), until its result is delivered.
     pub(crate) rdma: Option<Mutex<HashMap<usize, (RdmaBuffer, HostId)>>>,
     pub(super) deliveries: Mutex<DeliveryQueue>,
+    /// Fragments whose result the job failed to receive (`receive_remote_result` panicked).
+    pub(super) receive_failed: Mutex<crate::registry::ReceiveFailures>,
     pub(super) result: Mutex<Option<Result<JobReport, ExecuteError>>>,
     pub(super) finished: Condvar,
     pub(super) started: Instant,
@@ -57,7 +61,10 @@ impl InitiatedJob {
         self.job.params()
     }
 
-    pub(super) fn complete(&self, result: Result<JobReport, ExecuteError>) {
+    pub(super) fn complete(&self, mut result: Result<JobReport, ExecuteError>) {
+        if let Ok(report) = &mut result {
+            self.receive_failed.lock().apply(report);
+        }
         // Buffers of fragments that failed or ran elsewhere go back to their context before the
         // initiator sees the report.
         if let Some(map) = &self.rdma {
@@ -119,6 +126,11 @@ pub(super) fn drain_deliveries(node: &Node, ij: &Arc<InitiatedJob>) {
             } => {
                 let weight = payload.weight();
                 let job = &ij.job;
+                if ij.receive_failed.lock().contains(fragment) {
+                    // Its result is already lost.
+                    node.with_proto(|p| p.delivered(ij.id, weight));
+                    continue;
+                }
                 let r = catch_unwind(AssertUnwindSafe(|| match payload {
                     Payload::Bytes(bytes) => {
                         let mut reader = ResultReader::new(seq, bytes);
@@ -134,7 +146,9 @@ pub(super) fn drain_deliveries(node: &Node, ij: &Arc<InitiatedJob>) {
                     }
                 }));
                 if let Err(p) = r {
-                    tracing::error!(job = %ij.id, fragment, "receive_remote_result panicked: {}", panic_message(&*p));
+                    let msg = panic_message(&*p);
+                    tracing::error!(job = %ij.id, fragment, "receive_remote_result panicked: {msg}");
+                    ij.receive_failed.lock().record(fragment, msg);
                 }
                 node.with_proto(|p| p.delivered(ij.id, weight));
             }

@@ -71,6 +71,12 @@ fn expected_submit(
             .iter()
             .any(|(h, i)| i.gpus > 0 && (!local_only || *h == local))
     {
+        if local_only && s.view.values().any(|i| i.gpus > 0) {
+            return Err(InvalidArgument::NoLocalGpu {
+                gpu_load: s.params.gpu_load,
+                host: local,
+            });
+        }
         return Err(InvalidArgument::NoGpuHost(s.params.gpu_load));
     }
     let local_sub = s.view.get(&local).map_or(0, |h| h.sub_cluster);
@@ -572,9 +578,12 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
                     && j.gpus_at_submit.get(h).is_none_or(|g| *g > 0)
             }
             FailureReason::HostFailed(h) => *h == f.host && j.downs.contains(h) && ran_there,
-            FailureReason::Returned(_) => {
+            FailureReason::Returned(_) => false,
+            FailureReason::ReceivePanicked(_) => false,
+            FailureReason::NoGpu(h) => {
                 // Only a USER_DEFINED GPU fragment put on a host without a GPU.
-                j.mode == SchedulingMode::UserDefined
+                *h == f.host
+                    && j.mode == SchedulingMode::UserDefined
                     && j.gpu
                     && j.slot(i) == Some(Some(f.host))
                     && j.gpus_at_submit.get(&f.host) == Some(&0)
