@@ -62,6 +62,10 @@ pub struct Limits {
     /// Result weight (bytes) of one job the initiator holds, buffered for ordered delivery or
     /// waiting for the job to take it, before it stops reading that job's result streams.
     pub max_held_bytes: usize,
+    /// Most result streams from one peer paused at once: each keeps up to its transport's
+    /// stream window unread, which counts against the connection's window, and a connection
+    /// out of credit would stall that peer's control stream (and heartbeats) too.
+    pub max_paused_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +76,7 @@ impl Default for Limits {
             max_fragments: 1 << 32,
             max_chunk_bytes: 256 << 20,
             max_held_bytes: 64 << 20,
+            max_paused_per_peer: 3,
         }
     }
 }
@@ -1038,6 +1043,20 @@ impl<P: Weight, R> Protocol<P, R> {
                 None => BTreeSet::new(),
             }
         };
+        // A peer with as many paused streams (of other jobs) as allowed keeps this one going.
+        let cap = self.limits.max_paused_per_peer;
+        let want: BTreeSet<HostId> = want
+            .into_iter()
+            .filter(|h| {
+                lj.paused.contains(h)
+                    || self
+                        .local_jobs
+                        .iter()
+                        .filter(|(id, other)| **id != job && other.paused.contains(h))
+                        .count()
+                        < cap
+            })
+            .collect();
         let Some(lj) = self.local_jobs.get_mut(&job) else {
             return;
         };

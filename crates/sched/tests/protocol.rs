@@ -515,3 +515,44 @@ fn a_cancel_from_a_host_running_a_job_here_aborts_it() {
         Some(Down::Violation(_))
     ));
 }
+
+#[test]
+fn at_most_a_few_streams_of_one_peer_are_paused_at_once() {
+    let limits = Limits {
+        max_held_bytes: 10,
+        max_paused_per_peer: 2,
+        ..Limits::default()
+    };
+    let mut p = proto(limits);
+    let mut paused = 0;
+    for seq in 1..=4 {
+        let job = JobId { initiator: ME, seq };
+        let spec = JobSpec {
+            params: params(SchedulingMode::Cluster, false),
+            count: 8,
+            assignment: None,
+        };
+        p.submit(job, spec).unwrap();
+        let f = drain(&mut p)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::SendDispatch { fragments, .. } => Some(fragments[0].start),
+                _ => None,
+            })
+            .expect("fragments on the peer");
+        let chunk = ResultEvent::Chunk {
+            fragment: f as u64,
+            seq: 0,
+            payload: vec![0u8; 20],
+        };
+        let _ = p.on_results(PEER, job, [chunk], T0);
+        paused += drain(&mut p)
+            .iter()
+            .filter(|a| matches!(a, Action::PauseResults { .. }))
+            .count();
+    }
+    assert_eq!(
+        paused, 2,
+        "two streams of the peer paused, the others keep going"
+    );
+}
