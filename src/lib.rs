@@ -47,6 +47,10 @@ pub mod __private {
     pub use fragmenta_runtime::{NodeConfig, Registry};
 }
 
+/// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,
+/// Rust operators, and the thread, process and cluster runners.
+pub use fragmenta_pipeline as pipeline;
+
 /// Shows the runtime's log on stderr: what `RUST_LOG` selects (for instance
 /// `RUST_LOG=fragmenta_runtime=debug` for links, jobs and fragment blocks with their ids), or
 /// when it is not set, fragmenta's own `info` level and above and other crates' warnings, so
@@ -57,7 +61,7 @@ pub fn init_logging() -> bool {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(
-            "warn,fragmenta=info,fragmenta_runtime=info,fragmenta_fastio=info,fragmenta_net=info",
+            "warn,fragmenta=info,fragmenta_runtime=info,fragmenta_fastio=info,fragmenta_net=info,fragmenta_pipeline=info",
         )
     });
     tracing_subscriber::fmt()

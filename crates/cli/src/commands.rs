@@ -43,6 +43,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Check or run a typed operator pipeline (Clara api-version 0.5.0 YAML).
+    Pipeline(crate::pipeline::PipelineArgs),
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pipeline(args) => crate::pipeline::run(args),
         Command::Status { config: path } => {
             let config = ClusterConfig::load(&path)?;
             print!("{}", render_status(&config, &path));

@@ -7,6 +7,8 @@
 //! fragmenta certs --out DIR --hosts 0,1,2 [--cluster NAME] [--validity-days DAYS] [--force]
 //! fragmenta status --config FILE
 //! fragmenta secret [FILE]
+//! fragmenta pipeline check FILE
+//! fragmenta pipeline run FILE --payload PATH --output DIR [--threads] [-- PROG ARGS...]
 //! ```
 //!
 //! `launch` is also a library function, [`launch()`], so that tests and tools can start local
@@ -14,6 +16,7 @@
 
 mod commands;
 mod launch;
+mod pipeline;
 mod secret;
 mod signals;
 
@@ -24,5 +27,8 @@ use std::process::ExitCode;
 /// Entry point of the `fragmenta` binary: parses the command line, runs the command, and
 /// prints errors (with their causes) to stderr.
 pub fn main() -> ExitCode {
+    if let Some(code) = pipeline::operator_process() {
+        return code;
+    }
     commands::main()
 }

@@ -193,10 +193,15 @@ fn exit_status_is_the_initiators() {
         dir.path(),
     );
     assert_eq!(launch(opts).expect("launches"), 3);
-    // Another host failing does not change a successful initiator's status.
+    // Another host failing after the initiator succeeded does not change its status. Host 1
+    // fails only once the launcher has reaped the initiator (a zombie still answers `kill -0`),
+    // so the launcher saw the initiator's success first: a failure seen earlier stops everyone
+    // (the initiator then reports SIGTERM), which is a different case.
     let (opts, ..) = sh(
         2,
-        "if [ \"$FRAGMENTA_HOST_ID\" = 1 ]; then exit 5; fi; exit 0",
+        "if [ \"$FRAGMENTA_HOST_ID\" = 0 ]; then echo $$ > \"$D/init-pid\"; exit 0; fi; \
+         while [ ! -s \"$D/init-pid\" ]; do sleep 0.01; done; \
+         while kill -0 \"$(cat \"$D/init-pid\")\" 2>/dev/null; do sleep 0.01; done; exit 5",
         dir.path(),
     );
     assert_eq!(launch(opts).expect("launches"), 0);
