@@ -5,15 +5,11 @@
 //! fragmenta launch -n 4 -- target/release/examples/mandelbrot   # four processes (CLUSTER)
 //! ```
 //!
-//! Local fragments write straight into the image; remote fragments stream their rows back and
-//! `receive_remote_result` copies them in. The result is `mandelbrot.png`.
+//! A typed job: each fragment returns its band of rows and `merge` copies it into the image,
+//! whether the band was computed here or on another host. The result is `mandelbrot.png`.
 
-use fragmenta::{
-    ClassId, Cluster, ExecutionContext, FragmentedJob, ResultReader, ResultWriter, SchedulingMode,
-    Transaction,
-};
+use fragmenta::*;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 #[derive(Serialize, Deserialize)]
@@ -58,95 +54,72 @@ impl Mandelbrot {
     }
 }
 
-impl FragmentedJob for Mandelbrot {
-    const CLASS_ID: ClassId = ClassId::from_name("fragmenta.examples.mandelbrot");
+#[fragmenta::job(name = "fragmenta.examples.mandelbrot")]
+impl TypedJob for Mandelbrot {
+    type Output = Vec<u8>; // one band of rows, grey levels
 
-    fn execute_fragment(&self, _: &Transaction, index: usize, _: usize, _: &ExecutionContext) {
+    fn run(&self, f: &Fragment<'_>) -> Vec<u8> {
         let mut rows = Vec::with_capacity(self.rows_per_fragment * self.width);
-        self.band(index, &mut rows);
-        self.place(index, &rows);
+        self.band(f.index, &mut rows);
+        rows
     }
 
-    fn execute_fragment_remote(
-        &self,
-        out: &mut ResultWriter<'_>,
-        _: &Transaction,
-        index: usize,
-        _: usize,
-        _: &ExecutionContext,
-    ) -> std::io::Result<()> {
-        let mut rows = Vec::with_capacity(self.rows_per_fragment * self.width);
-        self.band(index, &mut rows);
-        out.write_all(&rows)
-    }
-
-    fn receive_remote_result(
-        &self,
-        result: &mut ResultReader,
-        _: &Transaction,
-        index: usize,
-        _: usize,
-    ) {
-        self.place(index, result.bytes());
+    fn merge(&self, index: usize, rows: Vec<u8>) {
+        self.place(index, &rows); // each band lands in its own rows: any order will do
     }
 
     fn scheduling_mode(&self) -> SchedulingMode {
         SchedulingMode::Cluster
     }
-
-    fn allow_non_sequential_chunks(&self) -> bool {
-        true // each chunk lands in its own rows: any order will do
-    }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), BoxError> {
     // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
     // fragment blocks with their ids.
     fragmenta::init_logging();
-    // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
-    let cluster = Cluster::builder().register::<Mandelbrot>().join()?;
-    if !cluster.is_primary() {
-        // Every host runs this program; all but the primary serve fragments until it is done.
-        cluster.serve()?;
-        return Ok(());
-    }
-    let (width, height, rows) = (1200, 800, 4);
-    let job = Arc::new(Mandelbrot {
-        width,
-        height,
-        rows_per_fragment: rows,
-        max_iter: 500,
-        image: Mutex::new(vec![0; width * height]),
-    });
-    let fragments = height.div_ceil(rows);
-    let handle = cluster.submit(&job, fragments)?;
-    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        let bar = indicatif::ProgressBar::new(fragments as u64);
-        while !handle.is_finished() {
-            bar.set_position(handle.progress().0 as u64);
-            std::thread::sleep(std::time::Duration::from_millis(50));
+    // Every host runs this program: `spmd` joins the embedded one-host cluster or the cluster
+    // `fragmenta launch` (or a config) describes, runs the closure on the primary, and serves
+    // fragments on the others until it is done.
+    fragmenta::spmd(|cluster| {
+        let (width, height, rows) = (1200, 800, 4);
+        let job = Arc::new(Mandelbrot {
+            width,
+            height,
+            rows_per_fragment: rows,
+            max_iter: 500,
+            image: Mutex::new(vec![0; width * height]),
+        });
+        let fragments = height.div_ceil(rows);
+        let handle = cluster.submit(&job, fragments)?;
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            let bar = indicatif::ProgressBar::new(fragments as u64);
+            while !handle.is_finished() {
+                bar.set_position(handle.progress().0 as u64);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            bar.finish_and_clear();
         }
-        bar.finish_and_clear();
-    }
-    let report = handle.wait()?;
-    println!(
-        "{} of {} fragments done on {} host(s) in {:.1} ms; per host: {:?}",
-        report.done.len(),
-        report.count,
-        cluster.hosts().len(),
-        report.elapsed.as_secs_f64() * 1e3,
-        report
-            .per_host
-            .iter()
-            .map(|(h, n)| format!("{h}: {n}"))
-            .collect::<Vec<_>>()
-    );
-    let image = job.image.lock().unwrap_or_else(|e| e.into_inner());
-    let file = std::fs::File::create("mandelbrot.png")?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
-    encoder.set_color(png::ColorType::Grayscale);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.write_header()?.write_image_data(&image)?;
-    println!("wrote mandelbrot.png ({width}x{height})");
-    Ok(())
+        let report = handle.wait()?;
+        println!(
+            "{} of {} fragments done on {} host(s) in {:.1} ms; per host: {:?}",
+            report.done.len(),
+            report.count,
+            cluster.hosts().len(),
+            report.elapsed.as_secs_f64() * 1e3,
+            report
+                .per_host
+                .iter()
+                .map(|(h, n)| format!("{h}: {n}"))
+                .collect::<Vec<_>>()
+        );
+        let image = job.image.lock().unwrap_or_else(|e| e.into_inner());
+        let file = std::fs::File::create("mandelbrot.png")?;
+        let mut encoder =
+            png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.write_header()?.write_image_data(&image)?;
+        println!("wrote mandelbrot.png ({width}x{height})");
+        Ok(())
+    })
 }

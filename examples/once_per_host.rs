@@ -14,16 +14,12 @@
 //! On the embedded one-host cluster (no configuration) there is no remote host: the job runs no
 //! fragment at all (count 0 resolves to 0), and the table holds the initiator's row alone.
 
-use fragmenta::{
-    ClassId, Cluster, ExecutionContext, FragmentedJob, HostId, ResultReader, ResultWriter,
-    SchedulingMode, Transaction,
-};
+use fragmenta::*;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 /// What a host tells about itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Facts {
     host: HostId,
     hostname: String,
@@ -57,33 +53,6 @@ impl Facts {
             mem_available_kib: field("MemAvailable"),
         }
     }
-
-    /// One line: `host \t hostname \t cores \t total \t available` (`-` for unknown).
-    fn encode(&self) -> String {
-        let opt = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-        format!(
-            "{}\t{}\t{}\t{}\t{}",
-            self.host.0,
-            self.hostname.replace('\t', " "),
-            self.cores,
-            opt(self.mem_total_kib),
-            opt(self.mem_available_kib)
-        )
-    }
-
-    fn decode(text: &str) -> Option<Facts> {
-        let f: Vec<&str> = text.split('\t').collect();
-        let [host, hostname, cores, total, available] = f.as_slice() else {
-            return None;
-        };
-        Some(Facts {
-            host: HostId(host.parse().ok()?),
-            hostname: hostname.to_string(),
-            cores: cores.parse().ok()?,
-            mem_total_kib: total.parse().ok(),
-            mem_available_kib: available.parse().ok(),
-        })
-    }
 }
 
 fn gib(kib: Option<u64>) -> String {
@@ -92,49 +61,26 @@ fn gib(kib: Option<u64>) -> String {
     })
 }
 
-/// Asks every remote host for its [`Facts`].
+/// Asks every remote host for its [`Facts`]: a typed job, its fragments return them.
 #[derive(Serialize, Deserialize, Default)]
 struct Inventory {
     #[serde(skip)]
     rows: Mutex<Vec<Facts>>,
 }
 
-impl FragmentedJob for Inventory {
-    const CLASS_ID: ClassId = ClassId::from_name("fragmenta.examples.inventory");
+#[fragmenta::job(name = "fragmenta.examples.inventory")]
+impl TypedJob for Inventory {
+    type Output = Facts;
 
-    // ONCE_PER_HOST never runs a fragment on the initiator; this is here for completeness.
-    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, ctx: &ExecutionContext) {
-        let facts = Facts::here(ctx.host());
+    fn run(&self, f: &Fragment<'_>) -> Facts {
+        Facts::here(f.host())
+    }
+
+    fn merge(&self, _: usize, facts: Facts) {
         self.rows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(facts);
-    }
-
-    fn execute_fragment_remote(
-        &self,
-        out: &mut ResultWriter<'_>,
-        _: &Transaction,
-        _: usize,
-        _: usize,
-        ctx: &ExecutionContext,
-    ) -> std::io::Result<()> {
-        out.write_all(Facts::here(ctx.host()).encode().as_bytes())
-    }
-
-    fn receive_remote_result(
-        &self,
-        result: &mut ResultReader,
-        _: &Transaction,
-        _: usize,
-        _: usize,
-    ) {
-        if let Some(facts) = Facts::decode(&String::from_utf8_lossy(result.bytes())) {
-            self.rows
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(facts);
-        }
     }
 
     fn scheduling_mode(&self) -> SchedulingMode {
@@ -146,45 +92,46 @@ impl FragmentedJob for Inventory {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), BoxError> {
+    // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
+    // fragment blocks with their ids.
     fragmenta::init_logging();
-    let cluster = Cluster::builder().register::<Inventory>().join()?;
-    if !cluster.is_primary() {
-        cluster.serve()?;
-        return Ok(());
-    }
-    let job = Arc::new(Inventory::default());
-    let report = cluster.execute(&job, 0)?; // 0: exactly one fragment per remote host
-    let mut rows = job.rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    rows.sort_by_key(|f| f.host);
-    rows.insert(0, Facts::here(cluster.host_id()));
+    // Joins the cluster (or the embedded one), runs the closure on the primary, serves on the
+    // others.
+    fragmenta::spmd(|cluster| {
+        let job = Arc::new(Inventory::default());
+        let report = cluster.execute(&job, 0)?; // 0: exactly one fragment per remote host
+        let mut rows = job.rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        rows.sort_by_key(|f| f.host);
+        rows.insert(0, Facts::here(cluster.host_id()));
 
-    println!(
-        "{:<10} {:<24} {:>5} {:>10} {:>10}",
-        "HOST", "HOSTNAME", "CORES", "MEMORY", "AVAILABLE"
-    );
-    for (i, f) in rows.iter().enumerate() {
-        let host = format!("{}{}", f.host, if i == 0 { "*" } else { "" });
         println!(
             "{:<10} {:<24} {:>5} {:>10} {:>10}",
-            host,
-            f.hostname,
-            f.cores,
-            gib(f.mem_total_kib),
-            gib(f.mem_available_kib)
+            "HOST", "HOSTNAME", "CORES", "MEMORY", "AVAILABLE"
         );
-    }
-    if report.count == 0 {
-        println!("* the initiator; no remote host in its sub-cluster, so no fragment ran");
-    } else {
-        println!(
-            "* the initiator; {} of {} remote hosts answered",
-            report.done.len(),
-            report.count
-        );
-    }
-    if !report.is_complete() {
-        return Err(format!("hosts did not answer: {:?}", report.failures).into());
-    }
-    Ok(())
+        for (i, f) in rows.iter().enumerate() {
+            let host = format!("{}{}", f.host, if i == 0 { "*" } else { "" });
+            println!(
+                "{:<10} {:<24} {:>5} {:>10} {:>10}",
+                host,
+                f.hostname,
+                f.cores,
+                gib(f.mem_total_kib),
+                gib(f.mem_available_kib)
+            );
+        }
+        if report.count == 0 {
+            println!("* the initiator; no remote host in its sub-cluster, so no fragment ran");
+        } else {
+            println!(
+                "* the initiator; {} of {} remote hosts answered",
+                report.done.len(),
+                report.count
+            );
+        }
+        if !report.is_complete() {
+            return Err(format!("hosts did not answer: {:?}", report.failures).into());
+        }
+        Ok(())
+    })
 }

@@ -16,13 +16,9 @@
 //! On the embedded one-host cluster (no configuration) the one host owns and processes every
 //! shard, and the table shows them all on `host-0`.
 
-use fragmenta::{
-    ClassId, Cluster, ExecutionContext, FragmentedJob, HostId, ResultReader, ResultWriter,
-    SchedulingMode, Transaction,
-};
+use fragmenta::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Number of shards of the data set.
@@ -64,37 +60,13 @@ fn generate(shard: usize) -> Vec<u32> {
 }
 
 /// Statistics of one shard, computed where it lives.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Stats {
     host: u32,
     count: u64,
     sum: u64,
     min: u32,
     max: u32,
-}
-
-impl Stats {
-    fn encode(&self) -> [u8; 28] {
-        let mut b = [0u8; 28];
-        b[0..4].copy_from_slice(&self.host.to_le_bytes());
-        b[4..12].copy_from_slice(&self.count.to_le_bytes());
-        b[12..20].copy_from_slice(&self.sum.to_le_bytes());
-        b[20..24].copy_from_slice(&self.min.to_le_bytes());
-        b[24..28].copy_from_slice(&self.max.to_le_bytes());
-        b
-    }
-
-    fn decode(b: &[u8]) -> Option<Stats> {
-        let u32_at = |i: usize| b.get(i..i + 4)?.try_into().ok().map(u32::from_le_bytes);
-        let u64_at = |i: usize| b.get(i..i + 8)?.try_into().ok().map(u64::from_le_bytes);
-        Some(Stats {
-            host: u32_at(0)?,
-            count: u64_at(4)?,
-            sum: u64_at(12)?,
-            min: u32_at(20)?,
-            max: u32_at(24)?,
-        })
-    }
 }
 
 /// Statistics of every shard, each computed on the host holding the shard.
@@ -125,47 +97,26 @@ impl ShardStats {
             max: data.iter().copied().max().unwrap_or(0),
         })
     }
-
-    fn record(&self, shard: usize, stats: Stats) {
-        self.results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(shard, stats);
-    }
 }
 
-impl FragmentedJob for ShardStats {
-    const CLASS_ID: ClassId = ClassId::from_name("fragmenta.examples.shard-stats");
+/// A typed job: each fragment returns its shard's [`Stats`], and `merge` records them, whether
+/// the shard lived on the initiator or on another host.
+#[fragmenta::job(name = "fragmenta.examples.shard-stats")]
+impl TypedJob for ShardStats {
+    type Output = Stats;
 
-    fn execute_fragment(&self, _: &Transaction, shard: usize, _: usize, ctx: &ExecutionContext) {
-        match self.compute(shard, ctx) {
-            Ok(stats) => self.record(shard, stats),
+    fn run(&self, f: &Fragment<'_>) -> Stats {
+        match self.compute(f.index, f.context) {
+            Ok(stats) => stats,
             Err(why) => panic!("{why}"), // reported as a failed fragment
         }
     }
 
-    fn execute_fragment_remote(
-        &self,
-        out: &mut ResultWriter<'_>,
-        _: &Transaction,
-        shard: usize,
-        _: usize,
-        ctx: &ExecutionContext,
-    ) -> std::io::Result<()> {
-        let stats = self.compute(shard, ctx).map_err(std::io::Error::other)?;
-        out.write_all(&stats.encode())
-    }
-
-    fn receive_remote_result(
-        &self,
-        result: &mut ResultReader,
-        _: &Transaction,
-        shard: usize,
-        _: usize,
-    ) {
-        if let Some(stats) = Stats::decode(result.bytes()) {
-            self.record(shard, stats);
-        }
+    fn merge(&self, shard: usize, stats: Stats) {
+        self.results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(shard, stats);
     }
 
     fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
@@ -179,10 +130,15 @@ impl FragmentedJob for ShardStats {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), BoxError> {
+    // The runtime's log on stderr; RUST_LOG=fragmenta_runtime=debug adds links, jobs and
+    // fragment blocks with their ids.
     fragmenta::init_logging();
     // The embedded one-host cluster, or the cluster `fragmenta launch` (or a config) describes.
-    let cluster = Cluster::builder().register::<ShardStats>().join()?;
+    // Every host loads its shards before it serves or starts the job, so this program joins
+    // and splits primary from servers itself (`fragmenta::spmd` does both for programs whose
+    // hosts have nothing to do first). `ShardStats` registers itself through `#[fragmenta::job]`.
+    let cluster = Cluster::builder().join()?;
     let hosts = cluster.hosts();
     let me = cluster.host_id();
 

@@ -27,6 +27,7 @@
 //! assert_eq!(job.sum.load(Ordering::Relaxed), (0..100u64).map(|i| i * i).sum());
 //! ```
 
+pub use fragmenta_job::{share, Fragment, TypedJob};
 pub use fragmenta_job::{
     Cancellation, ClassId, ExecuteError, ExecutionContext, FailureReason, FetchError,
     FragmentFailure, FragmentSet, FragmentedJob, HostId, InvalidArgument, JobId, JobReport,
@@ -35,17 +36,9 @@ pub use fragmenta_job::{
 };
 pub use fragmenta_runtime::{
     default_fastio_capacity, default_fastio_socket, Cluster, ClusterBuilder, ClusterConfig,
-    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, RegisterError, ServeError,
+    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, RegisterError, Registry,
+    ServeError,
 };
-
-/// Runtime plumbing: what the runtime makes and tests of the runtime itself use (cancellation
-/// tokens, chunk sinks, fetchers, job parameters as the scheduler reads them, node settings).
-/// Not part of the API a job or a program needs; it may change without notice.
-#[doc(hidden)]
-pub mod __private {
-    pub use fragmenta_job::{Abort, CancelToken, ChunkSink, Fetch, JobParams};
-    pub use fragmenta_runtime::{NodeConfig, Registry};
-}
 
 /// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,
 /// Rust operators, and the thread, process and cluster runners.
@@ -75,3 +68,62 @@ pub fn init_logging() -> bool {
 /// The node-local shared-memory data plane (Clara Fast I/O): contexts, allocations, typed views.
 pub use fragmenta_fastio as fastio;
 pub use fragmenta_fastio::{Allocation, ElementType, FastIo, FastIoError, LocalContext};
+pub use fragmenta_fastio::{
+    ContextStats, Element, ReadGuard, RemoteContext, WriteGuard, MAX_DIMS, MAX_NAME_LEN,
+};
+
+/// Registers a job type with every cluster the program builds, on every host: put it on the
+/// `impl FragmentedJob for T` or `impl TypedJob for T` block. Without a `CLASS_ID` in the
+/// block it adds one from the type's module path and name; `#[fragmenta::job(name = "...")]`
+/// names it instead. Explicit [`ClusterBuilder::register`] stays for types without it.
+///
+/// ```
+/// use fragmenta::*;
+/// use serde::{Deserialize, Serialize};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// #[derive(Serialize, Deserialize, Default)]
+/// struct Squares { #[serde(skip)] sum: AtomicU64 }
+///
+/// #[fragmenta::job]
+/// impl TypedJob for Squares {
+///     type Output = u64;
+///     fn run(&self, f: &Fragment<'_>) -> u64 { (f.index * f.index) as u64 }
+///     fn merge(&self, _: usize, square: u64) { self.sum.fetch_add(square, Ordering::Relaxed); }
+///     fn scheduling_mode(&self) -> SchedulingMode { SchedulingMode::Cluster }
+/// }
+///
+/// let registry = Registry::linked().unwrap();
+/// assert!(registry.contains(<Squares as FragmentedJob>::CLASS_ID));
+/// ```
+///
+/// A generic job type is refused at compile time (each instantiation is a type of its own:
+/// register those explicitly):
+///
+/// ```compile_fail
+/// use fragmenta::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Echo<T>(T);
+///
+/// #[fragmenta::job]
+/// impl<T: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> TypedJob for Echo<T> {
+///     type Output = ();
+///     fn run(&self, _: &Fragment<'_>) {}
+///     fn merge(&self, _: usize, (): ()) {}
+/// }
+/// ```
+pub use fragmenta_macros::job;
+pub use fragmenta_runtime::{spmd, BoxError, NestedJobs};
+
+/// Not an API: what `#[fragmenta::job]` expands to refers to, and runtime plumbing that the
+/// runtime makes and its own tests use (cancellation tokens, chunk sinks, fetchers, job
+/// parameters as the scheduler reads them, node settings). It may change without notice.
+#[doc(hidden)]
+pub mod __private {
+    pub use fragmenta_job::{Abort, CancelToken, ChunkSink, Fetch, JobParams};
+    pub use fragmenta_runtime::inventory;
+    pub use fragmenta_runtime::LinkedJob;
+    pub use fragmenta_runtime::NodeConfig;
+}

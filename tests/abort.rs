@@ -7,7 +7,6 @@ mod common;
 
 use fragmenta::*;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,6 @@ mod common;
 
 use fragmenta::*;
 use serde::{Deserialize, Serialize, Serializer};
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

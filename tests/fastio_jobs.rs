@@ -8,7 +8,6 @@ use fragmenta::fastio::RemoteContext;
 use fragmenta::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 /// Publishes `len` f32 values `i * scale` as `name` on the host that runs each fragment.

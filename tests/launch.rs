@@ -9,7 +9,6 @@ mod common;
 
 use fragmenta::*;
 use serde::{Deserialize, Deserializer, Serialize};
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -14,7 +14,6 @@ use common::harness::{self, Outcome};
 use fragmenta::*;
 use fragmenta_net::secret::ClusterSecret;
 use serde::{Deserialize, Deserializer, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -93,3 +93,99 @@ fn once_per_host_example_reports_every_host() {
     }
     assert!(four.contains("3 of 3 remote hosts answered"), "{four}");
 }
+
+#[test]
+fn word_count_example_counts_the_same_embedded_and_on_four_hosts() {
+    // A text whose counts are known: case folds, any whitespace separates.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("text.txt");
+    let mut text = String::new();
+    for i in 0..500 {
+        let first = if i % 5 == 0 { "Alpha" } else { "alpha" };
+        text.push_str(&format!("{first} beta  beta\tgamma gamma gamma\n"));
+    }
+    std::fs::write(&file, text).expect("write the text");
+    let expected = [
+        "3000 words, 3 distinct, in 500 lines",
+        "  gamma: 1500",
+        "  beta: 1000",
+        "  alpha: 500",
+    ];
+
+    let alone = run(Command::new(example("word_count")).arg(&file));
+    for line in expected {
+        assert!(
+            alone.lines().any(|l| l == line),
+            "missing {line:?} in\n{alone}"
+        );
+    }
+    assert!(
+        alone.contains("16 of 16 fragments done on 1 host(s)"),
+        "{alone}"
+    );
+
+    let four = run(Command::new(env!("CARGO_BIN_EXE_fragmenta"))
+        .args(["launch", "-n", "4", "--"])
+        .arg(example("word_count"))
+        .arg(&file));
+    for line in expected {
+        let line = format!("[host-0] {line}");
+        assert!(
+            four.lines().any(|l| l == line),
+            "missing {line:?} in\n{four}"
+        );
+    }
+    let summary = four
+        .lines()
+        .find(|l| l.contains("16 of 16 fragments done on 4 host(s)"))
+        .unwrap_or_else(|| panic!("no complete report on 4 hosts in\n{four}"));
+    // The job type is registered by its attribute alone: the other hosts ran fragments.
+    assert!(
+        (1..4).any(|h| summary.contains(&format!("host-{h}: "))
+            && !summary.contains(&format!("host-{h}: 0"))),
+        "no fragment ran on another host: {summary}"
+    );
+
+    // The generated text: the same counts, whatever the number of hosts.
+    let counts = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| l.strip_prefix("[host-0] ").unwrap_or(l).to_owned())
+            .filter(|l| l.contains("words,") || l.starts_with("  "))
+            .collect()
+    };
+    let alone = run(&mut Command::new(example("word_count")));
+    let four = launch4("word_count");
+    assert_eq!(counts(&alone).len(), 6, "{alone}");
+    assert_eq!(counts(&alone), counts(&four), "{alone}\n{four}");
+}
+
+#[test]
+fn the_readmes_first_job_is_the_squares_example_and_runs_both_ways() {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("## A job in 20 lines")
+        .nth(1)
+        .expect("README section");
+    let code = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|s| s.split("```\n").next())
+        .expect("README code block");
+    let source = include_str!("../examples/squares.rs");
+    let body: String = source
+        .lines()
+        .skip_while(|l| l.starts_with("//!") || l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        body, code,
+        "examples/squares.rs differs from the README's first job"
+    );
+
+    // Sum of i² for i < 1000.
+    let line = "1000 fragments done, sum 332833500";
+    let alone = run(&mut Command::new(example("squares")));
+    assert!(alone.contains(line), "{alone}");
+    let four = launch4("squares");
+    assert!(four.contains(&format!("[host-0] {line}")), "{four}");
+}

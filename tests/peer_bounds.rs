@@ -16,7 +16,6 @@ use fragmenta::*;
 use fragmenta_wire::handshake::Hello;
 use fragmenta_wire::messages::{Control, ResultItem, Results, StreamHeader};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -63,6 +63,10 @@ struct LaunchArgs {
     /// SIGTERM and SIGKILL.
     #[arg(long, value_name = "MS", default_value_t = 3000)]
     grace_ms: u64,
+    /// Keep the other hosts running when a host other than host 0 dies (to watch its fragments
+    /// move to the others); host 0's death still stops everyone.
+    #[arg(long)]
+    keep_going: bool,
     /// The program and its arguments.
     #[arg(
         required = true,
@@ -154,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             opts.config = args.config;
             opts.cores = args.cores;
             opts.grace = Duration::from_millis(args.grace_ms);
+            opts.keep_going = args.keep_going;
             let code = launch(opts)?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
         }
@@ -419,7 +424,15 @@ mod tests {
         };
         assert_eq!(args.hosts, 4);
         assert_eq!(args.grace_ms, 500);
+        assert!(!args.keep_going);
         assert_eq!(args.command, ["prog", "-x", "--y"].map(OsString::from));
+        let cli = Cli::try_parse_from(["fragmenta", "launch", "-n", "2", "--keep-going", "p"])
+            .expect("parses");
+        let Command::Launch(args) = cli.command else {
+            panic!("not launch")
+        };
+        assert!(args.keep_going);
+        assert_eq!(args.command, [OsString::from("p")]);
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct LaunchOptions {
     /// Time the other hosts get to exit by themselves once the initiator exited successfully,
     /// and between SIGTERM and SIGKILL when stopping them.
     pub grace: Duration,
+    /// Keep the other hosts running when a host other than the initiator (host 0) exits
+    /// abnormally, so the cluster's failure handling can be watched (its fragments move to the
+    /// hosts left). The initiator's death still stops everyone.
+    pub keep_going: bool,
     /// The program to run.
     pub program: OsString,
     /// Its arguments.
@@ -67,6 +71,7 @@ impl LaunchOptions {
             config: None,
             cores: None,
             grace: DEFAULT_GRACE,
+            keep_going: false,
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
             stdout: Box::new(std::io::stdout()),
@@ -82,6 +87,7 @@ impl fmt::Debug for LaunchOptions {
             .field("config", &self.config)
             .field("cores", &self.cores)
             .field("grace", &self.grace)
+            .field("keep_going", &self.keep_going)
             .field("program", &self.program)
             .field("args", &self.args)
             .finish_non_exhaustive()
@@ -169,7 +175,8 @@ struct Prepared {
 /// Stopping: if a child exits abnormally (non-zero status or a signal), or the launcher gets
 /// SIGINT, SIGTERM or SIGHUP, every remaining child's process group gets SIGTERM, then SIGKILL
 /// after `opts.grace`. When the initiator exits successfully the others get `opts.grace` to exit
-/// by themselves before being stopped the same way. When all children are gone, their process
+/// by themselves before being stopped the same way. With `opts.keep_going`, a host other than
+/// the initiator that exits abnormally is only noted, and the others go on. When all children are gone, their process
 /// groups get SIGKILL, so no descendant is left behind.
 ///
 /// Returns the initiator's exit code, or 128 + signal number if a signal killed it.
@@ -239,7 +246,13 @@ pub fn launch(opts: LaunchOptions) -> Result<i32, LaunchError> {
     }
     drop(readers_done_tx);
 
-    supervise(&mut children, &signals, opts.grace, &stderr);
+    supervise(
+        &mut children,
+        &signals,
+        opts.grace,
+        opts.keep_going,
+        &stderr,
+    );
 
     // Descendants that outlived their child must not keep running (nor keep the pipes open).
     for child in &children {
@@ -332,16 +345,35 @@ enum Phase {
 }
 
 /// Polls the children until all have exited, stopping them as [`launch`] describes.
-fn supervise(children: &mut [Running], signals: &StopSignals, grace: Duration, notes: &Sink) {
+fn supervise(
+    children: &mut [Running],
+    signals: &StopSignals,
+    grace: Duration,
+    keep_going: bool,
+    notes: &Sink,
+) {
     let mut phase = Phase::Running;
     let mut signal_noted = false;
+    let initiator = children.first().map(|c| c.host);
     loop {
         let mut abnormal: Option<(HostId, ExitStatus)> = None;
         for running in children.iter_mut().filter(|c| c.status.is_none()) {
             match running.child.try_wait() {
                 Ok(Some(status)) => {
                     running.status = Some(status);
-                    if !status.success() && abnormal.is_none() {
+                    if status.success() {
+                        continue;
+                    }
+                    if keep_going && Some(running.host) != initiator {
+                        note(
+                            notes,
+                            &format!(
+                                "{} {}; --keep-going: the other hosts keep running",
+                                running.host,
+                                describe(status)
+                            ),
+                        );
+                    } else if abnormal.is_none() {
                         abnormal = Some((running.host, status));
                     }
                 }

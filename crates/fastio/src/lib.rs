@@ -145,4 +145,35 @@ pub trait FastIo: Send + Sync {
 
     /// Capacity, usage and counts of the context.
     fn stats(&self) -> Result<ContextStats>;
+
+    /// Publishes a copy of `data` under `name` as an array of `T` with dimensions `dims`, in
+    /// one call: [`create`](Self::create), [`Allocation::set_type_and_dimensions`],
+    /// [`Allocation::map_write`] and a copy, [`publish`](Self::publish). Returns the published
+    /// handle (dropping it keeps the publication).
+    ///
+    /// Errors: those of the four steps; on any, nothing is published and the memory returns
+    /// to the context. [`FastIoError::DimsMismatch`] when `dims` do not multiply to
+    /// `data.len()`.
+    fn publish_array<T: Element>(&self, name: &str, data: &[T], dims: &[u64]) -> Result<Allocation>
+    where
+        Self: Sized,
+    {
+        let mut alloc = self.create(std::mem::size_of_val(data) as u64)?;
+        alloc.set_type_and_dimensions(T::TYPE, dims)?;
+        alloc
+            .map_write()?
+            .as_mut_slice::<T>()?
+            .copy_from_slice(data);
+        self.publish(&alloc, name)?;
+        Ok(alloc)
+    }
+
+    /// [`publish_array`](Self::publish_array) of a one-dimensional array: dimensions
+    /// `[data.len()]`.
+    fn publish_slice<T: Element>(&self, name: &str, data: &[T]) -> Result<Allocation>
+    where
+        Self: Sized,
+    {
+        self.publish_array(name, data, &[data.len() as u64])
+    }
 }

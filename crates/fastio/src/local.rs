@@ -133,6 +133,7 @@ impl FastIo for LocalContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ElementType;
 
     #[test]
     fn create_reusing_takes_pooled_memory_with_its_mapping_and_create_stays_zeroed() {
@@ -162,5 +163,35 @@ mod tests {
         let s = ctx.stats().unwrap();
         assert_eq!((s.used, s.allocations, s.handles), (0, 0, 0));
         assert_eq!(s.pooled, 2 * SIZE);
+    }
+
+    #[test]
+    fn publish_array_is_one_call_and_publishes_nothing_on_error() {
+        let ctx = LocalContext::new(1 << 20);
+        let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        ctx.publish_array("grid", &data, &[3, 4]).unwrap();
+        let got = ctx.get("grid").unwrap();
+        assert_eq!(got.element_type(), Some(ElementType::F32));
+        assert_eq!(got.dims(), &[3, 4]);
+        assert_eq!(
+            got.map_read().unwrap().as_slice::<f32>().unwrap(),
+            &data[..]
+        );
+        let line = ctx.publish_slice("line", &[7u16, 8, 9]).unwrap();
+        assert_eq!(line.dims(), &[3]);
+        // Dimensions that do not fit the data: an error, no publication, no memory kept.
+        let used = ctx.stats().unwrap().used;
+        assert!(matches!(
+            ctx.publish_array("bad", &data, &[5, 5]),
+            Err(FastIoError::DimsMismatch { .. })
+        ));
+        assert!(matches!(ctx.get("bad"), Err(FastIoError::UnknownName(_))));
+        assert_eq!(ctx.stats().unwrap().used, used);
+        // A taken name: the same.
+        assert!(matches!(
+            ctx.publish_slice("grid", &data),
+            Err(FastIoError::NameTaken(_))
+        ));
+        assert_eq!(ctx.stats().unwrap().used, used);
     }
 }

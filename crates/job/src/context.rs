@@ -120,6 +120,7 @@ pub struct Transaction {
     fastio: Option<LocalContext>,
     fetcher: Option<Arc<dyn Fetch>>,
     aborter: Option<Arc<dyn Abort>>,
+    runtime: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -130,6 +131,7 @@ impl std::fmt::Debug for Transaction {
             .field("cancelled", &self.cancel.is_cancelled())
             .field("fastio", &self.fastio.is_some())
             .field("fetch", &self.fetcher.is_some())
+            .field("runtime", &self.runtime.is_some())
             .finish()
     }
 }
@@ -145,6 +147,7 @@ impl Transaction {
             fastio: None,
             fetcher: None,
             aborter: None,
+            runtime: None,
         }
     }
 
@@ -152,6 +155,21 @@ impl Transaction {
     pub fn with_abort(mut self, aborter: Arc<dyn Abort>) -> Self {
         self.aborter = Some(aborter);
         self
+    }
+
+    /// The same transaction with a handle on the runtime that runs it, through which a
+    /// fragment starts nested jobs (the runtime attaches its own; the job API never looks
+    /// inside it).
+    pub fn with_runtime(mut self, runtime: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The runtime handle attached with [`with_runtime`](Self::with_runtime); `None` for a
+    /// transaction made by hand. Fragments start nested jobs through the runtime's API on it
+    /// (`fragmenta::NestedJobs`), not through this.
+    pub fn runtime(&self) -> Option<&Arc<dyn std::any::Any + Send + Sync>> {
+        self.runtime.as_ref()
     }
 
     /// The same transaction with the host's Fast I/O context attached.

@@ -55,6 +55,7 @@ mod mode;
 mod rdma;
 mod report;
 mod results;
+mod typed;
 
 pub use context::{
     Abort, CancelToken, Cancellation, ExecutionContext, Fetch, FetchError, Transaction,
@@ -65,6 +66,7 @@ pub use mode::SchedulingMode;
 pub use rdma::{RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite};
 pub use report::{ExecuteError, FailureReason, FragmentFailure, InvalidArgument, JobReport};
 pub use results::{ChunkSink, ResultReader, ResultWriter};
+pub use typed::{share, Fragment, TypedJob};
 
 use serde::{de::DeserializeOwned, Serialize};
 

@@ -151,4 +151,8 @@ pub enum ExecuteError {
     /// The runtime was shut down before the job finished.
     #[error("the runtime is shut down")]
     ShutDown,
+    /// A nested job was started from a transaction that belongs to no runtime (one made by
+    /// hand with `Transaction::new`).
+    #[error("this transaction belongs to no runtime: nested jobs start only from fragments the runtime runs")]
+    NoRuntime,
 }

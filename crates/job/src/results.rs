@@ -60,7 +60,24 @@ impl<'a> ResultWriter<'a> {
         } else {
             self.buf.extend_from_slice(&data);
         }
-        io::Write::flush(self)
+        self.flush()
+    }
+
+    /// Ends the current chunk (possibly empty) and sends it: one
+    /// [`receive_remote_result`](crate::FragmentedJob::receive_remote_result) call on the
+    /// initiator. The same as [`io::Write::flush`], without importing the trait.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        self.sink.send_chunk(self.seq, data)?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Appends `data` to the current chunk. The same as [`io::Write::write_all`], without
+    /// importing the trait.
+    pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(data);
+        Ok(())
     }
 
     /// Number of chunks sent so far.
@@ -76,7 +93,7 @@ impl<'a> ResultWriter<'a> {
     /// Ends the fragment: sends the final chunk. Called by the runtime when
     /// `execute_fragment_remote` returns; returns the total number of chunks.
     pub fn finish(mut self) -> io::Result<u32> {
-        io::Write::flush(&mut self)?;
+        self.flush()?;
         Ok(self.seq)
     }
 }
@@ -88,16 +105,12 @@ impl io::Write for ResultWriter<'_> {
     }
 
     fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.buf.extend_from_slice(data);
-        Ok(())
+        ResultWriter::write_all(self, data)
     }
 
     /// Ends the current chunk (possibly empty) and sends it.
     fn flush(&mut self) -> io::Result<()> {
-        let data = std::mem::take(&mut self.buf);
-        self.sink.send_chunk(self.seq, data)?;
-        self.seq += 1;
-        Ok(())
+        ResultWriter::flush(self)
     }
 }
 
@@ -171,14 +184,15 @@ impl io::Read for ResultReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Read;
 
     #[test]
     fn every_flush_is_one_chunk_and_finish_flushes_the_rest() {
         let mut sink: Vec<Vec<u8>> = Vec::new();
         let mut w = ResultWriter::new(&mut sink);
-        w.write_all(b"ab").unwrap();
-        w.flush().unwrap();
+        // Through the `io::Write` impl, as generic writers (`write!`, `io::copy`) use it.
+        io::Write::write_all(&mut w, b"ab").unwrap();
+        io::Write::flush(&mut w).unwrap();
         w.flush().unwrap(); // empty chunk still counts
         w.write_value(&42u64).unwrap();
         w.write_chunk(vec![9, 9]).unwrap();
@@ -201,5 +215,27 @@ mod tests {
         assert_eq!(two, [1, 2]);
         let mut bad = ResultReader::new(0, vec![0xff]);
         assert!(bad.read_value::<u64>().is_err());
+    }
+
+    /// Without `std::io::Write` in scope: `write_all` and `flush` are the writer's own.
+    mod without_the_write_trait {
+        use super::super::{ResultReader, ResultWriter};
+
+        #[test]
+        fn write_all_and_flush_need_no_import() {
+            let mut sink: Vec<Vec<u8>> = Vec::new();
+            let mut w = ResultWriter::new(&mut sink);
+            w.write_all(b"xy").unwrap();
+            w.flush().unwrap();
+            w.write_value(&7u8).unwrap();
+            assert_eq!(w.finish().unwrap(), 2);
+            assert_eq!(sink[0], b"xy");
+            assert_eq!(
+                ResultReader::new(1, sink[1].clone())
+                    .read_value::<u8>()
+                    .unwrap(),
+                7
+            );
+        }
     }
 }

@@ -66,6 +66,25 @@ type Task = (Block, Arc<dyn BlockRunner>);
 /// How long a worker beyond the kept ones stays without work before it exits.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
+thread_local! {
+    /// The block this worker thread runs now, with the address of its pool's state.
+    static CURRENT: std::cell::RefCell<Option<(usize, Block)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A running block's load, lent to the host while its fragment waits (see
+/// [`Executor::lend_current`]); taken back on drop.
+pub(crate) struct Lent {
+    inner: Arc<Inner>,
+    block: Block,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.inner.state.lock().queue.reclaim(&self.block);
+    }
+}
+
 impl Executor {
     pub(crate) fn new(host: HostId, cores: f32, gpus: usize, max_workers: usize) -> Self {
         Executor {
@@ -138,6 +157,26 @@ impl Executor {
         let mut st = self.inner.state.lock();
         st.runners.remove(&key);
         st.queue.remove(key)
+    }
+
+    /// When the calling thread is one of this pool's workers running a block, lends the
+    /// block's CPU load and worker slot to other work until the returned guard drops, and
+    /// starts what may start meanwhile: a fragment that blocks waiting for a job of this host
+    /// (a nested job) does not hold cores the job needs. `None` on any other thread.
+    pub(crate) fn lend_current(&self) -> Option<Lent> {
+        let me = Arc::as_ptr(&self.inner) as usize;
+        let block = CURRENT.with(|c| match &*c.borrow() {
+            Some((pool, block)) if *pool == me => Some(block.clone()),
+            _ => None,
+        })?;
+        let mut st = self.inner.state.lock();
+        st.queue.lend(&block);
+        start_more(&self.inner, &mut st);
+        drop(st);
+        Some(Lent {
+            inner: self.inner.clone(),
+            block,
+        })
     }
 
     pub(crate) fn shutdown(&self) {
@@ -245,7 +284,10 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
                 // Other blocks that may start now go to other workers.
                 start_more(&inner, &mut st);
                 drop(st);
+                let pool = Arc::as_ptr(&inner) as usize;
+                CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
                 let leftover = runner.run(&block, index);
+                CURRENT.with(|c| *c.borrow_mut() = None);
                 st = inner.state.lock();
                 st.queue.finish(&block);
                 st.queue.requeue_front(block.work, leftover);

@@ -38,12 +38,18 @@ mod net;
 mod node;
 mod registry;
 mod rendezvous;
+mod spmd;
 
 pub use fragmenta_config::ClusterConfig;
 pub use membership::{HostEvent, HostEventKind, HostEvents};
 pub use net::{JoinError, ServeError};
 pub use node::{default_fastio_capacity, default_fastio_socket, JobHandle, NodeConfig};
-pub use registry::{RegisterError, Registry};
+pub use registry::{LinkedJob, RegisterError, Registry};
+pub use spmd::{spmd, BoxError, NestedJobs};
+
+/// The link-time registry `#[fragmenta::job]` submits to (not for direct use).
+#[doc(hidden)]
+pub use inventory;
 
 use fragmenta_fastio::{FastIoError, LocalContext};
 use fragmenta_job::{ExecuteError, FragmentedJob, HostId, JobReport};
@@ -114,7 +120,9 @@ impl ClusterBuilder {
         self
     }
 
-    /// Registers a job type so this host can run it for other hosts.
+    /// Registers a job type so this host can run it for other hosts. Types marked with
+    /// `#[fragmenta::job]` need no call: the cluster registers every one linked into the
+    /// program when it is built.
     pub fn register<J: FragmentedJob>(mut self) -> Self {
         if let Err(e) = self.registry.register::<J>() {
             self.register_error.get_or_insert(e);
@@ -123,10 +131,11 @@ impl ClusterBuilder {
     }
 
     /// The embedded one-host cluster.
-    pub fn embedded(self) -> Result<Cluster, RegisterError> {
+    pub fn embedded(mut self) -> Result<Cluster, RegisterError> {
         if let Some(e) = self.register_error {
             return Err(e);
         }
+        self.registry.add_linked()?;
         let mut config = NodeConfig::single_host();
         if let Some(c) = self.cores {
             config.cores = c;
@@ -175,7 +184,7 @@ impl ClusterBuilder {
 
     /// [`ClusterBuilder::join_config`], on an endpoint already bound by a rendezvous if `bound`.
     fn join_node(
-        self,
+        mut self,
         config: ClusterConfig,
         host: HostId,
         bound: Option<net::Bound>,
@@ -183,6 +192,7 @@ impl ClusterBuilder {
         if let Some(e) = self.register_error {
             return Err(e.into());
         }
+        self.registry.add_linked()?;
         let Some(me) = config.host(host) else {
             let known: Vec<String> = config.host_ids().map(|h| h.0.to_string()).collect();
             return Err(JoinError::UnknownHost {

@@ -189,7 +189,9 @@ impl Node {
     /// A transaction for `job` on this host: its cancellation, the host's Fast I/O context and
     /// fetching from other hosts.
     pub(crate) fn transaction(&self, job: JobId, cancel: CancelToken) -> Transaction {
-        let tx = Transaction::new(self.host(), job, cancel).with_fastio(self.fastio.clone());
+        let tx = Transaction::new(self.host(), job, cancel)
+            .with_fastio(self.fastio.clone())
+            .with_runtime(crate::spmd::runtime_handle(&self.weak));
         match self.fetcher.read().as_ref() {
             Some(f) => tx.with_fetch(Arc::clone(f)),
             None => tx,

@@ -327,6 +327,25 @@ pub struct RegisterError {
     pub new: &'static str,
 }
 
+/// A job type linked into the program: `#[fragmenta::job]` puts one in the program's link-time
+/// registry for every job type it marks, and every [`ClusterBuilder`](crate::ClusterBuilder)
+/// registers them all when it builds its cluster, on every host. Not made by hand.
+#[derive(Debug)]
+pub struct LinkedJob {
+    register: fn(&mut Registry) -> Result<(), RegisterError>,
+}
+
+impl LinkedJob {
+    /// The entry of job type `J` (used by the code `#[fragmenta::job]` generates).
+    pub const fn of<J: FragmentedJob>() -> LinkedJob {
+        LinkedJob {
+            register: Registry::register::<J>,
+        }
+    }
+}
+
+inventory::collect!(LinkedJob);
+
 /// The job types a host can run for other hosts, by class id. Only registered types can be
 /// deserialized: a class id from a peer never names code the program did not link.
 #[derive(Default, Clone)]
@@ -356,6 +375,29 @@ impl Registry {
     /// Whether a type is registered under `class`.
     pub fn contains(&self, class: ClassId) -> bool {
         self.types.contains_key(&class)
+    }
+
+    /// A registry holding every job type linked into the program with `#[fragmenta::job]`
+    /// (see [`LinkedJob`]); an error if two of them share a class id.
+    pub fn linked() -> Result<Registry, RegisterError> {
+        let mut registry = Registry::default();
+        registry.add_linked()?;
+        Ok(registry)
+    }
+
+    /// Adds every job type linked into the program with `#[fragmenta::job]` to this registry.
+    pub fn add_linked(&mut self) -> Result<(), RegisterError> {
+        for linked in inventory::iter::<LinkedJob> {
+            (linked.register)(self)?;
+        }
+        Ok(())
+    }
+
+    /// Names of the registered types, sorted (for messages and tests).
+    pub fn type_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.types.values().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names
     }
 
     pub(crate) fn replica(

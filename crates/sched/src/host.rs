@@ -299,6 +299,25 @@ impl HostQueue {
         }
     }
 
+    /// Lends a running block's CPU load and worker slot to other work while the block waits
+    /// for something that needs them (a fragment waiting for a nested job). Its GPUs and its
+    /// place under its job's thread limit stay reserved. Undo with [`reclaim`](Self::reclaim)
+    /// before [`finish`](Self::finish).
+    pub fn lend(&mut self, block: &Block) {
+        self.running = self.running.saturating_sub(1);
+        self.cpu_used = (self.cpu_used - block.cpu_load).max(0.0);
+        if self.running == 0 {
+            self.cpu_used = 0.0;
+        }
+    }
+
+    /// Takes back what [`lend`](Self::lend) lent, even beyond the host's capacity: the block
+    /// goes on at once, and nothing new starts until the loads are back within it.
+    pub fn reclaim(&mut self, block: &Block) {
+        self.running += 1;
+        self.cpu_used += block.cpu_load;
+    }
+
     /// How many blocks of this work could run at once here.
     fn parallelism_of(&self, key: WorkKey) -> usize {
         let s = &self.works[&key].spec;
@@ -390,6 +409,27 @@ mod tests {
         );
         assert_eq!(a.range, 0..25, "guided: 100 / (2*2)");
         assert_eq!(b.range, 25..44);
+        q.finish(&a);
+        assert!(q.next_block().is_some());
+    }
+
+    #[test]
+    fn a_lent_block_lets_others_start_and_takes_its_load_back() {
+        let mut q = HostQueue::new(2.0, 0, 64);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..100])
+            .unwrap();
+        let a = q.next_block().unwrap();
+        let _b = q.next_block().unwrap();
+        assert!(q.next_block().is_none());
+        q.lend(&a);
+        assert_eq!((q.running(), q.cpu_used()), (1, 1.0));
+        let c = q.next_block().expect("the lent core runs another block");
+        assert!(q.next_block().is_none());
+        // Back over capacity: nothing starts until the loads fit again.
+        q.reclaim(&a);
+        assert_eq!((q.running(), q.cpu_used()), (3, 3.0));
+        q.finish(&c);
+        assert!(q.next_block().is_none(), "2 of 2 cores still used");
         q.finish(&a);
         assert!(q.next_block().is_some());
     }

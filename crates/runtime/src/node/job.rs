@@ -159,6 +159,10 @@ pub(super) fn drain_deliveries(node: &Node, ij: &Arc<InitiatedJob>) {
 
 /// A job running on the cluster: progress, cancel, and its report when it finishes. Mirrors the
 /// handle DiCE's asynchronous `execute_fragmented_async` gives through its callback.
+///
+/// Clones are handles on the same job: one thread may [`wait`](Self::wait) while another
+/// [`cancel`](Self::cancel)s, and [`on_complete`](Self::on_complete) calls back when it ends.
+#[derive(Clone)]
 pub struct JobHandle {
     node: Arc<Node>,
     job: Arc<InitiatedJob>,
@@ -189,13 +193,27 @@ impl JobHandle {
         self.node.cancel(&self.job);
     }
 
+    /// A fragment of this host that waits lends its load until the guard drops (nothing is
+    /// lent when the report is already there or the caller is not a fragment).
+    fn lend_if_fragment(&self) -> Option<crate::executor::Lent> {
+        if self.is_finished() {
+            return None;
+        }
+        self.node.exec.lend_current()
+    }
+
     /// Whether the report is ready.
     pub fn is_finished(&self) -> bool {
         self.job.result.lock().is_some()
     }
 
-    /// Waits for the job to finish and returns its report.
-    pub fn wait(self) -> Result<JobReport, ExecuteError> {
+    /// Waits for the job to finish and returns its report. Any number of threads may wait on
+    /// one job (through clones or a shared reference); each gets the report.
+    ///
+    /// Called from a fragment running on this host (a nested job), the fragment lends its
+    /// `cpu_load` to the host while it waits, so the job it waits for can use those cores.
+    pub fn wait(&self) -> Result<JobReport, ExecuteError> {
+        let _lent = self.lend_if_fragment();
         let mut r = self.job.result.lock();
         loop {
             if let Some(result) = r.clone() {
@@ -211,6 +229,7 @@ impl JobHandle {
         timeout: std::time::Duration,
     ) -> Option<Result<JobReport, ExecuteError>> {
         let deadline = Instant::now() + timeout;
+        let _lent = self.lend_if_fragment();
         let mut r = self.job.result.lock();
         loop {
             if let Some(result) = r.clone() {
