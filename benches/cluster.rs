@@ -5,10 +5,15 @@
 //! 2. result bandwidth: 8 remote fragments each streaming 64 MiB to the initiator, against a raw
 //!    QUIC stream between two endpoints with the same certificates, in the same run;
 //! 3. peak heap growth of the process while the 512 MiB stream in (bounded: streamed, not
-//!    buffered, since the job allows non-sequential chunks).
+//!    buffered, since the job allows non-sequential chunks);
+//! 4. Fast I/O fetch across hosts;
+//! 5. peak RSS of the initiator and of a sender, each its own process, for a slow receiver
+//!    (`receive_remote_result` taking 20 ms per 4 MiB chunk of 1 GiB of results) and for
+//!    ordered chunks behind a slow fragment 0: both bounded by the initiator's per-job limit
+//!    on results it holds (64 MiB) and the sender's queue (32 MiB), not by the results' size.
 //!
-//! `cargo bench --bench cluster`. Hosts that are separate processes, as users run them:
-//! `cargo bench --bench multiproc`.
+//! `cargo bench --bench cluster` (`-- held` runs figure 5 alone). Hosts that are separate
+//! processes, as users run them: `cargo bench --bench multiproc`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -213,8 +218,160 @@ fn raw_quic(dir: &std::path::Path, total: usize) -> f64 {
     })
 }
 
+/// Fragments send 4 MiB chunks; the initiator may take them slowly; fragments run on the
+/// initiator are slow, so most run on the other host; fragment 0 may be slower still.
+#[derive(Serialize, Deserialize, Default)]
+struct Held {
+    chunks: u32,
+    local_ms: u64,
+    slow_first_ms: u64,
+    take_ms: u64,
+    unordered: bool,
+    #[serde(skip)]
+    received: AtomicUsize,
+}
+
+impl FragmentedJob for Held {
+    const CLASS_ID: ClassId = ClassId::from_name("bench.cluster.held");
+    fn execute_fragment(&self, _: &Transaction, i: usize, _: usize, _: &ExecutionContext) {
+        let ms = if i == 0 {
+            self.slow_first_ms.max(self.local_ms)
+        } else {
+            self.local_ms
+        };
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        i: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        for _ in 0..self.chunks {
+            out.write_chunk(vec![i as u8; 4 * MIB])?;
+        }
+        Ok(())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, _: usize, _: usize) {
+        if !r.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(self.take_ms));
+        }
+        self.received.fetch_add(r.len(), Ordering::Relaxed);
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::Cluster
+    }
+    fn allow_non_sequential_chunks(&self) -> bool {
+        self.unordered
+    }
+}
+
+/// This process's peak resident set (VmHWM), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The scenarios of figure 5: (name, job).
+fn held_job(scenario: &str) -> Held {
+    match scenario {
+        "slow-receiver" => Held {
+            chunks: 4,
+            local_ms: 500,
+            take_ms: 50,
+            unordered: true,
+            ..Held::default()
+        },
+        _ => Held {
+            chunks: 4,
+            local_ms: 500,
+            slow_first_ms: 3_000,
+            ..Held::default()
+        },
+    }
+}
+
+/// A host process of figure 5: `FRAGMENTA_BENCH_HELD=<scenario>:<host>:<config>`. Host 0 runs
+/// the job and shuts the cluster down; host 1 serves. Each prints its peak RSS.
+fn held_host(spec: &str) -> ! {
+    let mut parts = spec.splitn(3, ':');
+    let (scenario, host, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().and_then(|h| h.parse().ok()).unwrap_or(0),
+        parts.next().unwrap_or_default(),
+    );
+    let config = ClusterConfig::load(std::path::Path::new(path)).expect("config");
+    let cluster = Cluster::builder()
+        .register::<Held>()
+        .join_config(config, HostId(host))
+        .expect("join");
+    if host == 0 {
+        let job = Arc::new(held_job(scenario));
+        let report = cluster.execute(&job, 64).expect("runs");
+        assert!(report.is_complete(), "{report:?}");
+        let remote = job.received.load(Ordering::Relaxed);
+        println!("received {} MiB", remote / MIB);
+        drop(cluster);
+    } else {
+        let _ = cluster.serve();
+        drop(cluster);
+    }
+    println!("peak_rss_mib {:.0}", peak_rss_mib());
+    std::process::exit(0);
+}
+
+/// Runs figure 5's scenario as two processes; returns (initiator, sender) peak RSS in MiB and
+/// the MiB the initiator received.
+fn held_figures(dir: &std::path::Path, scenario: &str) -> (String, String, String) {
+    let config = common::loopback_config(dir, 2, "");
+    let path = dir.join(format!("held-{scenario}.toml"));
+    std::fs::write(&path, config.to_toml_string()).expect("write config");
+    let exe = std::env::current_exe().expect("bench path");
+    let children: Vec<_> = (0..2)
+        .map(|h| {
+            std::process::Command::new(&exe)
+                .env(
+                    "FRAGMENTA_BENCH_HELD",
+                    format!("{scenario}:{h}:{}", path.display()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn a host")
+        })
+        .collect();
+    let outs: Vec<String> = children
+        .into_iter()
+        .map(|c| String::from_utf8_lossy(&c.wait_with_output().expect("host").stdout).into_owned())
+        .collect();
+    let field = |out: &str, key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map_or("?".to_string(), |v| v.trim().to_string())
+    };
+    (
+        field(&outs[0], "peak_rss_mib"),
+        field(&outs[1], "peak_rss_mib"),
+        field(&outs[0], "received"),
+    )
+}
+
 fn main() {
+    if let Some(spec) = std::env::var_os("FRAGMENTA_BENCH_HELD") {
+        held_host(&spec.to_string_lossy());
+    }
     let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::args().any(|a| a == "held") {
+        held_report(dir.path());
+        return;
+    }
     let config = common::loopback_config(dir.path(), 4, "");
     let clusters: Vec<Cluster> = (0..4u32)
         .map(|h| {
@@ -338,4 +495,25 @@ fn main() {
     println!("(creating and first-touching a local 256 MiB allocation alone: {touch:.0} MB/s)");
     println!("Fast I/O fetch, {rounds} x 256 MiB from host-1 into host-0's context (best of 3): new allocation each time {fetch:.0} MB/s, reusing one {fetch_reusing:.0} MB/s; raw QUIC stream: {raw:.0} MB/s; ratios {:.2} / {:.2} (target >= 0.8)", fetch / raw, fetch_reusing / raw);
     drop(clusters);
+
+    held_report(dir.path());
+}
+
+/// 5. Peak RSS on both sides when the initiator cannot take results as fast as they come.
+fn held_report(dir: &std::path::Path) {
+    for (scenario, what) in [
+        (
+            "slow-receiver",
+            "slow receiver (50 ms per 4 MiB chunk, 1 GiB of results)",
+        ),
+        (
+            "ordered-slow-first",
+            "ordered chunks behind a 3 s fragment 0 (1 GiB of results)",
+        ),
+    ] {
+        let sub = dir.join(scenario);
+        std::fs::create_dir_all(&sub).expect("dir");
+        let (initiator, sender, received) = held_figures(&sub, scenario);
+        println!("peak RSS, {what}: initiator {initiator} MiB, sender {sender} MiB ({received} received by the initiator; limit: 64 MiB held per job + 32 MiB queued per sender + runtime)");
+    }
 }

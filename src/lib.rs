@@ -27,11 +27,17 @@
 //! assert_eq!(job.sum.load(Ordering::Relaxed), (0..100u64).map(|i| i * i).sum());
 //! ```
 
-pub use fragmenta_job::*;
+pub use fragmenta_job::{share, Fragment, TypedJob};
+pub use fragmenta_job::{
+    Cancellation, ClassId, ExecuteError, ExecutionContext, FailureReason, FetchError,
+    FragmentFailure, FragmentSet, FragmentedJob, HostId, InvalidArgument, JobId, JobReport,
+    RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite, ResultReader, ResultWriter,
+    SchedulingMode, Transaction,
+};
 pub use fragmenta_runtime::{
     default_fastio_capacity, default_fastio_socket, Cluster, ClusterBuilder, ClusterConfig,
-    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, NodeConfig, RegisterError,
-    Registry, ServeError,
+    HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, RegisterError, Registry,
+    ServeError,
 };
 
 /// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,
@@ -111,9 +117,13 @@ pub use fragmenta_fastio::{
 pub use fragmenta_macros::job;
 pub use fragmenta_runtime::{spmd, BoxError, NestedJobs};
 
-/// What `#[fragmenta::job]` expands to refers to these; not an API.
+/// Not an API: what `#[fragmenta::job]` expands to refers to, and runtime plumbing that the
+/// runtime makes and its own tests use (cancellation tokens, chunk sinks, fetchers, job
+/// parameters as the scheduler reads them, node settings). It may change without notice.
 #[doc(hidden)]
 pub mod __private {
+    pub use fragmenta_job::{Abort, CancelToken, ChunkSink, Fetch, JobParams};
     pub use fragmenta_runtime::inventory;
     pub use fragmenta_runtime::LinkedJob;
+    pub use fragmenta_runtime::NodeConfig;
 }

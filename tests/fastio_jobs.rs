@@ -106,7 +106,7 @@ fn look(tx: &Transaction, host: HostId, name: &str) -> Seen {
 impl FetchJob {
     fn run(&self, tx: &Transaction, index: usize) -> Seen {
         if self.cancel_first {
-            tx.cancel_token().cancel();
+            tx.abort();
         }
         let (_, from, name) = &self.targets[index];
         look(tx, HostId(*from), name)

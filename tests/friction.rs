@@ -9,6 +9,7 @@
 mod common;
 
 use common::harness::{launched, Outcome};
+use fragmenta::__private::CancelToken;
 use fragmenta::*;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -7,6 +7,7 @@
 
 mod common;
 
+use fragmenta::__private::JobParams;
 use fragmenta::*;
 use fragmenta_wire::handshake::Hello;
 use fragmenta_wire::messages::{Control, Request, ResultItem, Results, StreamHeader};

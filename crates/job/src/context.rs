@@ -33,6 +33,26 @@ impl CancelToken {
     }
 }
 
+/// A read-only view of a job's cancellation, for its fragments: they may watch it, not set it
+/// (a fragment that wants the whole job stopped calls [`Transaction::abort`], which goes
+/// through the job's scheduler).
+#[derive(Clone, Debug)]
+pub struct Cancellation(CancelToken);
+
+impl Cancellation {
+    /// Whether the job was cancelled.
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// Asks the runtime to cancel a job through its scheduler. Implemented by the runtime.
+pub trait Abort: Send + Sync {
+    /// Cancels the job, as [`Transaction::abort`] asks.
+    fn abort(&self);
+}
+
 /// Where and how a fragment runs. Mirrors DiCE's `IJob_execution_context`.
 #[derive(Clone, Debug)]
 pub struct ExecutionContext {
@@ -81,9 +101,9 @@ impl ExecutionContext {
         self.cancel.is_cancelled()
     }
 
-    /// The job's cancellation flag.
-    pub fn cancel_token(&self) -> &CancelToken {
-        &self.cancel
+    /// The job's cancellation, read-only.
+    pub fn cancellation(&self) -> Cancellation {
+        Cancellation(self.cancel.clone())
     }
 }
 
@@ -99,6 +119,7 @@ pub struct Transaction {
     cancel: CancelToken,
     fastio: Option<LocalContext>,
     fetcher: Option<Arc<dyn Fetch>>,
+    aborter: Option<Arc<dyn Abort>>,
     runtime: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -125,8 +146,15 @@ impl Transaction {
             cancel,
             fastio: None,
             fetcher: None,
+            aborter: None,
             runtime: None,
         }
+    }
+
+    /// The same transaction with a way to abort its job through the scheduler.
+    pub fn with_abort(mut self, aborter: Arc<dyn Abort>) -> Self {
+        self.aborter = Some(aborter);
+        self
     }
 
     /// The same transaction with a handle on the runtime that runs it, through which a
@@ -171,9 +199,21 @@ impl Transaction {
         self.cancel.is_cancelled()
     }
 
-    /// The job's cancellation flag.
-    pub fn cancel_token(&self) -> &CancelToken {
-        &self.cancel
+    /// The job's cancellation, read-only.
+    pub fn cancellation(&self) -> Cancellation {
+        Cancellation(self.cancel.clone())
+    }
+
+    /// Aborts the whole job from inside one of its fragments: it is cancelled as
+    /// `JobHandle::cancel` does (unstarted fragments are skipped and reported cancelled,
+    /// `cancel()` runs on the original and every replica, running fragments see
+    /// [`is_cancelled`](Self::is_cancelled), which is true here at once). A transaction made by
+    /// hand, outside the runtime, only sets its own flag.
+    pub fn abort(&self) {
+        self.cancel.cancel();
+        if let Some(a) = &self.aborter {
+            a.abort();
+        }
     }
 
     /// This host's Fast I/O context (Clara's `nvidia_clara_fastio_context`): what one job

@@ -57,7 +57,9 @@ mod report;
 mod results;
 mod typed;
 
-pub use context::{CancelToken, ExecutionContext, Fetch, FetchError, Transaction};
+pub use context::{
+    Abort, CancelToken, Cancellation, ExecutionContext, Fetch, FetchError, Transaction,
+};
 pub use fragments::FragmentSet;
 pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;

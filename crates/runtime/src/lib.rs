@@ -1,11 +1,15 @@
-//! The fragmenta node: drives the sans-IO scheduler (`fragmenta-sched`) with a worker pool,
-//! networking (`fragmenta-net`) and the node-local Fast I/O store.
+//! The fragmenta node: drives the per-host protocol state machine
+//! (`fragmenta_sched::protocol::Protocol`) with a worker pool, networking (`fragmenta-net`), a
+//! timer and the node-local Fast I/O store.
 //!
 //! What this layer owns: the [`Cluster`] handle a program gets, job submission and
 //! [`JobHandle`]s, the worker pool that runs fragments (never on an async reactor thread),
-//! delivery of remote results to the original job, membership and failure detection. What it
-//! does not own: scheduling decisions (`fragmenta-sched`), the job contract (`fragmenta-job`),
-//! encodings and transports (`fragmenta-wire`, `fragmenta-net`).
+//! delivery of remote results to the original job, the QUIC links and their streams, and
+//! carrying out what the protocol decides. What it does not own: the protocol itself (every
+//! decision about placement, replicas, result streams, bounds on what peers announce,
+//! heartbeats and failure detection is `fragmenta-sched`'s, the same code the deterministic
+//! simulation runs), the job contract (`fragmenta-job`), encodings and transports
+//! (`fragmenta-wire`, `fragmenta-net`).
 //!
 //! With no configuration, [`Cluster::embedded`] is a one-host cluster inside the process: no
 //! network, no certificates, and every scheduling mode has its one-host meaning (LOCAL and

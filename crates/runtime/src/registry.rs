@@ -103,7 +103,6 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
         let mut out = BlockOutcome::default();
         let started = std::time::Instant::now();
         let deadline = started + TIME_SLICE;
-        let cancelled = ctx.cancel_token().flag();
         let end = range.end;
         let mut i = range.start;
         let mut yielded = false;
@@ -124,7 +123,7 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
                     // next clock check, whichever is first.
                     let stop = end.min(j.saturating_add(step));
                     while j < stop {
-                        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                        if ctx.is_cancelled() {
                             return (j, false);
                         }
                         running = j;

@@ -90,8 +90,8 @@ fn print_stats(s: &SimStats, wall: f64) {
         s.hosts, s.declared_down, s.false_suspicions, s.messages, s.messages_dropped, s.stale_results
     );
     println!(
-        "fragments reassigned {} ({} re-run on the initiator with chunks), failed with their host {}, skipped {}, cancelled {}; CLUSTER jobs finished by their initiator alone {}",
-        s.reassigned, s.reruns_with_chunks, s.host_failed, s.skipped, s.cancelled, s.finished_alone
+        "fragments reassigned {} ({} re-run on the initiator with chunks), failed with their host {}, skipped {}, cancelled {}; CLUSTER jobs finished by their initiator alone {}; result streams paused {}",
+        s.reassigned, s.reruns_with_chunks, s.host_failed, s.skipped, s.cancelled, s.finished_alone, s.result_pauses
     );
 }
 

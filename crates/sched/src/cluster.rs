@@ -105,6 +105,30 @@ pub enum Action<P> {
     Finished(JobReport),
 }
 
+/// The memory a chunk payload holds, in bytes (or any unit the caller bounds).
+pub trait Weight {
+    /// The payload's weight.
+    fn weight(&self) -> usize;
+}
+
+impl Weight for u32 {
+    fn weight(&self) -> usize {
+        1
+    }
+}
+
+impl Weight for u64 {
+    fn weight(&self) -> usize {
+        1
+    }
+}
+
+impl Weight for Vec<u8> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Whether an event changed anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -134,6 +158,8 @@ struct JobState<P> {
     next_seq: BTreeMap<usize, u32>,
     cursor: usize,
     buffered: BTreeMap<(usize, u32), P>,
+    /// Sum of the weights of `buffered`.
+    buffered_weight: usize,
     /// CLUSTER fragments reassigned after a host failure with chunks of an earlier attempt
     /// delivered or buffered: wherever they run next (the initiator included) their chunks must
     /// go through `on_chunk` so no `(fragment, seq)` reaches the application twice.
@@ -192,7 +218,7 @@ pub struct Scheduler<P> {
     max_window: usize,
 }
 
-impl<P> Scheduler<P> {
+impl<P: Weight> Scheduler<P> {
     /// A scheduler on host `local`, which is up with `info`.
     pub fn new(local: HostId, info: HostInfo) -> Self {
         let mut hosts = BTreeMap::new();
@@ -386,6 +412,7 @@ impl<P> Scheduler<P> {
             next_seq: BTreeMap::new(),
             cursor: 0,
             buffered: BTreeMap::new(),
+            buffered_weight: 0,
             tainted: FragmentSet::new(),
             initiator_only,
             excluded: BTreeMap::new(),
@@ -594,6 +621,25 @@ impl<P> Scheduler<P> {
             .unwrap_or_default()
     }
 
+    /// Weight of the chunks of `id` waiting for their turn (ordered delivery), 0 for an
+    /// unknown job.
+    pub fn held(&self, id: JobId) -> usize {
+        self.jobs.get(&id).map_or(0, |j| j.buffered_weight)
+    }
+
+    /// For an ordered job: the host running its lowest unfinished fragment (the one whose
+    /// chunks are delivered next), if that fragment is assigned; `None` for other jobs.
+    pub fn cursor_holder(&self, id: JobId) -> Option<HostId> {
+        let job = self.jobs.get(&id)?;
+        if !job.ordered || job.cursor >= job.count {
+            return None;
+        }
+        job.assigned
+            .iter()
+            .find(|(_, s)| s.contains(job.cursor))
+            .map(|(h, _)| *h)
+    }
+
     /// A chunk of a remote fragment's result arrived from `host`.
     pub fn on_chunk(
         &mut self,
@@ -621,8 +667,11 @@ impl<P> Scheduler<P> {
                 seq,
                 payload,
             });
-        } else {
-            job.buffered.entry((fragment, seq)).or_insert(payload);
+        } else if let std::collections::btree_map::Entry::Vacant(e) =
+            job.buffered.entry((fragment, seq))
+        {
+            job.buffered_weight += payload.weight();
+            e.insert(payload);
         }
         Outcome::Applied
     }
@@ -784,6 +833,7 @@ impl<P> Scheduler<P> {
                     let next = *job.next_seq.get(&cur).unwrap_or(&0);
                     match job.buffered.remove(&(cur, next)) {
                         Some(payload) if cur < job.count => {
+                            job.buffered_weight -= payload.weight();
                             job.next_seq.insert(cur, next + 1);
                             self.actions.push_back(Action::Deliver {
                                 job: id,
@@ -809,6 +859,7 @@ impl<P> Scheduler<P> {
                     let Some(payload) = job.buffered.remove(&(f, s)) else {
                         break;
                     };
+                    job.buffered_weight -= payload.weight();
                     let next = job.next_seq.entry(f).or_insert(0);
                     if s == *next {
                         *next += 1;

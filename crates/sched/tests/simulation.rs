@@ -50,6 +50,10 @@ fn seeds_break_no_invariant() {
     assert!(total.host_failed > 0 && total.skipped > 0 && total.cancelled > 0);
     assert!(total.stale_results > 0 && total.deliveries > 0);
     assert!(total.jobs_finished > 0 && total.jobs_abandoned > 0);
+    assert!(
+        total.result_pauses > 0,
+        "no initiator paused a result stream"
+    );
 }
 
 #[test]

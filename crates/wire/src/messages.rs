@@ -57,7 +57,8 @@ pub enum Control {
         rdma: Vec<(u64, u64)>,
     },
     /// Cancel a job: drop unstarted fragments (answered with `NotStarted`), call `cancel()` on
-    /// the replica, let running fragments see `is_cancelled()`.
+    /// the replica, let running fragments see `is_cancelled()`. Sent to a job's initiator by a
+    /// host running its fragments: a fragment aborted the job (`Transaction::abort`).
     Cancel {
         /// The job.
         job: JobId,

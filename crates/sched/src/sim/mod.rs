@@ -1,11 +1,13 @@
-//! Deterministic simulation of the scheduler core, in the spirit of FoundationDB's simulation
+//! Deterministic simulation of the host protocol, in the spirit of FoundationDB's simulation
 //! and TigerBeetle's VOPR.
 //!
 //! [`Sim`] runs N simulated hosts on a fake clock, one event per step, all randomness drawn from
-//! one seeded [`Rng`]: the same seed replays the same run exactly. Each host is what the runtime
-//! (`fragmenta-runtime`'s `node.rs` and `net.rs`) builds around the sans-IO core: a
-//! [`Scheduler`] for the jobs it initiates, a [`HostQueue`] running fragments of every host's
-//! jobs over simulated time, replicas of other hosts' jobs, and links to its peers.
+//! one seeded [`Rng`]: the same seed replays the same run exactly. Each host is the real
+//! [`Protocol`] (the state machine the runtime ships: its jobs' scheduler, replicas of other
+//! hosts' jobs, result-stream rules, backpressure, heartbeats and failure detection) with, around
+//! it, what the runtime does and nothing more: a worker pool ([`HostQueue`] admission, blocks
+//! running over simulated time), replicas made after a delay, a job taking delivered chunks at
+//! its own pace, and connections to its peers. The simulation holds no copy of the protocol.
 //!
 //! **The protocol** is the runtime's: per host pair one connection carrying one control stream
 //! each way (replica, dispatches, cancel, release, heartbeats) and one result stream per job from
@@ -14,7 +16,7 @@
 //! host that lacks the job's class answers every fragment with `UnknownClass`. Fragments run in
 //! blocks with a time slice, emit their chunks over their duration, and some always panic after a
 //! few chunks. A fragment re-run on its initiator after a failed host delivered some of its
-//! chunks runs "remote style" there ([`Scheduler::rerun_with_chunks`]), as the runtime does.
+//! chunks runs "remote style" there ([`Protocol::rerun_with_chunks`]), as the runtime does.
 //! Heartbeats go out every 50 ms; a peer silent for 300 ms, or whose connection closes, is
 //! declared down: its fragments are reassigned or failed by the scheduler, its jobs here are
 //! abandoned, and anything still arriving on the closed connection is dropped. Host ids are
@@ -55,13 +57,15 @@ mod rng;
 
 pub use rng::{mix, Rng};
 
-use crate::cluster::{Action, HostInfo, JobSpec, Outcome, Scheduler};
-use crate::host::{Block, HostQueue, WorkKey, WorkSpec};
+use crate::cluster::{HostInfo, JobSpec, Outcome};
+use crate::host::{Block, HostQueue, WorkKey};
+use crate::protocol::{Action, Answer, Limits, Message, Protocol, ResultEvent};
 use check::{Checker, Submission};
 use fragmenta_job::{ClassId, FailureReason, HostId, JobId, JobParams, SchedulingMode};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::ops::Range;
+use std::time::Duration;
 
 /// Simulated time in microseconds.
 type Time = u64;
@@ -73,6 +77,9 @@ const HEARTBEAT: Time = 50 * MS;
 const FAILURE_TIMEOUT: Time = 300 * MS;
 /// A block gives its remaining fragments back after this long.
 const TIME_SLICE: Time = 5 * MS;
+/// Chunks of one job an initiator holds before it pauses the job's result streams (the
+/// simulation weighs every chunk 1).
+const MAX_HELD: usize = 6;
 /// Most hosts alive at once.
 const MAX_LIVE_HOSTS: usize = 8;
 
@@ -264,6 +271,9 @@ pub struct SimStats {
     /// Fragments re-run on their initiator with their chunks through the scheduler, because a
     /// failed host had delivered some of them.
     pub reruns_with_chunks: u64,
+    /// Times an initiator stopped reading a result stream because it held too much of the
+    /// job's results.
+    pub result_pauses: u64,
 }
 
 impl SimStats {
@@ -309,6 +319,7 @@ impl SimStats {
             cancelled,
             finished_alone,
             reruns_with_chunks,
+            result_pauses,
         } = other;
         self.runs += runs;
         self.steps += steps;
@@ -338,6 +349,7 @@ impl SimStats {
         self.cancelled += cancelled;
         self.finished_alone += finished_alone;
         self.reruns_with_chunks += reruns_with_chunks;
+        self.result_pauses += result_pauses;
     }
 }
 
@@ -470,12 +482,21 @@ struct Stream {
 #[derive(Debug)]
 enum Event {
     Arrive(StreamId),
-    Heartbeat(HostId),
-    FailureCheck(HostId),
+    /// The host's protocol deadline armed for this time.
+    Timeout(HostId, Time),
+    /// The job on its initiator took a delivered chunk.
+    Delivered(HostId, JobId),
     Work(HostId, u64),
     ReplicaLoaded(HostId, JobId),
-    Closed { at: HostId, peer: HostId, conn: u64 },
-    Connect { from: HostId, to: HostId },
+    Closed {
+        at: HostId,
+        peer: HostId,
+        conn: u64,
+    },
+    Connect {
+        from: HostId,
+        to: HostId,
+    },
     Heal(HostId, HostId),
     Workload,
     Chaos,
@@ -483,32 +504,21 @@ enum Event {
 
 struct Link {
     conn: u64,
-    last_seen: Time,
 }
 
+/// A job the host initiated, as its program sees it.
 struct LocalJob {
     params: JobParams,
     count: usize,
-    key: Option<WorkKey>,
     cancelled: bool,
 }
 
-enum RState {
-    Loading {
-        pending: Vec<Range<usize>>,
-        cancelled: bool,
-    },
-    Ready(WorkKey),
-    Failed(FailureReason),
-}
-
-struct RemoteJob {
-    params: JobParams,
-    count: usize,
+/// A replica of another host's job, as the host's worker side sees it.
+struct Replica {
+    /// The connection it came on: its results go back on it.
     conn: u64,
-    /// The job was cancelled here: blocks starting later stop at once.
+    /// The protocol cancelled it: blocks starting later stop at once.
     cancelled: bool,
-    state: RState,
 }
 
 struct Run {
@@ -529,66 +539,65 @@ struct Run {
     rerun: BTreeSet<usize>,
 }
 
+/// One simulated host: the real protocol state machine ([`Protocol`]) and, around it, what the
+/// runtime does: a worker pool ([`HostQueue`] admission, blocks running over simulated time),
+/// replicas' cancellation, delivery to the job, and connections to peers.
 struct SimHost {
     info: HostInfo,
     alive: bool,
     max_running: usize,
-    sched: Scheduler<u64>,
+    proto: Protocol<u64, ()>,
+    /// The deadline a `Timeout` event is armed for.
+    timer: Option<Time>,
     queue: HostQueue,
+    /// Work registered with the worker pool.
     works: BTreeMap<WorkKey, JobId>,
-    next_key: u64,
     local: BTreeMap<JobId, LocalJob>,
-    remote: BTreeMap<JobId, RemoteJob>,
+    replicas: BTreeMap<JobId, Replica>,
     links: BTreeMap<HostId, Link>,
+    /// Result streams of jobs initiated here that the protocol paused, by (sender, job).
+    paused: BTreeSet<(HostId, JobId)>,
     runs: BTreeMap<u64, Run>,
     next_run: u64,
     next_job: u64,
 }
 
 impl SimHost {
-    fn new_key(&mut self) -> WorkKey {
-        self.next_key += 1;
-        WorkKey(self.next_key)
-    }
-
     fn is_clean(&self) -> bool {
-        self.remote.is_empty()
+        self.replicas.is_empty()
             && self.runs.is_empty()
             && self.works.is_empty()
             && self.local.is_empty()
             && self.queue.running() == 0
+            && self.proto.replicas() == 0
+            && self.proto.works() == 0
+            && self.proto.active_jobs() == 0
     }
 }
 
-fn spec_of(p: &JobParams) -> WorkSpec {
-    WorkSpec {
-        priority: p.priority,
-        cpu_load: p.cpu_load,
-        gpu_load: p.gpu_load,
-        thread_limit: p.thread_limit,
-    }
+fn at(t: Time) -> Duration {
+    Duration::from_micros(t)
 }
 
 /// Reports what a local block ran plain (with `execute_fragment`): done ranges, panicked
 /// fragments, and what it left unstarted after a cancel.
 fn report_local(
-    sched: &mut Scheduler<u64>,
-    h: HostId,
+    proto: &mut Protocol<u64, ()>,
     job: JobId,
     done: &[Range<usize>],
     failed: &[usize],
     not_started: &Range<usize>,
 ) {
-    for r in done {
-        sched.on_local_done(job, r.clone());
-    }
-    for f in failed {
-        let reason = FailureReason::Panicked(format!("fragment {f} panicked"));
-        sched.on_fragment_failed(job, h, *f, reason);
-    }
-    if !not_started.is_empty() {
-        sched.on_not_started(job, h, std::slice::from_ref(not_started));
-    }
+    let failed = failed
+        .iter()
+        .map(|f| {
+            (
+                *f,
+                FailureReason::Panicked(format!("fragment {f} panicked")),
+            )
+        })
+        .collect();
+    let _ = proto.local_block_done(job, done, failed, std::slice::from_ref(not_started));
 }
 
 fn pair(a: HostId, b: HostId) -> (HostId, HostId) {
@@ -784,10 +793,16 @@ impl Sim {
             gpus: *r.pick(&[0, 0, 1, 2]).unwrap_or(&0),
         };
         let max_running = r.range(1, 9) as usize;
-        let mut sched = Scheduler::new(id, info.clone());
+        let limits = Limits {
+            heartbeat_interval: at(HEARTBEAT),
+            failure_timeout: at(FAILURE_TIMEOUT),
+            max_held_bytes: MAX_HELD,
+            ..Limits::default()
+        };
+        let mut proto = Protocol::new(id, info.clone(), limits, at(self.now));
         let batch = r.range(1, 65) as usize;
         let window = r.range(1, 257) as usize;
-        sched.set_limits(batch, window);
+        proto.set_scheduler_limits(batch, window);
         let mut queue = HostQueue::new(info.cores, info.gpus as usize, max_running);
         queue.set_max_block(r.range(1, 33) as usize);
         self.hosts.insert(
@@ -796,23 +811,20 @@ impl Sim {
                 info,
                 alive: true,
                 max_running,
-                sched,
+                proto,
+                timer: None,
                 queue,
                 works: BTreeMap::new(),
-                next_key: 0,
                 local: BTreeMap::new(),
-                remote: BTreeMap::new(),
+                replicas: BTreeMap::new(),
                 links: BTreeMap::new(),
+                paused: BTreeSet::new(),
                 runs: BTreeMap::new(),
                 next_run: 0,
                 next_job: 0,
             },
         );
         self.stats.hosts += 1;
-        let hb = self.rng.range(0, HEARTBEAT);
-        self.schedule(hb, Event::Heartbeat(id));
-        let fc = self.rng.range(0, HEARTBEAT / 2);
-        self.schedule(fc, Event::FailureCheck(id));
         id
     }
 
@@ -857,14 +869,8 @@ impl Sim {
                 None => return,
             };
             if let Some(h) = self.hosts.get_mut(&x) {
-                h.links.insert(
-                    y,
-                    Link {
-                        conn,
-                        last_seen: now,
-                    },
-                );
-                h.sched.host_up(y, info);
+                h.links.insert(y, Link { conn });
+                h.proto.link_up(y, info, at(now));
             }
         }
         self.note(|| format!("  link {a} <-> {b} up (conn {conn})"));
@@ -963,40 +969,22 @@ impl Sim {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Arrive(id) => self.arrive(id),
-            Event::Heartbeat(h) => {
-                if !self.alive(h) {
+            Event::Timeout(h, t) => {
+                let Some(x) = self.hosts.get_mut(&h).filter(|x| x.alive) else {
                     return;
+                };
+                if x.timer != Some(t) {
+                    return; // re-armed for another time meanwhile
                 }
-                let peers: Vec<HostId> = self
-                    .hosts
-                    .get(&h)
-                    .map(|x| x.links.keys().copied().collect())
-                    .unwrap_or_default();
-                for p in peers {
-                    self.send(h, p, StreamKind::Control, Msg::Heartbeat);
-                }
-                self.schedule(HEARTBEAT, Event::Heartbeat(h));
+                x.timer = None;
+                x.proto.handle_timeout(at(self.now));
+                self.process(h);
             }
-            Event::FailureCheck(h) => {
-                if !self.alive(h) {
-                    return;
+            Event::Delivered(h, job) => {
+                if let Some(x) = self.hosts.get_mut(&h).filter(|x| x.alive) {
+                    x.proto.delivered(job, 1);
                 }
-                let now = self.now;
-                let stale: Vec<HostId> = self
-                    .hosts
-                    .get(&h)
-                    .map(|x| {
-                        x.links
-                            .iter()
-                            .filter(|(_, l)| now - l.last_seen > FAILURE_TIMEOUT)
-                            .map(|(p, _)| *p)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for p in stale {
-                    self.link_lost(h, p, "no heartbeat within the failure timeout");
-                }
-                self.schedule(HEARTBEAT / 2, Event::FailureCheck(h));
+                self.process(h);
             }
             Event::Work(h, run) => self.work(h, run),
             Event::ReplicaLoaded(h, job) => self.replica_loaded(h, job),
@@ -1059,6 +1047,13 @@ impl Sim {
     fn arrive(&mut self, id: StreamId) {
         let partitioned = self.partitioned(id.from, id.to);
         let sender_alive = self.alive(id.from);
+        let paused = match id.kind {
+            StreamKind::Results(job) => self
+                .hosts
+                .get(&id.to)
+                .is_some_and(|x| x.paused.contains(&(id.from, job))),
+            StreamKind::Control => false,
+        };
         let now = self.now;
         let Some(stream) = self.streams.get_mut(&id) else {
             return;
@@ -1073,6 +1068,10 @@ impl Sim {
         if ready > now {
             stream.armed = true;
             self.schedule(ready - now, Event::Arrive(id));
+            return;
+        }
+        if paused && !partitioned {
+            // The receiver stopped reading: the stream waits (re-armed when resumed).
             return;
         }
         if partitioned {
@@ -1102,14 +1101,8 @@ impl Sim {
     fn receive(&mut self, id: StreamId, msg: Msg) {
         let (from, to) = (id.from, id.to);
         let now = self.now;
-        let current = match self.hosts.get_mut(&to) {
-            Some(host) if host.alive => match host.links.get_mut(&from) {
-                Some(l) if l.conn == id.conn => {
-                    l.last_seen = now;
-                    true
-                }
-                _ => false,
-            },
+        let current = match self.hosts.get(&to) {
+            Some(host) if host.alive => host.links.get(&from).is_some_and(|l| l.conn == id.conn),
             _ => false,
         };
         if !current {
@@ -1123,98 +1116,99 @@ impl Sim {
         if self.trace.is_some() && !matches!(msg, Msg::Heartbeat) {
             self.note(|| format!("  {to} <- {from}: {msg:?}"));
         }
-        match msg {
-            Msg::Heartbeat => {}
+        let Some(host) = self.hosts.get_mut(&to) else {
+            return;
+        };
+        let msg = match msg {
+            Msg::Heartbeat => Ok(Message::Heartbeat),
             Msg::Replica { job, params, count } => {
-                let Some(host) = self.hosts.get_mut(&to) else {
-                    return;
-                };
-                if job.initiator != from || host.remote.contains_key(&job) {
-                    return;
-                }
-                host.remote.insert(
+                host.replicas.entry(job).or_insert(Replica {
+                    conn: id.conn,
+                    cancelled: false,
+                });
+                Ok(Message::Replica {
                     job,
-                    RemoteJob {
-                        params,
-                        count,
-                        conn: id.conn,
-                        cancelled: false,
-                        state: RState::Loading {
-                            pending: Vec::new(),
-                            cancelled: false,
-                        },
-                    },
-                );
-                let load = self.rng.range(0, 3 * MS);
-                self.schedule(load, Event::ReplicaLoaded(to, job));
+                    params,
+                    count: count as u64,
+                    body: (),
+                })
             }
-            Msg::Dispatch { job, fragments } => self.on_dispatch(to, job, fragments),
-            Msg::Cancel(job) => self.on_cancel(to, job),
-            Msg::Release(job) => {
-                if let Some(host) = self.hosts.get_mut(&to) {
-                    if let Some(rj) = host.remote.remove(&job) {
-                        if let RState::Ready(key) = rj.state {
-                            host.queue.remove(key);
-                            host.works.remove(&key);
-                        }
-                    }
-                }
+            Msg::Dispatch { job, fragments } => Ok(Message::Dispatch {
+                job,
+                fragments: fragments
+                    .iter()
+                    .map(|r| (r.start as u64, r.end as u64))
+                    .collect(),
+            }),
+            Msg::Cancel(job) => Ok(Message::Cancel { job }),
+            Msg::Release(job) => Ok(Message::Release { job }),
+            other => Err(other),
+        };
+        let msg = match msg {
+            Ok(m) => {
+                host.proto.on_message(from, m, at(now));
+                self.process(to);
+                return;
             }
+            Err(msg) => msg,
+        };
+        let (job, event, done) = match msg {
             Msg::Chunk {
                 job,
                 fragment,
                 seq,
                 data,
-            } => {
-                if job.initiator == to {
-                    let outcome = self
-                        .hosts
-                        .get_mut(&to)
-                        .map(|host| host.sched.on_chunk(job, from, fragment, seq, data));
-                    self.stats.stale_results += u64::from(outcome == Some(Outcome::Stale));
-                    self.process(to);
-                }
-            }
+            } => (
+                job,
+                ResultEvent::Chunk {
+                    fragment: fragment as u64,
+                    seq,
+                    payload: data,
+                },
+                None,
+            ),
             Msg::Done {
                 job,
                 fragment,
                 chunks,
-            } => {
-                if job.initiator == to {
-                    let outcome = self
-                        .hosts
-                        .get_mut(&to)
-                        .map(|host| host.sched.on_fragment_done(job, from, fragment, chunks));
-                    if outcome == Some(Outcome::Applied) {
-                        self.checker.remote_done(job, fragment, from);
-                    }
-                    self.stats.stale_results += u64::from(outcome == Some(Outcome::Stale));
-                    self.process(to);
-                }
-            }
+            } => (
+                job,
+                ResultEvent::Done {
+                    fragment: fragment as u64,
+                    chunks,
+                },
+                Some(fragment),
+            ),
             Msg::Failed {
                 job,
                 fragment,
                 reason,
-            } => {
-                if job.initiator == to {
-                    let outcome = self
-                        .hosts
-                        .get_mut(&to)
-                        .map(|host| host.sched.on_fragment_failed(job, from, fragment, reason));
-                    self.stats.stale_results += u64::from(outcome == Some(Outcome::Stale));
-                    self.process(to);
-                }
-            }
-            Msg::NotStarted { job, ranges } => {
-                if job.initiator == to {
-                    if let Some(host) = self.hosts.get_mut(&to) {
-                        host.sched.on_not_started(job, from, &ranges);
-                    }
-                    self.process(to);
-                }
-            }
+            } => (
+                job,
+                ResultEvent::Failed {
+                    fragment: fragment as u64,
+                    reason,
+                },
+                None,
+            ),
+            Msg::NotStarted { job, ranges } => (
+                job,
+                ResultEvent::NotStarted {
+                    ranges: ranges
+                        .iter()
+                        .map(|r| (r.start as u64, r.end as u64))
+                        .collect(),
+                },
+                None,
+            ),
+            _ => return,
+        };
+        let outcome = host.proto.on_results(from, job, [event], at(now));
+        self.stats.stale_results += outcome.stale as u64;
+        if let (Some(fragment), 1) = (done, outcome.done) {
+            self.checker.remote_done(job, fragment, from);
         }
+        self.process(to);
     }
 
     /// Sends a result of `job` from `h` to its initiator on connection `conn`.
@@ -1222,229 +1216,260 @@ impl Sim {
         self.send_on(h, job.initiator, conn, StreamKind::Results(job), msg)
     }
 
-    fn on_dispatch(&mut self, h: HostId, job: JobId, fragments: Vec<Range<usize>>) {
-        let mut out = Vec::new();
-        let conn;
-        {
-            let Some(host) = self.hosts.get_mut(&h) else {
-                return;
-            };
-            let Some(rj) = host.remote.get_mut(&job) else {
-                self.note(|| format!("  {h}: dispatch for an unknown job {job}"));
-                return;
-            };
-            let count = rj.count;
-            let fragments: Vec<Range<usize>> = fragments
-                .into_iter()
-                .map(|r| r.start.min(count)..r.end.min(count))
-                .filter(|r| r.start < r.end)
-                .collect();
-            conn = rj.conn;
-            match &mut rj.state {
-                RState::Loading { pending, .. } => pending.extend(fragments),
-                RState::Ready(key) => {
-                    if !host.queue.add(*key, fragments.clone()) {
-                        out.push(Msg::NotStarted {
-                            job,
-                            ranges: fragments,
-                        });
-                    }
-                }
-                RState::Failed(reason) => {
-                    for fragment in fragments.into_iter().flatten() {
-                        let reason = reason.clone();
-                        out.push(Msg::Failed {
-                            job,
-                            fragment,
-                            reason,
-                        });
-                    }
-                }
-            }
-        }
-        for m in out {
-            self.result(h, job, conn, m);
-        }
-        self.kick(h);
-    }
-
-    fn on_cancel(&mut self, h: HostId, job: JobId) {
-        let mut out = None;
-        let conn;
-        {
-            let Some(host) = self.hosts.get_mut(&h) else {
-                return;
-            };
-            for run in host.runs.values_mut() {
-                if run.job == job {
-                    run.cancelled = true;
-                }
-            }
-            let Some(rj) = host.remote.get_mut(&job) else {
-                return;
-            };
-            rj.cancelled = true;
-            conn = rj.conn;
-            match &mut rj.state {
-                RState::Loading { cancelled, .. } => *cancelled = true,
-                RState::Ready(key) => {
-                    let ranges = host.queue.drain_pending(*key);
-                    out = Some(Msg::NotStarted { job, ranges });
-                }
-                RState::Failed(_) => {}
-            }
-        }
-        if let Some(m) = out {
-            self.result(h, job, conn, m);
-        }
-    }
-
     fn replica_loaded(&mut self, h: HostId, job: JobId) {
         let behavior = self.behaviors.get(&job).copied();
-        let mut out = Vec::new();
-        let conn;
-        {
-            let Some(host) = self.hosts.get_mut(&h).filter(|x| x.alive) else {
-                return;
-            };
-            let key = host.new_key();
-            let Some(rj) = host.remote.get_mut(&job) else {
-                return; // released or abandoned while loading
-            };
-            let RState::Loading { pending, cancelled } =
-                std::mem::replace(&mut rj.state, RState::Ready(key))
-            else {
-                return;
-            };
-            conn = rj.conn;
-            let knows = behavior.is_some_and(|b| b.knows_class(h));
-            let failure = if !knows {
-                let class = ClassId(u128::from(behavior.map_or(0, |b| b.key)));
-                Some(FailureReason::UnknownClass(class))
-            } else if cancelled {
-                None
-            } else {
-                match host.queue.submit(key, spec_of(&rj.params), pending.clone()) {
-                    Ok(()) => {
-                        host.works.insert(key, job);
-                        None
-                    }
-                    Err(e) => Some(FailureReason::Returned(format!(
-                        "{h} cannot run the job: {e:?}"
-                    ))),
-                }
-            };
-            if let Some(reason) = failure {
-                rj.state = RState::Failed(reason.clone());
-                for fragment in pending.into_iter().flatten() {
-                    let reason = reason.clone();
-                    out.push(Msg::Failed {
-                        job,
-                        fragment,
-                        reason,
-                    });
-                }
-            } else if cancelled {
-                out.push(Msg::NotStarted {
-                    job,
-                    ranges: pending,
-                });
-            }
-        }
-        for m in out {
-            self.result(h, job, conn, m);
-        }
-        self.kick(h);
+        let Some(host) = self.hosts.get_mut(&h).filter(|x| x.alive) else {
+            return;
+        };
+        let result = if behavior.is_some_and(|b| b.knows_class(h)) {
+            Ok(())
+        } else {
+            let class = ClassId(u128::from(behavior.map_or(0, |b| b.key)));
+            Err(FailureReason::UnknownClass(class))
+        };
+        host.proto.replica_loaded(job, result);
+        self.process(h);
     }
 
-    /// Carries out the scheduler's actions on `h`, as the runtime's `Node::process` does.
+    /// Carries out the protocol's actions on `h`, as the runtime does.
     fn process(&mut self, h: HostId) {
         while let Some(action) = self
             .hosts
             .get_mut(&h)
             .filter(|x| x.alive)
-            .and_then(|x| x.sched.poll_action())
+            .and_then(|x| x.proto.poll_action())
         {
-            match action {
-                Action::Dispatch {
-                    job,
+            self.carry_out(h, action);
+        }
+        self.arm_timer(h);
+        self.kick(h);
+    }
+
+    /// Arms a `Timeout` event for the protocol's next deadline.
+    fn arm_timer(&mut self, h: HostId) {
+        let now = self.now;
+        let Some(x) = self.hosts.get_mut(&h).filter(|x| x.alive) else {
+            return;
+        };
+        let next = x
+            .proto
+            .poll_timeout()
+            .map(|d| (d.as_micros() as Time).max(now));
+        if next.is_some() && next != x.timer {
+            x.timer = next;
+            if let Some(t) = next {
+                self.schedule(t - now, Event::Timeout(h, t));
+            }
+        }
+    }
+
+    fn carry_out(&mut self, h: HostId, action: Action<u64, ()>) {
+        match action {
+            Action::SendDispatch {
+                job,
+                host,
+                fragments,
+            } => {
+                let view = self.view(h);
+                self.checker.dispatched(job, host, &fragments, &view);
+                self.note(|| format!("  {h}: dispatch {job} {fragments:?} to {host}"));
+                self.send(
+                    h,
                     host,
-                    fragments,
-                } => {
+                    StreamKind::Control,
+                    Msg::Dispatch { job, fragments },
+                );
+            }
+            Action::SubmitWork {
+                key,
+                job,
+                spec,
+                fragments,
+            } => {
+                if job.initiator == h {
                     let view = self.view(h);
-                    self.checker.dispatched(job, host, &fragments, &view);
-                    self.note(|| format!("  {h}: dispatch {job} {fragments:?} to {host}"));
-                    if host == h {
-                        self.dispatch_local(h, job, fragments);
-                    } else {
-                        self.send(
-                            h,
-                            host,
-                            StreamKind::Control,
-                            Msg::Dispatch { job, fragments },
-                        );
-                    }
+                    self.checker.dispatched(job, h, &fragments, &view);
+                    self.note(|| format!("  {h}: dispatch {job} {fragments:?} to {h}"));
                 }
-                Action::SendReplica { job, host } => {
-                    self.checker.replica_sent(job, host);
-                    let lj = self
-                        .hosts
-                        .get(&h)
-                        .and_then(|x| x.local.get(&job))
-                        .map(|l| (l.params.clone(), l.count));
-                    if let Some((params, count)) = lj {
-                        let msg = Msg::Replica { job, params, count };
-                        self.send(h, host, StreamKind::Control, msg);
+                let Some(x) = self.hosts.get_mut(&h) else {
+                    return;
+                };
+                match x.queue.submit(key, spec, fragments) {
+                    Ok(()) => {
+                        x.works.insert(key, job);
                     }
+                    Err(e) => self.checker.report(
+                        Invariant::Protocol,
+                        Some(job),
+                        format!("{h}: the protocol submitted work its queue refuses: {e:?}"),
+                    ),
                 }
-                Action::Cancel { job, host } if host == h => {
-                    if let Some(x) = self.hosts.get_mut(&h) {
-                        if let Some(key) = x.local.get(&job).and_then(|l| l.key) {
-                            let ranges = x.queue.drain_pending(key);
-                            x.sched.on_not_started(job, h, &ranges);
+            }
+            Action::AddWork { key, fragments } => {
+                let Some(x) = self.hosts.get_mut(&h) else {
+                    return;
+                };
+                let job = x.works.get(&key).copied();
+                if let Some(job) = job.filter(|j| j.initiator == h) {
+                    let view = self.view(h);
+                    self.checker.dispatched(job, h, &fragments, &view);
+                    self.note(|| format!("  {h}: dispatch {job} {fragments:?} to {h}"));
+                }
+                let Some(x) = self.hosts.get_mut(&h) else {
+                    return;
+                };
+                if !x.queue.add(key, fragments) {
+                    self.checker.report(
+                        Invariant::Protocol,
+                        job,
+                        format!("{h}: the protocol added fragments to unknown work {key:?}"),
+                    );
+                }
+            }
+            Action::DrainWork { key } => {
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    let ranges = x.queue.drain_pending(key);
+                    x.proto.work_drained(key, ranges);
+                }
+            }
+            Action::RemoveWork { key } => {
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    x.queue.remove(key);
+                    x.works.remove(&key);
+                }
+            }
+            Action::SendReplica { job, host } => {
+                self.checker.replica_sent(job, host);
+                let lj = self
+                    .hosts
+                    .get(&h)
+                    .and_then(|x| x.local.get(&job))
+                    .map(|l| (l.params.clone(), l.count));
+                if let Some((params, count)) = lj {
+                    let msg = Msg::Replica { job, params, count };
+                    self.send(h, host, StreamKind::Control, msg);
+                }
+            }
+            Action::SendCancel { job, host } => {
+                self.send(h, host, StreamKind::Control, Msg::Cancel(job));
+            }
+            Action::SendRelease { job, host } => {
+                if self.config.sabotage != Some(Sabotage::DropReleases) {
+                    self.send(h, host, StreamKind::Control, Msg::Release(job));
+                }
+            }
+            Action::SendHeartbeat { host } => {
+                self.send(h, host, StreamKind::Control, Msg::Heartbeat);
+            }
+            Action::SendAnswer { job, answer } => {
+                let conn = self
+                    .hosts
+                    .get(&h)
+                    .and_then(|x| x.replicas.get(&job))
+                    .map(|r| r.conn);
+                let Some(conn) = conn else {
+                    return;
+                };
+                let msgs = match answer {
+                    Answer::Failed { fragment, reason } => vec![Msg::Failed {
+                        job,
+                        fragment,
+                        reason,
+                    }],
+                    Answer::NotStarted { ranges } => vec![Msg::NotStarted { job, ranges }],
+                };
+                for m in msgs {
+                    self.result(h, job, conn, m);
+                }
+            }
+            Action::LoadReplica { job, .. } => {
+                let load = self.rng.range(0, 3 * MS);
+                self.schedule(load, Event::ReplicaLoaded(h, job));
+            }
+            Action::CancelReplica { job } => {
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    if let Some(r) = x.replicas.get_mut(&job) {
+                        r.cancelled = true;
+                    }
+                    for run in x.runs.values_mut() {
+                        if run.job == job {
+                            run.cancelled = true;
                         }
                     }
                 }
-                Action::Cancel { job, host } => {
-                    self.send(h, host, StreamKind::Control, Msg::Cancel(job));
+            }
+            Action::DropReplica { job } => {
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    x.replicas.remove(&job);
                 }
-                Action::Release { job, host } => {
-                    if self.config.sabotage != Some(Sabotage::DropReleases) {
-                        self.send(h, host, StreamKind::Control, Msg::Release(job));
-                    }
+            }
+            Action::Deliver {
+                job,
+                fragment,
+                seq,
+                payload,
+            } => {
+                self.stats.deliveries += 1;
+                self.note(|| format!("  {h}: deliver {job} ({fragment}, {seq})"));
+                self.deliver(job, fragment, seq, payload);
+                // The job takes its chunks at its own pace: often at once, sometimes slowly.
+                let d = if self.rng.chance(1, 4) {
+                    self.rng.range(0, 20 * MS)
+                } else {
+                    0
+                };
+                self.schedule(d, Event::Delivered(h, job));
+            }
+            Action::Finished(mut report) => {
+                let job = report.job;
+                self.note(|| {
+                    format!(
+                        "  {h}: finished {job}: done {:?} skipped {:?} failed {:?} cancelled {:?}",
+                        report.done.to_ranges(),
+                        report.skipped.to_ranges(),
+                        report.failed.to_ranges(),
+                        report.cancelled.to_ranges()
+                    )
+                });
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    x.local.remove(&job);
                 }
-                Action::Deliver {
-                    job,
-                    fragment,
-                    seq,
-                    payload,
-                } => {
-                    self.stats.deliveries += 1;
-                    self.note(|| format!("  {h}: deliver {job} ({fragment}, {seq})"));
-                    self.deliver(job, fragment, seq, payload);
+                self.finish(&mut report);
+            }
+            Action::HostDown { host: peer, why } => self.declared_down(h, peer, &why.to_string()),
+            Action::PauseResults { job, host } => {
+                self.stats.result_pauses += 1;
+                self.note(|| format!("  {h}: pause results of {job} from {host}"));
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    x.paused.insert((host, job));
                 }
-                Action::Finished(mut report) => {
-                    let job = report.job;
-                    self.note(|| {
-                        format!(
-                            "  {h}: finished {job}: done {:?} skipped {:?} failed {:?} cancelled {:?}",
-                            report.done.to_ranges(),
-                            report.skipped.to_ranges(),
-                            report.failed.to_ranges(),
-                            report.cancelled.to_ranges()
-                        )
-                    });
-                    if let Some(x) = self.hosts.get_mut(&h) {
-                        if let Some(key) = x.local.remove(&job).and_then(|l| l.key) {
-                            x.queue.remove(key);
-                            x.works.remove(&key);
+            }
+            Action::ResumeResults { job, host } => {
+                self.note(|| format!("  {h}: resume results of {job} from {host}"));
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    x.paused.remove(&(host, job));
+                }
+                let conn = self
+                    .hosts
+                    .get(&h)
+                    .and_then(|x| x.links.get(&host))
+                    .map(|l| l.conn);
+                if let Some(conn) = conn {
+                    let id = StreamId {
+                        from: host,
+                        to: h,
+                        conn,
+                        kind: StreamKind::Results(job),
+                    };
+                    if let Some(stream) = self.streams.get_mut(&id) {
+                        if !stream.armed {
+                            stream.armed = true;
+                            self.schedule(0, Event::Arrive(id));
                         }
                     }
-                    self.finish(&mut report);
                 }
             }
         }
-        self.kick(h);
     }
 
     fn deliver(&mut self, job: JobId, fragment: usize, seq: u32, data: u64) {
@@ -1519,33 +1544,6 @@ impl Sim {
         }
     }
 
-    fn dispatch_local(&mut self, h: HostId, job: JobId, fragments: Vec<Range<usize>>) {
-        let Some(x) = self.hosts.get_mut(&h) else {
-            return;
-        };
-        let key = x.new_key();
-        let Some(lj) = x.local.get_mut(&job) else {
-            return;
-        };
-        if let Some(k) = lj.key {
-            if x.queue.add(k, fragments.clone()) {
-                return;
-            }
-        }
-        match x.queue.submit(key, spec_of(&lj.params), fragments.clone()) {
-            Ok(()) => {
-                lj.key = Some(key);
-                x.works.insert(key, job);
-            }
-            Err(e) => {
-                let reason = FailureReason::Returned(format!("{h} cannot run the job: {e:?}"));
-                for f in fragments.into_iter().flatten() {
-                    x.sched.on_fragment_failed(job, h, f, reason.clone());
-                }
-            }
-        }
-    }
-
     /// Starts every block the host's queue admits now.
     fn kick(&mut self, h: HostId) {
         let now = self.now;
@@ -1562,7 +1560,7 @@ impl Sim {
                 let (local, conn, cancelled) = if job.initiator == h {
                     (true, 0, false)
                 } else {
-                    match x.remote.get(&job) {
+                    match x.replicas.get(&job) {
                         Some(rj) => (false, rj.conn, rj.cancelled),
                         None => {
                             x.queue.finish(&block);
@@ -1575,7 +1573,7 @@ impl Sim {
                 let start = block.range.start;
                 let end = block.range.end;
                 let rerun = if local {
-                    x.sched
+                    x.proto
                         .rerun_with_chunks(job, block.range.clone())
                         .into_iter()
                         .collect()
@@ -1632,19 +1630,16 @@ impl Sim {
                     let seq = run.chunk;
                     run.chunk += 1;
                     let part = (b.duration(f, h) / (u64::from(emits) + 1)).max(1);
-                    x.sched.on_chunk(job, h, f, seq, b.data(f, seq));
+                    let _ = x.proto.local_chunk(job, f, seq, b.data(f, seq));
                     self.process(h);
                     self.schedule(part, Event::Work(h, id));
                     return;
                 }
-                let outcome = match b.panics(f) {
-                    Some(_) => {
-                        let reason = FailureReason::Panicked(format!("fragment {f} panicked"));
-                        x.sched.on_fragment_failed(job, h, f, reason);
-                        Outcome::Stale
-                    }
-                    None => x.sched.on_fragment_done(job, h, f, emits),
+                let result = match b.panics(f) {
+                    Some(_) => Err(FailureReason::Panicked(format!("fragment {f} panicked"))),
+                    None => Ok(emits),
                 };
+                let outcome = x.proto.local_fragment_finished(job, f, result);
                 if outcome == Outcome::Applied {
                     self.checker.remote_done(job, f, h);
                 }
@@ -1758,7 +1753,7 @@ impl Sim {
                 std::mem::take(&mut run.done),
                 std::mem::take(&mut run.failed),
             );
-            report_local(&mut x.sched, h, job, &done, &failed, &(end..end));
+            report_local(&mut x.proto, job, &done, &failed, &(end..end));
             self.process(h);
         }
         self.schedule(d, Event::Work(h, id));
@@ -1774,8 +1769,7 @@ impl Sim {
         };
         if run.local {
             report_local(
-                &mut x.sched,
-                h,
+                &mut x.proto,
                 run.job,
                 &run.done,
                 &run.failed,
@@ -1789,9 +1783,17 @@ impl Sim {
         self.process(h);
     }
 
-    /// `h` declares `peer` down: the connection closes, the scheduler reassigns or fails its
-    /// fragments, and `peer`'s jobs here are abandoned.
+    /// `h`'s connection to `peer` is lost (closed or reset): its protocol declares `peer` down.
     fn link_lost(&mut self, h: HostId, peer: HostId, why: &str) {
+        if let Some(x) = self.hosts.get_mut(&h).filter(|x| x.alive) {
+            x.proto.link_down(peer, why);
+        }
+        self.process(h);
+    }
+
+    /// `h`'s protocol declared `peer` down: the connection closes (the peer sees it after a
+    /// delay); the protocol already reassigned or failed its fragments and abandoned its jobs.
+    fn declared_down(&mut self, h: HostId, peer: HostId, why: &str) {
         let peer_alive = self.alive(peer);
         let Some(x) = self.hosts.get_mut(&h) else {
             return;
@@ -1799,33 +1801,13 @@ impl Sim {
         let Some(link) = x.links.remove(&peer) else {
             return;
         };
+        x.paused.retain(|(from, _)| *from != peer);
         self.stats.declared_down += 1;
         if peer_alive {
             self.stats.false_suspicions += 1;
         }
-        let abandoned: Vec<JobId> = x
-            .remote
-            .keys()
-            .filter(|j| j.initiator == peer)
-            .copied()
-            .collect();
-        for job in abandoned {
-            if let Some(rj) = x.remote.remove(&job) {
-                if let RState::Ready(key) = rj.state {
-                    x.queue.remove(key);
-                    x.works.remove(&key);
-                }
-            }
-            for run in x.runs.values_mut() {
-                if run.job == job {
-                    run.cancelled = true;
-                }
-            }
-        }
-        x.sched.host_down(peer);
         self.checker.host_down(h, peer);
         self.note(|| format!("  {h} declares {peer} down: {why}"));
-        self.process(h);
         let d = self.delay(h, peer);
         self.schedule(
             d,
@@ -1844,7 +1826,7 @@ impl Sim {
         x.alive = false;
         let links: Vec<(HostId, u64)> = x.links.iter().map(|(p, l)| (*p, l.conn)).collect();
         x.links.clear();
-        x.remote.clear();
+        x.replicas.clear();
         x.runs.clear();
         x.works.clear();
         x.local.clear();
@@ -1965,7 +1947,7 @@ impl Sim {
                     if let Some(l) = x.local.get_mut(&job) {
                         l.cancelled = true;
                     }
-                    x.sched.cancel(job);
+                    let _ = x.proto.cancel(job);
                 }
                 self.process(h);
             }
@@ -2055,7 +2037,7 @@ impl Sim {
             seq: x.next_job,
         };
         self.behaviors.insert(job, behavior);
-        let result = x.sched.submit(
+        let result = x.proto.submit(
             job,
             JobSpec {
                 params: params.clone(),
@@ -2069,7 +2051,6 @@ impl Sim {
                 LocalJob {
                     params: params.clone(),
                     count: n,
-                    key: None,
                     cancelled: false,
                 },
             );
@@ -2126,15 +2107,16 @@ impl Sim {
         for (id, x) in self.hosts.iter().filter(|(_, x)| x.alive) {
             if !x.is_clean() {
                 let jobs: BTreeSet<JobId> = x
-                    .remote
+                    .replicas
                     .keys()
                     .copied()
+                    .chain(x.proto.replica_jobs())
                     .chain(x.runs.values().map(|r| r.job))
                     .chain(x.works.values().copied())
                     .collect();
                 unclean.push(format!(
                     "{id} still holds work of {jobs:?} ({} replicas, {} running blocks)",
-                    x.remote.len(),
+                    x.proto.replicas(),
                     x.runs.len()
                 ));
             }

@@ -1,0 +1,432 @@
+//! Replicas of other hosts' jobs on this host: made from their bytes off the reactor, the
+//! queue of their results back to the initiator (with backpressure on the fragments), and the
+//! runner of their fragments. Their life cycle (loading, ready, failed, cancelled, released,
+//! abandoned) is the protocol's; this module carries out what it decides.
+
+use super::{to_wire, Net, Outgoing};
+use crate::executor::BlockRunner;
+use crate::node::{InitiatedJob, Remote, ReplicaBody};
+use crate::registry::ErasedJob;
+use fragmenta_job::{
+    CancelToken, ChunkSink, ExecutionContext, FailureReason, HostId, JobId, RdmaBuffer,
+    RdmaContext, Transaction,
+};
+use fragmenta_sched::protocol::{Answer, Down};
+use fragmenta_sched::Block;
+use fragmenta_wire::messages::{Control, ResultItem};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Result bytes of one job a host may have queued for the network before its fragments wait.
+const MAX_IN_FLIGHT: usize = 32 << 20;
+
+pub(super) enum Out {
+    Item(ResultItem),
+    /// A fragment's result in this host's RDMA buffer, for the initiator's buffer.
+    Rdma {
+        fragment: u64,
+        buffer: RdmaBuffer,
+    },
+    Chunk {
+        fragment: u64,
+        seq: u32,
+        data: Vec<u8>,
+    },
+}
+
+/// A job of another host, on this host: its replica and the stream back to its initiator.
+pub(super) struct RemoteJob {
+    pub(super) id: JobId,
+    count: usize,
+    cancel: CancelToken,
+    cancel_called: AtomicBool,
+    tx: Transaction,
+    /// The replica, once made.
+    replica: Mutex<Option<Arc<dyn ErasedJob>>>,
+    out: mpsc::UnboundedSender<Out>,
+    /// Chunk bytes queued and not yet written: fragments wait above [`MAX_IN_FLIGHT`].
+    in_flight: Mutex<usize>,
+    drained: Condvar,
+    /// Receiver buffer sizes of fragments whose result goes to an RDMA buffer.
+    rdma: Mutex<HashMap<u64, u64>>,
+}
+
+impl RemoteJob {
+    /// Queues a result for the initiator; false once the stream is gone. Called from worker
+    /// threads; waits while too many result bytes are queued (backpressure from the network).
+    fn send(&self, out: Out) -> bool {
+        if let Out::Chunk { data, .. } = &out {
+            let mut q = self.in_flight.lock();
+            while *q > 0 && *q + data.len() > MAX_IN_FLIGHT {
+                if self.out.is_closed() {
+                    return false;
+                }
+                self.drained.wait_for(&mut q, Duration::from_millis(100));
+            }
+            *q += data.len();
+        }
+        self.out.send(out).is_ok()
+    }
+
+    pub(super) fn written(&self, bytes: usize) {
+        if bytes > 0 {
+            let mut q = self.in_flight.lock();
+            *q = q.saturating_sub(bytes);
+            self.drained.notify_all();
+        }
+    }
+
+    /// Calls the replica's `cancel()` once (user code: never on a reactor thread).
+    fn call_cancel(&self) {
+        let Some(replica) = self.replica.lock().clone() else {
+            return;
+        };
+        if self.cancel_called.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replica.cancel()))
+        {
+            tracing::error!(job = %self.id, "cancel() panicked: {}", crate::registry::panic_message(&*p));
+        }
+    }
+}
+
+/// `Transaction::abort` on a replica: asks the job's initiator to cancel it.
+struct RemoteAbort {
+    net: std::sync::Weak<Net>,
+    job: JobId,
+}
+
+impl fragmenta_job::Abort for RemoteAbort {
+    fn abort(&self) {
+        if let Some(net) = self.net.upgrade() {
+            net.send_control(self.job.initiator, Control::Cancel { job: self.job });
+        }
+    }
+}
+
+impl Net {
+    /// Registers the replica of `job` and makes it from its bytes on the blocking pool, then
+    /// tells the protocol.
+    fn load(&self, job: JobId, body: ReplicaBody) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let cancel = CancelToken::new();
+        // The protocol checked the count against its limit, which fits in memory indices.
+        let count = usize::try_from(body.count).unwrap_or(usize::MAX);
+        let rj = Arc::new(RemoteJob {
+            id: job,
+            count,
+            tx: node
+                .transaction(job, cancel.clone())
+                .with_abort(Arc::new(RemoteAbort {
+                    net: self.me.clone(),
+                    job,
+                })),
+            cancel,
+            cancel_called: AtomicBool::new(false),
+            replica: Mutex::new(None),
+            in_flight: Mutex::new(0),
+            drained: Condvar::new(),
+            rdma: Mutex::new(HashMap::new()),
+            out: out_tx,
+        });
+        self.remote_jobs.lock().insert(job, rj.clone());
+        let conn = self
+            .links
+            .lock()
+            .get(&job.initiator)
+            .map(|l| l.conn.clone());
+        if let (Some(conn), Some(me)) = (conn, self.me.upgrade()) {
+            self.handle
+                .spawn(me.results_writer(conn, Arc::downgrade(&rj), out_rx));
+        }
+        let host = self.host;
+        self.handle.spawn_blocking(move || {
+            let replica = node.registry.read().replica(body.class, &body.bytes);
+            let result = match replica {
+                None => Err(FailureReason::UnknownClass(body.class)),
+                Some(Err(e)) => Err(FailureReason::Deserialize(e)),
+                Some(Ok(r)) => {
+                    *rj.replica.lock() = Some(r);
+                    // Cancelled while it was being made.
+                    if rj.cancel.is_cancelled() {
+                        rj.call_cancel();
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(reason) = &result {
+                tracing::error!(%host, %job, %reason, "cannot make the replica");
+            }
+            node.with_proto(|p| p.replica_loaded(job, result));
+        });
+    }
+
+    /// Receiver buffer sizes for fragments of `job` whose result goes to RDMA buffers.
+    pub(super) fn expect_rdma(&self, job: JobId, sizes: Vec<(u64, u64)>) {
+        if let Some(rj) = self.remote_jobs.lock().get(&job) {
+            rj.rdma.lock().extend(sizes);
+        }
+    }
+}
+
+impl Remote for Net {
+    fn send_replica(&self, job: &InitiatedJob, host: HostId) {
+        let (Some(link), Some(bytes)) = (self.link(host), job.serialized.clone()) else {
+            return;
+        };
+        let params = job.params();
+        let msg = Control::Replica {
+            job: job.id,
+            class: job.job.class_id(),
+            params,
+            count: job.count.load(std::sync::atomic::Ordering::Acquire) as u64,
+        };
+        let _ = link.control.send(Outgoing::WithPayload(msg, bytes));
+    }
+
+    fn dispatch(&self, job: &Arc<InitiatedJob>, host: HostId, fragments: Vec<Range<usize>>) {
+        let Some(link) = self.link(host) else {
+            return;
+        };
+        if job.rdma.is_none() {
+            let _ = link.control.send(Outgoing::Msg(Control::Dispatch {
+                job: job.id,
+                fragments: to_wire(&fragments),
+                rdma: Vec::new(),
+            }));
+            return;
+        }
+        // RDMA results: ask the job for each fragment's receive buffer first. That is user code,
+        // and this may be running on the reactor under the scheduler's lock: do it on the
+        // blocking pool, then send the dispatch with the buffer sizes.
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let ij = Arc::clone(job);
+        let id = job.id;
+        self.handle.spawn(async move {
+            let wire = to_wire(&fragments);
+            let sizes = tokio::task::spawn_blocking(move || {
+                let Some(map) = &ij.rdma else {
+                    return Vec::new();
+                };
+                let mut sizes = Vec::new();
+                for f in fragments.into_iter().flatten() {
+                    let existing = map.lock().get(&f).map(|(b, _)| b.clone());
+                    let buffer = existing.or_else(|| ij.job.rdma_buffer(&node.rdma, f));
+                    if let Some(b) = buffer {
+                        sizes.push((f as u64, b.len() as u64));
+                        map.lock().insert(f, (b, host));
+                    }
+                }
+                sizes
+            })
+            .await
+            .unwrap_or_default();
+            let _ = link.control.send(Outgoing::Msg(Control::Dispatch {
+                job: id,
+                fragments: wire,
+                rdma: sizes,
+            }));
+        });
+    }
+
+    fn cancel(&self, job: JobId, host: HostId) {
+        self.send_control(host, Control::Cancel { job });
+    }
+
+    fn release(&self, job: JobId, host: HostId) {
+        self.send_control(host, Control::Release { job });
+    }
+
+    fn heartbeat(&self, host: HostId) {
+        Net::heartbeat(self, host);
+    }
+
+    fn answer(&self, job: JobId, answer: Answer) {
+        let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else {
+            return;
+        };
+        match answer {
+            Answer::Failed { fragment, reason } => {
+                rj.send(Out::Item(ResultItem::Failed {
+                    fragment: fragment as u64,
+                    reason,
+                }));
+            }
+            Answer::NotStarted { ranges } => {
+                rj.send(Out::Item(ResultItem::NotStarted {
+                    ranges: to_wire(&ranges),
+                }));
+            }
+        }
+    }
+
+    fn load_replica(&self, job: JobId, body: ReplicaBody) {
+        self.load(job, body);
+    }
+
+    fn cancel_replica(&self, job: JobId) {
+        let Some(rj) = self.remote_jobs.lock().get(&job).cloned() else {
+            return;
+        };
+        // Running fragments see it at once; `cancel()` is user code: off the reactor, once the
+        // replica exists (the loader calls it if the replica comes later).
+        rj.cancel.cancel();
+        if rj.replica.lock().is_some() {
+            self.handle.spawn_blocking(move || rj.call_cancel());
+        }
+    }
+
+    fn drop_replica(&self, job: JobId) {
+        let Some(rj) = self.remote_jobs.lock().remove(&job) else {
+            return;
+        };
+        // The replica may go with the last reference: its `Drop` is user code, kept off the
+        // reactor.
+        self.handle.spawn_blocking(move || drop(rj));
+    }
+
+    fn runner(&self, job: JobId) -> Option<Arc<dyn BlockRunner>> {
+        let rj = self.remote_jobs.lock().get(&job).cloned()?;
+        let replica = rj.replica.lock().clone()?;
+        let node = self.node.upgrade()?;
+        Some(Arc::new(RemoteRunner {
+            job: rj,
+            replica,
+            host: self.host,
+            rdma: node.rdma.clone(),
+        }))
+    }
+
+    fn host_down(&self, host: HostId, why: Down) {
+        self.declare_down(host, why);
+    }
+
+    fn pause_results(&self, job: JobId, host: HostId, paused: bool) {
+        self.set_paused(job, host, paused);
+    }
+}
+
+/// Runs blocks of another host's job on its replica, streaming results back.
+struct RemoteRunner {
+    job: Arc<RemoteJob>,
+    replica: Arc<dyn ErasedJob>,
+    host: HostId,
+    /// This host's RDMA buffer cache.
+    rdma: RdmaContext,
+}
+
+struct ChannelSink<'a> {
+    job: &'a RemoteJob,
+    fragment: u64,
+}
+
+impl ChunkSink for ChannelSink<'_> {
+    fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
+        if self.job.send(Out::Chunk {
+            fragment: self.fragment,
+            seq,
+            data,
+        }) {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the job was released or its initiator is gone",
+            ))
+        }
+    }
+}
+
+impl RemoteRunner {
+    /// Runs fragment `f` on the RDMA path: the job fills a buffer from this host's context,
+    /// limited to the receiver's `size`, which goes to the initiator's buffer as chunk 0.
+    fn run_rdma(&self, f: usize, size: u64, ctx: &ExecutionContext) -> Result<u32, FailureReason> {
+        let rj = &self.job;
+        let limited = self
+            .rdma
+            .for_receiver(usize::try_from(size).unwrap_or(usize::MAX));
+        match self
+            .replica
+            .run_remote_rdma(&rj.tx, f, rj.count, &limited, ctx)?
+        {
+            None => Ok(0),
+            Some(buffer) if buffer.len() as u64 > size => Err(FailureReason::Returned(format!(
+                "RDMA result of {} bytes exceeds the receiver's buffer of {size} bytes",
+                buffer.len()
+            ))),
+            Some(buffer) => {
+                if rj.send(Out::Rdma {
+                    fragment: f as u64,
+                    buffer,
+                }) {
+                    Ok(1)
+                } else {
+                    Err(FailureReason::Returned(
+                        "the job was released or its initiator is gone".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl BlockRunner for RemoteRunner {
+    fn run(&self, block: &Block, worker: usize) -> Range<usize> {
+        let rj = &self.job;
+        let _span = tracing::debug_span!("fragments", host = %self.host, job = %rj.id,
+            fragments = ?block.range, worker)
+        .entered();
+        let deadline = Instant::now() + crate::registry::TIME_SLICE;
+        let ctx = ExecutionContext::new(self.host, worker, block.gpus.clone(), rj.cancel.clone());
+        let mut f = block.range.start;
+        while f < block.range.end {
+            if rj.cancel.is_cancelled() {
+                rj.send(Out::Item(ResultItem::NotStarted {
+                    ranges: vec![(f as u64, block.range.end as u64)],
+                }));
+                return 0..0;
+            }
+            let receiver = rj.rdma.lock().remove(&(f as u64));
+            let outcome = match receiver {
+                Some(size) => self.run_rdma(f, size, &ctx),
+                None => {
+                    let mut sink = ChannelSink {
+                        job: rj,
+                        fragment: f as u64,
+                    };
+                    self.replica
+                        .run_remote(&rj.tx, f, rj.count, &ctx, &mut sink)
+                }
+            };
+            let item = match outcome {
+                Ok(chunks) => ResultItem::Done {
+                    fragment: f as u64,
+                    chunks,
+                },
+                Err(reason) => ResultItem::Failed {
+                    fragment: f as u64,
+                    reason,
+                },
+            };
+            if !rj.send(Out::Item(item)) {
+                return 0..0;
+            }
+            f += 1;
+            if f < block.range.end && Instant::now() >= deadline {
+                return f..block.range.end;
+            }
+        }
+        0..0
+    }
+}
