@@ -12,7 +12,8 @@
 //!    ordered chunks behind a slow fragment 0: both bounded by the initiator's per-job limit
 //!    on results it holds (64 MiB) and the sender's queue (32 MiB), not by the results' size.
 //!
-//! `cargo bench --bench cluster` (`-- held` runs figure 5 alone)
+//! `cargo bench --bench cluster` (`-- held` runs figure 5 alone). Hosts that are separate
+//! processes, as users run them: `cargo bench --bench multiproc`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -69,6 +69,64 @@ impl FragmentedJob for Gather {
     }
 }
 
+/// Chunk sizes of every [`Sizes`] fragment: batched small chunks, chunks sent whole in one
+/// frame, and one above the largest frame part (sent in several parts).
+const CHUNK_SIZES: [usize; 6] = [10, 70_000, 3, 1 << 20, (16 << 20) + 5, 64 << 10];
+
+/// The bytes of chunk `seq` of fragment `index`: a pattern that shows a byte out of place.
+fn chunk_bytes(index: usize, seq: usize) -> Vec<u8> {
+    (0..CHUNK_SIZES[seq])
+        .map(|i| ((i * 7 + index * 31 + seq * 13) % 251) as u8)
+        .collect()
+}
+
+/// Remote fragments return chunks of [`CHUNK_SIZES`], in order.
+#[derive(Serialize, Deserialize, Default)]
+struct Sizes {
+    #[serde(skip)]
+    got: Mutex<Vec<(usize, u32, usize, bool)>>,
+}
+
+impl FragmentedJob for Sizes {
+    const CLASS_ID: ClassId = ClassId::from_name("test.cluster_quic.sizes");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        for seq in 0..CHUNK_SIZES.len() {
+            out.write_chunk(chunk_bytes(index, seq))?;
+        }
+        Ok(())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        let seq = r.seq() as usize;
+        // After the written chunks comes the fragment's final, empty one.
+        let want = if seq < CHUNK_SIZES.len() {
+            chunk_bytes(index, seq)
+        } else {
+            Vec::new()
+        };
+        let intact = r.bytes() == want.as_slice();
+        self.got
+            .lock()
+            .unwrap()
+            .push((index, r.seq(), r.len(), intact));
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = HostId(1 + (i % 3) as u32);
+        }
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+}
+
 /// Joins hosts `0..n` of `config`, each on its own thread (joining waits for the others).
 fn join_hosts(config: &ClusterConfig, n: u32) -> Vec<Cluster> {
     let handles: Vec<_> = (0..n)
@@ -77,6 +135,7 @@ fn join_hosts(config: &ClusterConfig, n: u32) -> Vec<Cluster> {
             std::thread::spawn(move || {
                 Cluster::builder()
                     .register::<Gather>()
+                    .register::<Sizes>()
                     .join_config(config, HostId(h))
                     .unwrap()
             })
@@ -184,6 +243,24 @@ fn cluster_jobs_across_four_quic_hosts() {
 
 /// A peer with a valid certificate that sends garbage closes its own connection only: the
 /// hosts go on running jobs over their other connections.
+#[test]
+fn chunks_of_every_size_arrive_whole_and_in_order() {
+    let (_dir, clusters) = start(4);
+    let job = Arc::new(Sizes::default());
+    let report = clusters[0].execute(&job, 4).unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    let got = job.got.lock().unwrap();
+    // In (fragment, chunk) order, each chunk whole, then each fragment's final empty chunk.
+    let mut expected = Vec::new();
+    for index in 0..4 {
+        for (seq, &len) in CHUNK_SIZES.iter().enumerate() {
+            expected.push((index, seq as u32, len, true));
+        }
+        expected.push((index, CHUNK_SIZES.len() as u32, 0, true));
+    }
+    assert_eq!(*got, expected);
+}
+
 #[test]
 fn a_malformed_frame_closes_only_that_connection() {
     let dir = tempfile::tempdir().unwrap();

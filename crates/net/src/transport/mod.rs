@@ -318,6 +318,17 @@ enum SendInner {
 }
 
 impl SendStream {
+    /// Writes all of `data`, handing the buffer itself to the transport: QUIC keeps it until the
+    /// peer acknowledges it instead of copying it into its send buffer (the copy a write from a
+    /// slice makes).
+    pub async fn write_owned(&mut self, data: Vec<u8>) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match &mut self.inner {
+            SendInner::Quic(s) => Ok(s.write_chunk(bytes::Bytes::from(data)).await?),
+            SendInner::Mem(s) => s.write_all(&data).await,
+        }
+    }
+
     /// Ends the stream: the reader sees end-of-file after the data written so far. Does not
     /// wait for delivery.
     pub fn finish(&mut self) -> Result<(), FinishError> {

@@ -370,6 +370,19 @@ async fn write_batch(
                     .await?;
                     payload.clear();
                 }
+                if data.len() <= MAX_PART {
+                    // One frame; the buffer goes to the transport as it is, without a copy.
+                    let item = ResultItem::Chunk {
+                        fragment,
+                        seq,
+                        len: data.len() as u64,
+                        last: true,
+                    };
+                    let results = Results { items: vec![item] };
+                    fragmenta_wire::write_frame_header(s, &results, data.len() as u64).await?;
+                    s.write_owned(data).await?;
+                    continue;
+                }
                 let mut parts = data.chunks(MAX_PART).peekable();
                 while let Some(part) = parts.next() {
                     let last = parts.peek().is_none();
