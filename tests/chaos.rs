@@ -382,7 +382,7 @@ fn min_hosts_timeout_names_missing_hosts() -> Result<Outcome, String> {
         &procs::loopback_addrs(3),
         // Long enough that two hosts started together link up on a loaded machine: the case
         // is about the host that never comes, not about a slow link between the others.
-        "min_hosts = 3\nmin_hosts_timeout_ms = 2500",
+        "min_hosts = 3\nmin_hosts_timeout_ms = 5000",
     )?;
     let config = ClusterConfig::load(&path).map_err(|e| e.to_string())?;
     let join = |host: u32| {

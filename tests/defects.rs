@@ -450,3 +450,39 @@ fn init_logging_shows_the_runtime_log_on_stderr() {
     assert!(ok, "{out}");
     assert!(!out.contains("fast i/o server listening"), "{out}");
 }
+
+/// A clean shutdown is not a failure: neither the primary nor the host it stops logs a host
+/// going down (at the default level, where a real loss is a warning).
+#[test]
+fn a_clean_shutdown_logs_no_host_down() {
+    if std::env::var_os("DEFECTS_CHILD_SHUTDOWN").is_some() {
+        assert!(fragmenta::init_logging());
+        let dir = tempfile::tempdir().unwrap();
+        let config = common::loopback_config(dir.path(), 2, "");
+        let clusters: Vec<Cluster> = std::thread::scope(|s| {
+            let joins: Vec<_> = (0..2u32)
+                .map(|h| {
+                    let config = config.clone();
+                    s.spawn(move || Cluster::builder().join_config(config, HostId(h)).unwrap())
+                })
+                .collect();
+            joins.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        let mut it = clusters.into_iter();
+        let primary = it.next().unwrap();
+        let other = it.next().unwrap();
+        let served = std::thread::spawn(move || other.serve());
+        drop(primary);
+        assert_eq!(served.join().unwrap(), Ok(()));
+        // Whatever the closing connections report comes within this time.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        return;
+    }
+    let (ok, out) = rerun(
+        "a_clean_shutdown_logs_no_host_down",
+        &[("DEFECTS_CHILD_SHUTDOWN", "1")],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("shutdown requested"), "{out}");
+    assert!(!out.contains("host down"), "{out}");
+}

@@ -336,6 +336,9 @@ impl Net {
 
     /// Tells every peer to stop, then closes the endpoint and stops the runtime.
     pub(crate) fn shutdown(&self, announce: bool) {
+        // Shutting down from now on: the peers closing their links once they hear of it are
+        // not hosts going down.
+        self.shutdown.set(Ok(()));
         if announce {
             for link in self.links.lock().values() {
                 let _ = link.control.send(Outgoing::Msg(Control::Shutdown));
@@ -343,7 +346,6 @@ impl Net {
             // Give the control writers a moment to flush the announcement.
             std::thread::sleep(Duration::from_millis(100));
         }
-        self.shutdown.set(Ok(()));
         for link in self.links.lock().values() {
             link.conn.close(CLOSE_SHUTDOWN, b"shutdown");
         }

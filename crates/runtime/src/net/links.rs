@@ -192,10 +192,16 @@ impl Net {
             }
             _ => link.conn.close(CLOSE_TIMEOUT, b"link lost"),
         }
-        tracing::warn!(host = %self.host, %peer, %reason, "host down");
+        // Links closing while this host shuts down (it was told to, or it is the primary
+        // telling the others) are the shutdown itself, not a host failing.
+        let shutting_down = self.shutdown.state.lock().is_some();
+        if shutting_down {
+            tracing::debug!(host = %self.host, %peer, %reason, "link closed during shutdown");
+        } else {
+            tracing::warn!(host = %self.host, %peer, %reason, "host down");
+        }
         self.membership.emit(peer, HostEventKind::Down { reason });
         self.gates.lock().retain(|(from, _), _| *from != peer);
-        let shutting_down = self.shutdown.state.lock().is_some();
         if peer == self.primary && !shutting_down {
             self.shutdown.set(Err(ServeError::PrimaryLost(peer)));
         }
