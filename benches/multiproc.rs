@@ -25,7 +25,7 @@ mod common;
 use fragmenta::*;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,73 +38,9 @@ const SLOWDOWN: u64 = 10;
 /// Cores each host declares (`fragmenta launch --cores`).
 const CORES: u32 = 2;
 
-#[derive(Serialize, Deserialize, Default)]
-struct Tiny {
-    #[serde(skip)]
-    sum: AtomicU64,
-}
-
-impl FragmentedJob for Tiny {
-    const CLASS_ID: ClassId = ClassId::from_name("bench.multiproc.tiny");
-    fn execute_fragment(&self, _: &Transaction, i: usize, _: usize, _: &ExecutionContext) {
-        self.sum.fetch_add(i as u64, Ordering::Relaxed);
-    }
-    fn execute_fragment_remote(
-        &self,
-        out: &mut ResultWriter<'_>,
-        _: &Transaction,
-        i: usize,
-        _: usize,
-        _: &ExecutionContext,
-    ) -> std::io::Result<()> {
-        out.write_all(&(i as u64).to_le_bytes())
-    }
-    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, _: usize, _: usize) {
-        let v = u64::from_le_bytes(r.bytes().try_into().unwrap_or([0; 8]));
-        self.sum.fetch_add(v, Ordering::Relaxed);
-    }
-    fn scheduling_mode(&self) -> SchedulingMode {
-        SchedulingMode::Cluster
-    }
-    fn allow_non_sequential_chunks(&self) -> bool {
-        true
-    }
-}
-
-/// [`Tiny`] with every fragment on a remote host, round-robin.
-#[derive(Serialize, Deserialize, Default)]
-struct RemoteTiny(Tiny);
-
-impl FragmentedJob for RemoteTiny {
-    const CLASS_ID: ClassId = ClassId::from_name("bench.multiproc.remote-tiny");
-    fn execute_fragment(&self, t: &Transaction, i: usize, c: usize, x: &ExecutionContext) {
-        self.0.execute_fragment(t, i, c, x)
-    }
-    fn execute_fragment_remote(
-        &self,
-        out: &mut ResultWriter<'_>,
-        t: &Transaction,
-        i: usize,
-        c: usize,
-        x: &ExecutionContext,
-    ) -> std::io::Result<()> {
-        self.0.execute_fragment_remote(out, t, i, c, x)
-    }
-    fn receive_remote_result(&self, r: &mut ResultReader, t: &Transaction, i: usize, c: usize) {
-        self.0.receive_remote_result(r, t, i, c)
-    }
-    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
-        for (i, s) in slots.iter_mut().enumerate() {
-            *s = HostId(1 + (i % 3) as u32);
-        }
-    }
-    fn scheduling_mode(&self) -> SchedulingMode {
-        SchedulingMode::UserDefined
-    }
-    fn allow_non_sequential_chunks(&self) -> bool {
-        true
-    }
-}
+#[path = "support/tiny.rs"]
+mod tiny;
+use tiny::{RemoteTiny, Tiny};
 
 /// Every fragment on host 1 streams `bytes_per_fragment` to the initiator in 1 MiB chunks.
 #[derive(Serialize, Deserialize, Default)]
