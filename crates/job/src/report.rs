@@ -10,7 +10,8 @@ pub enum FailureReason {
     /// The fragment panicked; the panic message.
     #[error("panicked: {0}")]
     Panicked(String),
-    /// `execute_fragment_remote` returned an error; its message.
+    /// `execute_fragment_remote` returned an error; its message. Only errors the fragment
+    /// returned: failures of the runtime have variants of their own.
     #[error("returned an error: {0}")]
     Returned(String),
     /// The host running the fragment failed and the mode forbids reassignment.
@@ -31,6 +32,23 @@ pub enum FailureReason {
     /// panic message. Later chunks of the fragment are not delivered.
     #[error("receiving the result panicked: {0}")]
     ReceivePanicked(String),
+    /// The host's worker pool refused the job's work for a reason other than a missing GPU (a
+    /// job with the same work key is already queued there); the fragment never ran.
+    #[error("{0} cannot run the job: its work is already queued there")]
+    CannotRun(HostId),
+    /// The fragment's RDMA result (`execute_fragment_remote_rdma`) is larger than the buffer
+    /// the initiator set aside for it (`get_remote_result_rdma_size`); it was not sent.
+    #[error("RDMA result of {len} bytes exceeds the receiver's buffer of {capacity} bytes")]
+    RdmaTooLarge {
+        /// Bytes the fragment produced.
+        len: u64,
+        /// Bytes the initiator's buffer holds.
+        capacity: u64,
+    },
+    /// The fragment's results could not be sent: the job was released or its initiator is
+    /// gone (the stream back to it is closed).
+    #[error("the job was released or its initiator is gone")]
+    InitiatorGone,
 }
 
 /// One failed fragment.

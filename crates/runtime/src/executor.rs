@@ -204,9 +204,7 @@ pub(crate) fn refusal(host: HostId, e: &SubmitError) -> FailureReason {
     match e {
         SubmitError::NoGpu => FailureReason::NoGpu(host),
         // Keys come from `new_key`, unique per pool.
-        SubmitError::DuplicateKey(_) => {
-            FailureReason::Returned(format!("{host} cannot run the job: {e:?}"))
-        }
+        SubmitError::DuplicateKey(_) => FailureReason::CannotRun(host),
     }
 }
 

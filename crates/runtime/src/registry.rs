@@ -186,9 +186,8 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
         match catch_unwind(AssertUnwindSafe(|| {
             job.execute_fragment_remote(&mut writer, tx, index, count, ctx)
         })) {
-            Ok(Ok(())) => writer
-                .finish()
-                .map_err(|e| FailureReason::Returned(e.to_string())),
+            // A sink fails only once its receiver is gone.
+            Ok(Ok(())) => writer.finish().map_err(|_| FailureReason::InitiatorGone),
             Ok(Err(e)) => Err(FailureReason::Returned(e.to_string())),
             Err(p) => Err(FailureReason::Panicked(panic_message(&*p))),
         }

@@ -588,7 +588,10 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
                     && j.slot(i) == Some(Some(f.host))
                     && j.gpus_at_submit.get(&f.host) == Some(&0)
             }
-            FailureReason::Deserialize(_) => false,
+            FailureReason::Deserialize(_)
+            | FailureReason::CannotRun(_)
+            | FailureReason::RdmaTooLarge { .. }
+            | FailureReason::InitiatorGone => false,
         };
         let on_its_host = match j.slot(i) {
             Some(Some(slot)) => slot == f.host,
