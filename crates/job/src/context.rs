@@ -355,6 +355,8 @@ pub enum FetchError {
     /// `fetch` was called on a thread of an async runtime, where blocking would stall every
     /// task of that runtime (the host's connections among them); nothing was sent. Call it
     /// from a fragment or from a plain thread.
-    #[error("fetch called from an async runtime thread; call it from a fragment or a plain thread")]
+    #[error(
+        "fetch called from an async runtime thread; call it from a fragment or a plain thread"
+    )]
     AsyncThread,
 }

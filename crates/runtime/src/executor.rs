@@ -377,6 +377,30 @@ mod tests {
     }
 
     #[test]
+    fn refused_work_fails_with_typed_reasons() {
+        let exec = Executor::new(HostId(4), 2.0, 0, 4);
+        let idle = Arc::new(Sleeper {
+            sleep: Duration::ZERO,
+            ran: AtomicUsize::new(0),
+        });
+        let gpu = WorkSpec {
+            gpu_load: 1.0,
+            ..spec(1.0)
+        };
+        let e = exec
+            .submit(exec.new_key(), gpu, idle.clone(), vec![0..1])
+            .unwrap_err();
+        assert_eq!(refusal(HostId(4), &e), FailureReason::NoGpu(HostId(4)));
+        // The same key twice: the pool cannot run the second submission.
+        let key = exec.new_key();
+        exec.submit(key, spec(1.0), idle.clone(), vec![0..1])
+            .unwrap();
+        let e = exec.submit(key, spec(1.0), idle, vec![1..2]).unwrap_err();
+        assert_eq!(refusal(HostId(4), &e), FailureReason::CannotRun(HostId(4)));
+        exec.remove(key);
+    }
+
+    #[test]
     fn idle_workers_are_not_woken_for_work_they_cannot_run() {
         let (exec, _) = grown_pool();
         let (workers, _) = exec.pool_stats();

@@ -411,6 +411,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fragmenta_job::{CancelToken, JobId};
     use serde::{Deserialize, Serialize};
 
     #[derive(Serialize, Deserialize)]
@@ -444,5 +445,35 @@ mod tests {
         lying.extend_from_slice(&[1, 2, 3, 4, 5]);
         let err = deserialize_replica::<Holds>(&lying).err().unwrap();
         assert!(!err.is_empty());
+    }
+
+    /// A sink whose receiver is gone, as a remote job's is once it is released or its
+    /// initiator is lost.
+    struct Gone;
+
+    impl ChunkSink for Gone {
+        fn send_chunk(&mut self, _: u32, _: Vec<u8>) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn results_nobody_can_receive_fail_as_initiator_gone_not_as_returned() {
+        let job = Erased(Arc::new(Holds {
+            data: vec![1],
+            name: "x".into(),
+        }));
+        let host = HostId(1);
+        let id = JobId {
+            initiator: HostId(0),
+            seq: 1,
+        };
+        let cancel = CancelToken::new();
+        let tx = Transaction::new(host, id, cancel.clone());
+        let ctx = ExecutionContext::new(host, 0, Vec::new(), cancel);
+        assert_eq!(
+            job.run_remote(&tx, 0, 1, &ctx, &mut Gone),
+            Err(FailureReason::InitiatorGone)
+        );
     }
 }
