@@ -58,6 +58,7 @@ pub struct JobSpec {
 // queue and there is one `Finished` per job, so boxing it would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
+#[must_use]
 pub enum Action<P> {
     /// Serialize the job and send it to `host` (always before the first `Dispatch` there).
     SendReplica {
@@ -255,6 +256,7 @@ impl<P: Weight> Scheduler<P> {
     }
 
     /// The next action, if any.
+    #[must_use = "an action not carried out is lost: poll until None and carry out each"]
     pub fn poll_action(&mut self) -> Option<Action<P>> {
         self.actions.pop_front()
     }

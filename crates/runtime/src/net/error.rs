@@ -3,8 +3,9 @@
 use fragmenta_job::HostId;
 use std::time::Duration;
 
-/// Why a multi-host node could not start.
-#[derive(Debug, thiserror::Error)]
+/// Why a multi-host node could not start. Comparable: the errors it wraps are (their own typed
+/// forms, not text), so a caller can match or compare the exact failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
     /// The configuration is invalid or names no usable host.
     #[error(transparent)]
@@ -68,12 +69,12 @@ pub enum JoinError {
     NoHostId,
     /// [`ClusterBuilder::join_config`](crate::ClusterBuilder::join_config) was given a host
     /// the configuration does not list.
-    #[error("{host} is not a host of the cluster configuration (it lists {known})")]
+    #[error("{host} is not a host of the cluster configuration (it lists {})", host_list(known))]
     UnknownHost {
         /// The host asked for.
         host: fragmenta_job::HostId,
-        /// The ids the configuration lists, comma-separated.
-        known: String,
+        /// The hosts the configuration lists, ascending.
+        known: Vec<HostId>,
     },
     /// A cluster formed by a launcher (no configuration file) could not meet.
     #[error(transparent)]
