@@ -208,8 +208,8 @@ fn gpu_errors_and_failures_say_what_is_true() {
         ..Probe::default()
     });
     let report = primary.execute(&placed, 6).unwrap();
-    assert_eq!(report.failed.to_vec(), vec![0, 2, 4], "{report:?}");
-    assert_eq!(report.done.to_vec(), vec![1, 3, 5], "{report:?}");
+    assert_eq!(report.failed().to_vec(), vec![0, 2, 4], "{report:?}");
+    assert_eq!(report.done().to_vec(), vec![1, 3, 5], "{report:?}");
     for f in &report.failures {
         assert_eq!(f.host, HostId(0));
         assert_eq!(f.reason, FailureReason::NoGpu(HostId(0)));
@@ -229,8 +229,8 @@ fn a_panic_receiving_a_result_fails_its_fragment() {
         ..Probe::default()
     });
     let report = clusters[0].execute(&job, 8).unwrap();
-    assert_eq!(report.failed.to_vec(), vec![3], "{report:?}");
-    assert_eq!(report.done.len(), 7);
+    assert_eq!(report.failed().to_vec(), vec![3], "{report:?}");
+    assert_eq!(report.done().len(), 7);
     assert_eq!(report.failures.len(), 1);
     let failure = &report.failures[0];
     assert_eq!(

@@ -177,7 +177,7 @@ fn host_main(scenario: &str) -> Result<(), String> {
                 if !bad.is_empty() {
                     return Err(format!("wrong results: {bad:?}"));
                 }
-                if report.failed.to_vec() != [301, 302] {
+                if report.failed().to_vec() != [301, 302] {
                     return Err(format!("only the oversized fragments fail: {report:?}"));
                 }
                 // 301 panicked on its refused allocation, naming the limit.

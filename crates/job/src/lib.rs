@@ -64,7 +64,10 @@ pub use fragments::FragmentSet;
 pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;
 pub use rdma::{RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite};
-pub use report::{ExecuteError, FailureReason, FragmentFailure, InvalidArgument, JobReport};
+pub use report::{
+    plumbing as report_plumbing, ExecuteError, FailureReason, FragmentFailure, InvalidArgument,
+    JobReport,
+};
 pub use results::{ChunkSink, ResultReader, ResultWriter};
 pub use typed::{share, Fragment, TypedJob};
 

@@ -288,10 +288,11 @@ impl ReceiveFailures {
     pub(crate) fn apply(&self, report: &mut JobReport) {
         let initiator = report.job.initiator;
         for (&index, message) in &self.failed {
-            if !report.done.remove(index) {
+            let sets = fragmenta_job::report_plumbing::sets_mut(report);
+            if !sets.done.remove(index) {
                 continue;
             }
-            report.failed.insert(index);
+            sets.failed.insert(index);
             let at = report.failures.partition_point(|f| f.index < index);
             report.failures.insert(
                 at,

@@ -69,7 +69,10 @@ pub enum JoinError {
     NoHostId,
     /// [`ClusterBuilder::join_config`](crate::ClusterBuilder::join_config) was given a host
     /// the configuration does not list.
-    #[error("{host} is not a host of the cluster configuration (it lists {})", host_list(known))]
+    #[error(
+        "{host} is not a host of the cluster configuration (it lists {})",
+        host_list(known)
+    )]
     UnknownHost {
         /// The host asked for.
         host: fragmenta_job::HostId,
