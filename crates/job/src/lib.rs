@@ -366,7 +366,7 @@ mod tests {
         assert_ne!(ClassId::from_name("a"), ClassId::from_name("b"));
         // FNV-1a 128 of "a", fixed forever: changing the hash would break mixed-version clusters.
         assert_eq!(
-            ClassId::from_name("a").0,
+            ClassId::from_name("a").get(),
             0xd228cb696f1a8caf78912b704e4a8964
         );
     }

@@ -649,7 +649,7 @@ fn a_host_that_cannot_run_a_cluster_job_is_excluded_from_it() {
         .flat_map(|(_, r)| r.into_iter().flatten())
         .collect();
     assert!(!at_2.is_empty());
-    let reason = FailureReason::UnknownClass(fragmenta_job::ClassId(7));
+    let reason = FailureReason::UnknownClass(fragmenta_job::ClassId::from_name("seven"));
     // Host 2 answers each fragment it was given; only the first answer counts.
     let mut actions = Vec::new();
     for &f in &at_2 {

@@ -281,7 +281,8 @@ fn arb_reason() -> impl Strategy<Value = FailureReason> {
         ".{0,12}".prop_map(FailureReason::Panicked),
         ".{0,12}".prop_map(FailureReason::Returned),
         any::<u32>().prop_map(|h| FailureReason::HostFailed(HostId(h))),
-        any::<u128>().prop_map(|c| FailureReason::UnknownClass(ClassId(c))),
+        any::<u128>()
+            .prop_map(|c| FailureReason::UnknownClass(ClassId::from_name(&format!("{c:x}")))),
         ".{0,12}".prop_map(FailureReason::Deserialize),
     ]
 }
@@ -296,7 +297,7 @@ fn arb_control() -> impl Strategy<Value = Control> {
         (arb_job(), any::<u128>(), arb_params(), any::<u64>()).prop_map(
             |(job, class, params, count)| Control::Replica {
                 job,
-                class: ClassId(class),
+                class: ClassId::from_name(&format!("{class:x}")),
                 params,
                 count,
             }

@@ -1224,7 +1224,7 @@ impl Sim {
         let result = if behavior.is_some_and(|b| b.knows_class(h)) {
             Ok(())
         } else {
-            let class = ClassId(u128::from(behavior.map_or(0, |b| b.key)));
+            let class = ClassId::from_name(&behavior.map_or(0, |b| b.key).to_string());
             Err(FailureReason::UnknownClass(class))
         };
         host.proto.replica_loaded(job, result);
