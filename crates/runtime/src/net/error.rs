@@ -31,9 +31,18 @@ pub enum JoinError {
         /// Configured hosts that never connected.
         missing: Vec<HostId>,
     },
-    /// The async runtime could not start.
-    #[error("cannot start the network runtime: {0}")]
-    Runtime(String),
+    /// The async runtime could not start (its threads or its I/O driver could not be made).
+    #[error("cannot start the network runtime: {kind} (os error {errno})")]
+    Runtime {
+        /// The kind of the system error.
+        kind: std::io::ErrorKind,
+        /// The `errno` value, 0 if none was reported.
+        errno: i32,
+    },
+    /// The task meeting the other ranks of a launch ended without an answer (its runtime was
+    /// shut down under it).
+    #[error("the rendezvous task was lost")]
+    RendezvousLost,
     /// A live host refused this one, typically because a host with this id was declared dead
     /// (host ids are never reused: a restarted process joins with a new id).
     #[error("refused by {by}: {reason}")]
