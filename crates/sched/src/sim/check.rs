@@ -478,10 +478,10 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
     }
     // The four sets partition 0..count.
     let sets: [(&str, &FragmentSet); 4] = [
-        ("done", &r.done()),
-        ("skipped", &r.skipped()),
-        ("failed", &r.failed()),
-        ("cancelled", &r.cancelled()),
+        ("done", r.done()),
+        ("skipped", r.skipped()),
+        ("failed", r.failed()),
+        ("cancelled", r.cancelled()),
     ];
     let total: usize = sets.iter().map(|(_, s)| s.len()).sum();
     let mut union = FragmentSet::new();
