@@ -284,6 +284,12 @@ fn arb_reason() -> impl Strategy<Value = FailureReason> {
         any::<u128>()
             .prop_map(|c| FailureReason::UnknownClass(ClassId::from_name(&format!("{c:x}")))),
         ".{0,12}".prop_map(FailureReason::Deserialize),
+        any::<u32>().prop_map(|h| FailureReason::NoGpu(HostId(h))),
+        ".{0,12}".prop_map(FailureReason::ReceivePanicked),
+        any::<u32>().prop_map(|h| FailureReason::CannotRun(HostId(h))),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(len, capacity)| FailureReason::RdmaTooLarge { len, capacity }),
+        Just(FailureReason::InitiatorGone),
     ]
 }
 
