@@ -113,7 +113,10 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// original instance: a CLUSTER fragment whose attempt on a failed host already delivered
     /// chunks runs this method again wherever it is reassigned, the initiator included. Every `flush()` becomes exactly one
     /// [`receive_remote_result`](Self::receive_remote_result) call on the initiator, even when
-    /// empty; returning flushes the rest (one more call). An error fails the fragment.
+    /// empty; returning flushes the rest (one more call). An error fails the fragment
+    /// ([`FailureReason::Returned`], with its message); results that can no longer be sent
+    /// (the job was released or its initiator is gone) fail it with
+    /// [`FailureReason::InitiatorGone`].
     ///
     /// Chunking must be deterministic: after a host failure a fragment may run again, and chunks
     /// already delivered are skipped by sequence number.
@@ -163,7 +166,9 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Runs fragment `index` remotely and returns its result in a buffer from `rdma`, or `None`
     /// for no result (DiCE `execute_fragment_remote_rdma`). Allocating more than the receiver's
-    /// buffer for this fragment fails. The same buffer may be returned by several fragments; it
+    /// buffer for this fragment fails; a buffer larger than the receiver's made elsewhere is
+    /// not sent, and the fragment fails with [`FailureReason::RdmaTooLarge`]. The same buffer
+    /// may be returned by several fragments; it
     /// must stay unchanged until it returns to the context. Default: runs
     /// [`execute_fragment`](Self::execute_fragment) and returns `None`.
     fn execute_fragment_remote_rdma(
