@@ -102,7 +102,7 @@ fn main() -> Result<(), BoxError> {
         let report = handle.wait()?;
         println!(
             "{} of {} fragments done on {} host(s) in {:.1} ms; per host: {:?}",
-            report.done.len(),
+            report.done().len(),
             report.count,
             cluster.hosts().len(),
             report.elapsed.as_secs_f64() * 1e3,

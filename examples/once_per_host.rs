@@ -125,7 +125,7 @@ fn main() -> Result<(), BoxError> {
         } else {
             println!(
                 "* the initiator; {} of {} remote hosts answered",
-                report.done.len(),
+                report.done().len(),
                 report.count
             );
         }

@@ -36,7 +36,7 @@ fn main() -> Result<(), BoxError> {
         let report = cluster.execute(&job, 1_000)?;
         println!(
             "{} fragments done, sum {}",
-            report.done.len(),
+            report.done().len(),
             job.sum.load(Ordering::Relaxed)
         );
         Ok(())

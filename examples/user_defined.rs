@@ -199,7 +199,8 @@ fn main() -> Result<(), BoxError> {
     if !report.is_complete() || !misplaced.is_empty() {
         return Err(format!(
             "incomplete: skipped {:?}, failed {:?}, computed away from their data {misplaced:?}",
-            report.skipped, report.failed
+            report.skipped(),
+            report.failed()
         )
         .into());
     }

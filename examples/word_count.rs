@@ -79,7 +79,7 @@ fn main() -> Result<(), BoxError> {
             .collect();
         println!(
             "{} of {} fragments done on {} host(s); per host: {per_host:?}",
-            report.done.len(),
+            report.done().len(),
             report.count,
             cluster.hosts().len()
         );

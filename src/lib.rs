@@ -119,10 +119,11 @@ pub use fragmenta_runtime::{spmd, BoxError, NestedJobs};
 
 /// Not an API: what `#[fragmenta::job]` expands to refers to, and runtime plumbing that the
 /// runtime makes and its own tests use (cancellation tokens, chunk sinks, fetchers, job
-/// parameters as the scheduler reads them, node settings). It may change without notice.
+/// parameters as the scheduler reads them, making and filling job reports, node settings).
+/// It may change without notice.
 #[doc(hidden)]
 pub mod __private {
-    pub use fragmenta_job::{Abort, CancelToken, ChunkSink, Fetch, JobParams};
+    pub use fragmenta_job::{report_plumbing, Abort, CancelToken, ChunkSink, Fetch, JobParams};
     pub use fragmenta_runtime::inventory;
     pub use fragmenta_runtime::LinkedJob;
     pub use fragmenta_runtime::NodeConfig;

@@ -85,10 +85,13 @@ fn aborted(cluster: &Cluster, mode: u8, count: usize, abort_at: usize) -> JobRep
         .unwrap();
     assert_eq!(report.count, count);
     assert_eq!(
-        report.done.len() + report.cancelled.len() + report.failed.len() + report.skipped.len(),
+        report.done().len()
+            + report.cancelled().len()
+            + report.failed().len()
+            + report.skipped().len(),
         count
     );
-    assert!(report.done.contains(abort_at), "{report:?}");
+    assert!(report.done().contains(abort_at), "{report:?}");
     assert!(
         !report.is_complete(),
         "mode {mode}: nothing was cancelled: {report:?}"
@@ -105,7 +108,7 @@ fn a_fragment_aborts_its_job_on_the_embedded_cluster() {
     let cluster = Cluster::builder().cores(2.0).embedded().unwrap();
     for mode in [0, 1, 3] {
         let report = aborted(&cluster, mode, 400, 5);
-        assert!(!report.cancelled.is_empty(), "mode {mode}: {report:?}");
+        assert!(!report.cancelled().is_empty(), "mode {mode}: {report:?}");
     }
 }
 
@@ -136,7 +139,7 @@ fn a_fragment_aborts_its_job_on_hosts_over_quic() {
     // CLUSTER with the aborting fragment on a remote host: a fragment far from the front runs
     // remotely once the initiator's window is full.
     let report = aborted(primary, 1, 2_000, 1_500);
-    assert!(!report.cancelled.is_empty(), "{report:?}");
+    assert!(!report.cancelled().is_empty(), "{report:?}");
     // ONCE_PER_HOST: one fragment per remote host; the aborting one cancels the job, and the
     // job still finishes.
     let job = Arc::new(Aborting {
@@ -151,7 +154,7 @@ fn a_fragment_aborts_its_job_on_hosts_over_quic() {
         .expect("the ONCE_PER_HOST job finishes")
         .unwrap();
     assert_eq!(report.count, 2);
-    assert!(report.done.contains(0), "{report:?}");
+    assert!(report.done().contains(0), "{report:?}");
     // Every host still serves jobs afterwards.
     let job = Arc::new(Aborting {
         mode: 1,

@@ -213,21 +213,21 @@ fn cluster_jobs_across_four_quic_hosts() {
         ..Gather::default()
     });
     let report = primary.execute(&job, 2000).unwrap();
-    if report.failed.is_empty() {
+    if report.failed().is_empty() {
         // fragment 1999 ran on the initiator (no remote method called): nothing to check
         assert!(report.is_complete());
     } else {
-        assert_eq!(report.failed.to_vec(), vec![1999]);
+        assert_eq!(report.failed().to_vec(), vec![1999]);
         assert_eq!(
             report.failures[0].reason,
             FailureReason::Panicked("remote boom 1999".into())
         );
-        assert_eq!(report.done.len(), 1999);
+        assert_eq!(report.done().len(), 1999);
     }
     let got = job.got.lock().unwrap();
     assert_eq!(
         got.len(),
-        2000 - job.local.load(Ordering::SeqCst) - report.failed.len()
+        2000 - job.local.load(Ordering::SeqCst) - report.failed().len()
     );
     drop(got);
 

@@ -72,6 +72,9 @@ enum Seen {
         element_type: Option<ElementType>,
         addr: usize,
     },
+    /// A fetch on the initiator failed.
+    Failed(FetchError),
+    /// What a remote fragment sent back, as text.
     Error(String),
 }
 
@@ -82,6 +85,8 @@ struct FetchJob {
     /// (fragment runs on, fetch from, name)
     targets: Vec<(u32, u32, String)>,
     cancel_first: bool,
+    /// Fetch from inside an async runtime's `block_on` (refused: it would block a reactor).
+    in_async: bool,
     #[serde(skip)]
     seen: Mutex<BTreeMap<usize, Seen>>,
 }
@@ -99,7 +104,7 @@ fn look(tx: &Transaction, host: HostId, name: &str) -> Seen {
                 addr: r.as_ptr() as usize,
             }
         }
-        Err(e) => Seen::Error(format!("{e:?}")),
+        Err(e) => Seen::Failed(e),
     }
 }
 
@@ -109,6 +114,12 @@ impl FetchJob {
             tx.abort();
         }
         let (_, from, name) = &self.targets[index];
+        if self.in_async {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime");
+            return rt.block_on(async { look(tx, HostId(*from), name) });
+        }
         look(tx, HostId(*from), name)
     }
 }
@@ -129,6 +140,7 @@ impl FragmentedJob for FetchJob {
     ) -> std::io::Result<()> {
         let text = match self.run(tx, index) {
             Seen::Values { sum, len, dims, .. } => format!("ok {sum} {len} {dims:?}"),
+            Seen::Failed(e) => format!("err {e:?}"),
             Seen::Error(e) => format!("err {e}"),
         };
         out.write_all(text.as_bytes())
@@ -230,6 +242,7 @@ fn a_later_job_reads_what_an_earlier_job_published_without_a_copy() {
                 assert_eq!(*element_type, Some(ElementType::F32));
                 assert_eq!(*addr, mine_addr, "the same mapping: no copy");
             }
+            Seen::Failed(e) => panic!("fetch on the own host failed: {e}"),
             Seen::Error(e) => panic!("fetch on the own host failed: {e}"),
         }
     }
@@ -361,20 +374,22 @@ fn fetch_brings_publications_across_quic_hosts() {
         Seen::Values { sum, .. } => assert_eq!(*sum, expected_sum(1000, 3.0)),
         other => panic!("{other:?}"),
     }
-    assert!(
-        matches!(&seen[&2], Seen::Error(e) if e.starts_with("UnknownName")),
-        "{:?}",
-        seen[&2]
+    assert_eq!(
+        seen[&2],
+        Seen::Failed(FetchError::UnknownName {
+            host: HostId(1),
+            name: "nothing".into()
+        })
     );
-    assert!(
-        matches!(&seen[&3], Seen::Error(e) if e.starts_with("UnknownHost")),
-        "{:?}",
-        seen[&3]
-    );
-    assert!(
-        matches!(&seen[&4], Seen::Error(e) if e.starts_with("Remote") && e.contains("conflicting")),
-        "{:?}",
-        seen[&4]
+    assert_eq!(seen[&3], Seen::Failed(FetchError::UnknownHost(HostId(7))));
+    // Host 2's own Fast I/O error, as its context gave it.
+    assert_eq!(
+        seen[&4],
+        Seen::Failed(FetchError::Remote {
+            host: HostId(2),
+            name: "busy".into(),
+            error: FastIoError::MapConflict
+        })
     );
     assert_eq!(
         seen[&5],
@@ -416,7 +431,20 @@ fn fetch_brings_publications_across_quic_hosts() {
     let _ = primary.execute(&cancelled, 1).unwrap();
     assert_eq!(
         cancelled.seen.lock().unwrap()[&0],
-        Seen::Error("Cancelled".into())
+        Seen::Failed(FetchError::Cancelled)
+    );
+
+    // A fetch from a thread of an async runtime is refused before anything is sent: blocking
+    // there would stall the runtime's tasks.
+    let in_async = Arc::new(FetchJob {
+        targets: vec![(0, 1, "brick".into())],
+        in_async: true,
+        ..FetchJob::default()
+    });
+    assert!(primary.execute(&in_async, 1).unwrap().is_complete());
+    assert_eq!(
+        in_async.seen.lock().unwrap()[&0],
+        Seen::Failed(FetchError::AsyncThread)
     );
 }
 
@@ -459,16 +487,14 @@ fn fetch_waits_for_a_configured_host_that_joins_late() {
     assert!(report.is_complete(), "{report:?}");
     let seen = job.seen.lock().unwrap();
     // Host 2 was reached: it answered that it has no such publication.
-    assert!(
-        matches!(&seen[&0], Seen::Error(e) if e.starts_with("UnknownName")),
-        "{:?}",
-        seen[&0]
+    assert_eq!(
+        seen[&0],
+        Seen::Failed(FetchError::UnknownName {
+            host: HostId(2),
+            name: "nothing".into()
+        })
     );
-    assert!(
-        matches!(&seen[&1], Seen::Error(e) if e.starts_with("UnknownHost")),
-        "{:?}",
-        seen[&1]
-    );
+    assert_eq!(seen[&1], Seen::Failed(FetchError::UnknownHost(HostId(3))));
     drop(seen);
     drop(late.join().unwrap());
 }

@@ -395,16 +395,18 @@ fn wait_and_cancel_from_different_threads() -> Result<Outcome, String> {
         .map_err(|e| e.to_string())?;
     callback.join().map_err(|_| "callback panicked")?;
     check(
-        !waited.cancelled.is_empty() && !waited.is_complete(),
+        !waited.cancelled().is_empty() && !waited.is_complete(),
         || format!("not cancelled: {waited:?}"),
     )?;
     check(
-        called.job == waited.job && called.cancelled == waited.cancelled,
+        called.job == waited.job && called.cancelled() == waited.cancelled(),
         || format!("callback saw {called:?}, waiter {waited:?}"),
     )?;
     // The original handle still waits, after the others.
     let again = handle.wait().map_err(|e| e.to_string())?;
-    check(again.done == waited.done, || "a second wait differs".into())?;
+    check(again.done() == waited.done(), || {
+        "a second wait differs".into()
+    })?;
     Ok(Outcome::Passed)
 }
 

@@ -197,21 +197,21 @@ fn host_main(scenario: &str) -> Result<(), String> {
             }
             h.cancel();
             let report = h.wait().map_err(|e| e.to_string())?;
-            check(!report.cancelled.is_empty(), "nothing cancelled".into())?;
+            check(!report.cancelled().is_empty(), "nothing cancelled".into())?;
             check(
-                report.done.len() + report.cancelled.len() == 600,
+                report.done().len() + report.cancelled().len() == 600,
                 format!("{report:?}"),
             )?;
             let received: std::collections::BTreeSet<usize> =
                 job.got.lock().unwrap().iter().map(|g| g.0).collect();
             check(
-                received.iter().all(|f| report.done.contains(*f)),
+                received.iter().all(|f| report.done().contains(*f)),
                 "result of a non-done fragment".into(),
             )?;
             println!(
                 "cancel ok: {} done, {} cancelled",
-                report.done.len(),
-                report.cancelled.len()
+                report.done().len(),
+                report.cancelled().len()
             );
         }
         "unknown_class" | "panic" => {
@@ -237,10 +237,10 @@ fn host_main(scenario: &str) -> Result<(), String> {
                         == vec![(HostId(2), FailureReason::UnknownClass(Probe::CLASS_ID))],
                     format!("excluded: {:?}", report.excluded_hosts),
                 )?;
-            } else if !report.done.contains(5) {
+            } else if !report.done().contains(5) {
                 check(
-                    report.failed.to_vec() == vec![5],
-                    format!("{:?}", report.failed),
+                    report.failed().to_vec() == vec![5],
+                    format!("{:?}", report.failed()),
                 )?;
                 check(
                     report.failures[0].reason == FailureReason::Panicked("remote boom 5".into()),
@@ -248,7 +248,7 @@ fn host_main(scenario: &str) -> Result<(), String> {
                 )?;
             }
             check(
-                report.done.len() + report.failed.len() == 400,
+                report.done().len() + report.failed().len() == 400,
                 format!("{report:?}"),
             )?;
             println!("{scenario} ok");
@@ -289,10 +289,10 @@ fn host_main(scenario: &str) -> Result<(), String> {
             let report = cluster.execute(&job, 50).map_err(|e| e.to_string())?;
             let expect_skipped: Vec<usize> = (0..50).filter(|i| i % 5 == 4).collect();
             check(
-                report.skipped.to_vec() == expect_skipped,
-                format!("skipped {:?}", report.skipped),
+                report.skipped().to_vec() == expect_skipped,
+                format!("skipped {:?}", report.skipped()),
             )?;
-            check(report.done.len() == 40, format!("{report:?}"))?;
+            check(report.done().len() == 40, format!("{report:?}"))?;
             for (i, host) in job.ran_on.lock().unwrap().iter() {
                 check(
                     *host == (*i % 5) as u32,

@@ -577,11 +577,11 @@ fn sub_clusters(cluster: &Cluster) -> Result<(), String> {
     });
     let r = cluster.execute(&job, n).map_err(err_string)?;
     let unknown: Vec<usize> = (0..n).filter(|i| assign[i % 7] > 4).collect();
-    check(r.skipped.to_vec() == unknown, || {
-        format!("user skipped {:?}, expected {unknown:?}", r.skipped)
+    check(r.skipped().to_vec() == unknown, || {
+        format!("user skipped {:?}, expected {unknown:?}", r.skipped())
     })?;
     check(
-        r.done.len() == n - unknown.len() && r.failed.is_empty(),
+        r.done().len() == n - unknown.len() && r.failed().is_empty(),
         || format!("user: {r:?}"),
     )?;
     for rec in job.records() {
@@ -589,7 +589,7 @@ fn sub_clusters(cluster: &Cluster) -> Result<(), String> {
             format!("user fragment {} ran on host {}", rec.index, rec.host)
         })?;
     }
-    check(job.records().len() == r.done.len(), || {
+    check(job.records().len() == r.done().len(), || {
         "user: one record per done fragment".into()
     })?;
 

@@ -22,6 +22,9 @@ const RECV: usize = 64 << 10;
 struct Gather {
     /// This fragment asks its context for one byte more than the receiver offered.
     oversize_on: usize,
+    /// This fragment returns a buffer of one byte more than the receiver offered, made in a
+    /// context of its own that no receiver limits.
+    oversize_returned_on: usize,
     #[serde(skip)]
     initiator_ctx: Mutex<Option<RdmaContext>>,
     #[serde(skip)]
@@ -86,6 +89,13 @@ impl FragmentedJob for Gather {
                 Err(e) => panic!("{e}"),
                 Ok(_) => panic!("an oversized allocation succeeded"),
             }
+        }
+        if index == self.oversize_returned_on {
+            return Some(
+                RdmaContext::default()
+                    .allocate(limit + 1)
+                    .expect("unlimited"),
+            );
         }
         if index % 7 == 0 {
             let mut shared = self.shared.lock().unwrap();
@@ -157,6 +167,7 @@ fn host_main(scenario: &str) -> Result<(), String> {
             for round in 0..2 {
                 let job = Arc::new(Gather {
                     oversize_on: 301,
+                    oversize_returned_on: 302,
                     ..Gather::default()
                 });
                 let report = cluster.execute(&job, n).map_err(|e| e.to_string())?;
@@ -166,18 +177,34 @@ fn host_main(scenario: &str) -> Result<(), String> {
                 if !bad.is_empty() {
                     return Err(format!("wrong results: {bad:?}"));
                 }
-                if report.failed.to_vec() != [301] {
-                    return Err(format!("only the oversized fragment fails: {report:?}"));
+                if report.failed().to_vec() != [301, 302] {
+                    return Err(format!("only the oversized fragments fail: {report:?}"));
                 }
-                let msg = report.failures[0].reason.to_string();
-                if !msg.contains("exceeds the receiver's buffer") {
-                    return Err(format!("oversize failure names no limit: {msg}"));
+                // 301 panicked on its refused allocation, naming the limit.
+                let refused = RdmaError::ExceedsReceiverBuffer {
+                    requested: RECV + 1,
+                    receiver: RECV,
+                };
+                match &report.failures[0].reason {
+                    FailureReason::Panicked(msg) if msg.contains(&refused.to_string()) => {}
+                    other => return Err(format!("fragment 301 failed otherwise: {other:?}")),
                 }
-                if received.len() != n - 1 || received.contains_key(&301) {
+                // 302 returned a buffer over the receiver's: the runtime refused to send it.
+                let too_large = FailureReason::RdmaTooLarge {
+                    len: RECV as u64 + 1,
+                    capacity: RECV as u64,
+                };
+                if report.failures[1].reason != too_large {
+                    return Err(format!("fragment 302 failed otherwise: {report:?}"));
+                }
+                if received.len() != n - 2
+                    || received.contains_key(&301)
+                    || received.contains_key(&302)
+                {
                     return Err(format!(
                         "{} results received for {} fragments",
                         received.len(),
-                        n - 1
+                        n - 2
                     ));
                 }
                 let offered = job.offered.load(Ordering::SeqCst);

@@ -133,7 +133,7 @@ fn local_and_cluster_run_every_fragment_exactly_once() {
         let job = Arc::new(Probe::new(mode, 5000));
         let report = c.execute(&job, 5000).unwrap();
         assert!(report.is_complete(), "{report:?}");
-        assert_eq!(report.done.to_vec(), (0..5000).collect::<Vec<_>>());
+        assert_eq!(report.done().to_vec(), (0..5000).collect::<Vec<_>>());
         assert!(job.runs().iter().all(|&n| n == 1));
         assert_eq!(report.per_host, vec![(HostId(0), 5000)]);
     }
@@ -162,8 +162,8 @@ fn user_defined_runs_this_hosts_fragments_and_skips_the_rest() {
     p.assign_odd_to = Some(7);
     let job = Arc::new(p);
     let report = c.execute(&job, 10).unwrap();
-    assert_eq!(report.done.to_vec(), vec![0, 2, 4, 6, 8]);
-    assert_eq!(report.skipped.to_vec(), vec![1, 3, 5, 7, 9]);
+    assert_eq!(report.done().to_vec(), vec![0, 2, 4, 6, 8]);
+    assert_eq!(report.skipped().to_vec(), vec![1, 3, 5, 7, 9]);
     assert_eq!(job.runs(), vec![1, 0, 1, 0, 1, 0, 1, 0, 1, 0]);
 }
 
@@ -290,13 +290,13 @@ fn cancel_skips_unstarted_calls_cancel_and_signals_running_fragments() {
         "a running fragment saw is_cancelled()"
     );
     assert!(
-        report.cancelled.len() > 300,
+        report.cancelled().len() > 300,
         "{} cancelled",
-        report.cancelled.len()
+        report.cancelled().len()
     );
-    assert_eq!(report.done.len() + report.cancelled.len(), 400);
+    assert_eq!(report.done().len() + report.cancelled().len(), 400);
     let ran: usize = job.runs().iter().map(|&n| n as usize).sum();
-    assert_eq!(ran, report.done.len(), "cancelled fragments never ran");
+    assert_eq!(ran, report.done().len(), "cancelled fragments never ran");
 }
 
 #[test]
@@ -306,8 +306,8 @@ fn a_panicking_fragment_fails_alone() {
     p.panic_on = Some(17);
     let job = Arc::new(p);
     let report = c.execute(&job, 50).unwrap();
-    assert_eq!(report.failed.to_vec(), vec![17]);
-    assert_eq!(report.done.len(), 49);
+    assert_eq!(report.failed().to_vec(), vec![17]);
+    assert_eq!(report.done().len(), 49);
     assert_eq!(report.failures.len(), 1);
     assert_eq!(report.failures[0].index, 17);
     assert_eq!(

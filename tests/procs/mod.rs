@@ -132,9 +132,9 @@ fn verify_chaos(
     victims: &BTreeSet<u32>,
 ) -> Result<String, String> {
     if !report.is_complete()
-        || !report.failed.is_empty()
-        || !report.skipped.is_empty()
-        || !report.cancelled.is_empty()
+        || !report.failed().is_empty()
+        || !report.skipped().is_empty()
+        || !report.cancelled().is_empty()
     {
         return Err(format!("report not complete: {report:?}"));
     }
@@ -402,15 +402,15 @@ impl FragmentedJob for Placed {
 /// other fragment ran exactly once, on its host.
 fn verify_placed(job: &Placed, report: &JobReport, victim: u32) -> Result<String, String> {
     let count = report.count;
-    if !report.skipped.is_empty() || !report.cancelled.is_empty() {
+    if !report.skipped().is_empty() || !report.cancelled().is_empty() {
         return Err(format!(
             "nothing should be skipped or cancelled: {report:?}"
         ));
     }
-    if report.done.len() + report.failed.len() != count {
+    if report.done().len() + report.failed().len() != count {
         return Err(format!("done + failed != count: {report:?}"));
     }
-    if report.failed.is_empty() {
+    if report.failed().is_empty() {
         return Err(format!(
             "the killed host {victim} failed nothing: {report:?}"
         ));
@@ -429,18 +429,18 @@ fn verify_placed(job: &Placed, report: &JobReport, victim: u32) -> Result<String
         if seen.insert(*i, *h).is_some() {
             return Err(format!("fragment {i} ran twice"));
         }
-        if report.failed.contains(*i) {
+        if report.failed().contains(*i) {
             return Err(format!("failed fragment {i} was re-run on {h}"));
         }
         if job.mode == 1 && job.hosts[*i % job.hosts.len()] != *h {
             return Err(format!("fragment {i} ran on {h}, not its assigned host"));
         }
     }
-    if seen.len() != report.done.len() {
+    if seen.len() != report.done().len() {
         return Err(format!(
             "{} fragments ran, {} done",
             seen.len(),
-            report.done.len()
+            report.done().len()
         ));
     }
     let failures: Vec<String> = report
@@ -451,8 +451,8 @@ fn verify_placed(job: &Placed, report: &JobReport, victim: u32) -> Result<String
         .collect();
     Ok(format!(
         "count={count} done={} failed={} (e.g. {})",
-        report.done.len(),
-        report.failed.len(),
+        report.done().len(),
+        report.failed().len(),
         failures.join("; ")
     ))
 }

@@ -295,8 +295,9 @@ pub trait Fetch: Send + Sync {
     ) -> Result<Allocation, FetchError>;
 }
 
-/// Why [`Transaction::fetch`] failed.
-#[derive(Debug, thiserror::Error)]
+/// Why [`Transaction::fetch`] failed. Comparable, so a caller (or a test) can match the exact
+/// failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
     /// The transaction has no Fast I/O context (made by hand, outside the runtime).
@@ -316,14 +317,25 @@ pub enum FetchError {
     },
     /// The publication exists on `host` but could not be read there (for instance it is mapped
     /// for writing: a conflicting map is refused, never read dirty).
-    #[error("host {host} could not read {name:?}: {message}")]
+    #[error("host {host} could not read {name:?}: {error}")]
     Remote {
         /// The host asked.
         host: HostId,
         /// The name asked for.
         name: String,
-        /// The remote Fast I/O error.
-        message: String,
+        /// The Fast I/O error the host's context gave.
+        error: FastIoError,
+    },
+    /// The host described the publication with metadata that does not fit its bytes (an
+    /// element type and dimensions whose product is not its size); the copy is dropped.
+    #[error("host {host} sent metadata for {name:?} that does not describe its bytes: {error}")]
+    BadMetadata {
+        /// The host asked.
+        host: HostId,
+        /// The name asked for.
+        name: String,
+        /// Why this host's context refused the metadata.
+        error: FastIoError,
     },
     /// This host's context refused the copy (for instance its capacity is exceeded).
     #[error("local Fast I/O: {0}")]
@@ -340,4 +352,11 @@ pub enum FetchError {
     /// The job was cancelled while the fetch was in progress.
     #[error("the job was cancelled during the fetch")]
     Cancelled,
+    /// `fetch` was called on a thread of an async runtime, where blocking would stall every
+    /// task of that runtime (the host's connections among them); nothing was sent. Call it
+    /// from a fragment or from a plain thread.
+    #[error(
+        "fetch called from an async runtime thread; call it from a fragment or a plain thread"
+    )]
+    AsyncThread,
 }

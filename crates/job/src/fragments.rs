@@ -164,6 +164,7 @@ impl FragmentSet {
     }
 
     /// Removes and returns the lowest `n` indices (fewer if the set is smaller) as ranges.
+    #[must_use = "the fragments taken are no longer in the set"]
     pub fn take_front(&mut self, mut n: usize) -> Vec<Range<usize>> {
         let mut out = Vec::new();
         while n > 0 {

@@ -1,4 +1,7 @@
-//! Identifier newtypes, each made one way.
+//! Identifier newtypes, each made one way: a [`HostId`] from its number (`HostId(3)`, the
+//! number the cluster configuration gives the host), a [`JobId`] from its two fields (the
+//! runtime numbers jobs; users read them), a [`ClassId`] with [`ClassId::from_name`]. No other
+//! constructors or conversions exist.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -34,10 +37,11 @@ impl fmt::Display for JobId {
 
 /// The stable identifier of a job type, used to find the type on a remote host.
 ///
-/// Mirrors DiCE's `get_class_id()` (a UUID there). Choose a random 128-bit value once per job
-/// type and never change it; [`ClassId::from_name`] derives one from a string.
+/// Mirrors DiCE's `get_class_id()` (a UUID there). Made one way, [`ClassId::from_name`]: give
+/// each job type a name once and never change it (`#[fragmenta::job]` uses the type's module
+/// path and name unless told otherwise). [`get`](Self::get) reads the 128-bit value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ClassId(pub u128);
+pub struct ClassId(u128);
 
 impl ClassId {
     /// A class id derived from a name with 128-bit FNV-1a; stable across builds and platforms.
@@ -52,6 +56,11 @@ impl ClassId {
             i += 1;
         }
         ClassId(hash)
+    }
+
+    /// The 128-bit value, as it travels on the wire.
+    pub const fn get(self) -> u128 {
+        self.0
     }
 }
 

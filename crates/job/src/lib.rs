@@ -64,7 +64,10 @@ pub use fragments::FragmentSet;
 pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;
 pub use rdma::{RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite};
-pub use report::{ExecuteError, FailureReason, FragmentFailure, InvalidArgument, JobReport};
+pub use report::{
+    plumbing as report_plumbing, ExecuteError, FailureReason, FragmentFailure, InvalidArgument,
+    JobReport,
+};
 pub use results::{ChunkSink, ResultReader, ResultWriter};
 pub use typed::{share, Fragment, TypedJob};
 
@@ -110,7 +113,10 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// original instance: a CLUSTER fragment whose attempt on a failed host already delivered
     /// chunks runs this method again wherever it is reassigned, the initiator included. Every `flush()` becomes exactly one
     /// [`receive_remote_result`](Self::receive_remote_result) call on the initiator, even when
-    /// empty; returning flushes the rest (one more call). An error fails the fragment.
+    /// empty; returning flushes the rest (one more call). An error fails the fragment
+    /// ([`FailureReason::Returned`], with its message); results that can no longer be sent
+    /// (the job was released or its initiator is gone) fail it with
+    /// [`FailureReason::InitiatorGone`].
     ///
     /// Chunking must be deterministic: after a host failure a fragment may run again, and chunks
     /// already delivered are skipped by sequence number.
@@ -160,7 +166,9 @@ pub trait FragmentedJob: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// Runs fragment `index` remotely and returns its result in a buffer from `rdma`, or `None`
     /// for no result (DiCE `execute_fragment_remote_rdma`). Allocating more than the receiver's
-    /// buffer for this fragment fails. The same buffer may be returned by several fragments; it
+    /// buffer for this fragment fails; a buffer larger than the receiver's made elsewhere is
+    /// not sent, and the fragment fails with [`FailureReason::RdmaTooLarge`]. The same buffer
+    /// may be returned by several fragments; it
     /// must stay unchanged until it returns to the context. Default: runs
     /// [`execute_fragment`](Self::execute_fragment) and returns `None`.
     fn execute_fragment_remote_rdma(
@@ -363,7 +371,7 @@ mod tests {
         assert_ne!(ClassId::from_name("a"), ClassId::from_name("b"));
         // FNV-1a 128 of "a", fixed forever: changing the hash would break mixed-version clusters.
         assert_eq!(
-            ClassId::from_name("a").0,
+            ClassId::from_name("a").get(),
             0xd228cb696f1a8caf78912b704e4a8964
         );
     }

@@ -10,7 +10,8 @@ pub enum FailureReason {
     /// The fragment panicked; the panic message.
     #[error("panicked: {0}")]
     Panicked(String),
-    /// `execute_fragment_remote` returned an error; its message.
+    /// `execute_fragment_remote` returned an error; its message. Only errors the fragment
+    /// returned: failures of the runtime have variants of their own.
     #[error("returned an error: {0}")]
     Returned(String),
     /// The host running the fragment failed and the mode forbids reassignment.
@@ -31,6 +32,23 @@ pub enum FailureReason {
     /// panic message. Later chunks of the fragment are not delivered.
     #[error("receiving the result panicked: {0}")]
     ReceivePanicked(String),
+    /// The host's worker pool refused the job's work for a reason other than a missing GPU (a
+    /// job with the same work key is already queued there); the fragment never ran.
+    #[error("{0} cannot run the job: its work is already queued there")]
+    CannotRun(HostId),
+    /// The fragment's RDMA result (`execute_fragment_remote_rdma`) is larger than the buffer
+    /// the initiator set aside for it (`get_remote_result_rdma_size`); it was not sent.
+    #[error("RDMA result of {len} bytes exceeds the receiver's buffer of {capacity} bytes")]
+    RdmaTooLarge {
+        /// Bytes the fragment produced.
+        len: u64,
+        /// Bytes the initiator's buffer holds.
+        capacity: u64,
+    },
+    /// The fragment's results could not be sent: the job was released or its initiator is
+    /// gone (the stream back to it is closed).
+    #[error("the job was released or its initiator is gone")]
+    InitiatorGone,
 }
 
 /// One failed fragment.
@@ -48,7 +66,36 @@ pub struct FragmentFailure {
 ///
 /// DiCE leaves it to the application to notice fragments that were not executed (for example
 /// USER_DEFINED fragments on unknown hosts); fragmenta hands it the lists. Every fragment index
-/// in `0..count` is in exactly one of the four sets.
+/// in `0..count` is in exactly one of the four sets, which the report's users read through
+/// [`done`](Self::done), [`skipped`](Self::skipped), [`failed`](Self::failed) and
+/// [`cancelled`](Self::cancelled) and cannot change: only the runtime that made the report
+/// fills them.
+///
+/// ```
+/// # use fragmenta_job::{report_plumbing, HostId, JobId, JobReport, SchedulingMode};
+/// # let mut report = report_plumbing::new_report(
+/// #     JobId { initiator: HostId(0), seq: 1 }, SchedulingMode::Local, 3);
+/// # report_plumbing::sets_mut(&mut report).done.insert_range(0..3);
+/// // A user reads the sets…
+/// assert_eq!(report.done().to_vec(), [0, 1, 2]);
+/// assert!(report.failed().is_empty());
+/// ```
+///
+/// …but cannot change the fields behind them:
+///
+/// ```compile_fail,E0616
+/// fn forge(report: &mut fragmenta_job::JobReport) {
+///     report.done.insert(7);
+/// }
+/// ```
+///
+/// nor the sets the accessors lend:
+///
+/// ```compile_fail,E0596
+/// fn forge(report: &mut fragmenta_job::JobReport) {
+///     report.done().insert(7);
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobReport {
     /// The job.
@@ -57,14 +104,10 @@ pub struct JobReport {
     pub mode: SchedulingMode,
     /// Number of fragments (after resolving ONCE_PER_HOST's 0).
     pub count: usize,
-    /// Fragments that ran to completion (results delivered).
-    pub done: FragmentSet,
-    /// Fragments never run because their assigned host is unknown or not this cluster's.
-    pub skipped: FragmentSet,
-    /// Fragments that failed; reasons in `failures`.
-    pub failed: FragmentSet,
-    /// Fragments not started because the job was cancelled.
-    pub cancelled: FragmentSet,
+    done: FragmentSet,
+    skipped: FragmentSet,
+    failed: FragmentSet,
+    cancelled: FragmentSet,
     /// Reason for each failed fragment, ascending by index.
     pub failures: Vec<FragmentFailure>,
     /// Fragments done per host, ascending by host.
@@ -80,6 +123,26 @@ pub struct JobReport {
 }
 
 impl JobReport {
+    /// Fragments that ran to completion (results delivered).
+    pub fn done(&self) -> &FragmentSet {
+        &self.done
+    }
+
+    /// Fragments never run because their assigned host is unknown or not this cluster's.
+    pub fn skipped(&self) -> &FragmentSet {
+        &self.skipped
+    }
+
+    /// Fragments that failed; reasons in [`failures`](Self::failures).
+    pub fn failed(&self) -> &FragmentSet {
+        &self.failed
+    }
+
+    /// Fragments not started because the job was cancelled.
+    pub fn cancelled(&self) -> &FragmentSet {
+        &self.cancelled
+    }
+
     /// Whether every fragment is done.
     pub fn is_complete(&self) -> bool {
         self.done.len() == self.count
@@ -91,6 +154,54 @@ impl JobReport {
             .iter()
             .find(|(h, _)| *h == host)
             .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Not an API: how the runtime makes a [`JobReport`] and fills its fragment sets (users read
+/// them only). Reached through the facade's hidden plumbing module.
+pub mod plumbing {
+    use super::JobReport;
+    use crate::{FragmentSet, JobId, SchedulingMode};
+    use std::time::Duration;
+
+    /// The four fragment sets of a report, to change in place.
+    #[derive(Debug)]
+    pub struct SetsMut<'a> {
+        /// Fragments that ran to completion.
+        pub done: &'a mut FragmentSet,
+        /// Fragments never run (unknown or foreign assigned host).
+        pub skipped: &'a mut FragmentSet,
+        /// Fragments that failed.
+        pub failed: &'a mut FragmentSet,
+        /// Fragments not started because the job was cancelled.
+        pub cancelled: &'a mut FragmentSet,
+    }
+
+    /// A report of `count` fragments of `job` with every set and list empty.
+    pub fn new_report(job: JobId, mode: SchedulingMode, count: usize) -> JobReport {
+        JobReport {
+            job,
+            mode,
+            count,
+            done: FragmentSet::new(),
+            skipped: FragmentSet::new(),
+            failed: FragmentSet::new(),
+            cancelled: FragmentSet::new(),
+            failures: Vec::new(),
+            per_host: Vec::new(),
+            excluded_hosts: Vec::new(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// The report's fragment sets, to fill or correct.
+    pub fn sets_mut(report: &mut JobReport) -> SetsMut<'_> {
+        SetsMut {
+            done: &mut report.done,
+            skipped: &mut report.skipped,
+            failed: &mut report.failed,
+            cancelled: &mut report.cancelled,
+        }
     }
 }
 

@@ -204,9 +204,7 @@ pub(crate) fn refusal(host: HostId, e: &SubmitError) -> FailureReason {
     match e {
         SubmitError::NoGpu => FailureReason::NoGpu(host),
         // Keys come from `new_key`, unique per pool.
-        SubmitError::DuplicateKey(_) => {
-            FailureReason::Returned(format!("{host} cannot run the job: {e:?}"))
-        }
+        SubmitError::DuplicateKey(_) => FailureReason::CannotRun(host),
     }
 }
 
@@ -376,6 +374,30 @@ mod tests {
         });
         exec.remove(key);
         (exec, slow)
+    }
+
+    #[test]
+    fn refused_work_fails_with_typed_reasons() {
+        let exec = Executor::new(HostId(4), 2.0, 0, 4);
+        let idle = Arc::new(Sleeper {
+            sleep: Duration::ZERO,
+            ran: AtomicUsize::new(0),
+        });
+        let gpu = WorkSpec {
+            gpu_load: 1.0,
+            ..spec(1.0)
+        };
+        let e = exec
+            .submit(exec.new_key(), gpu, idle.clone(), vec![0..1])
+            .unwrap_err();
+        assert_eq!(refusal(HostId(4), &e), FailureReason::NoGpu(HostId(4)));
+        // The same key twice: the pool cannot run the second submission.
+        let key = exec.new_key();
+        exec.submit(key, spec(1.0), idle.clone(), vec![0..1])
+            .unwrap();
+        let e = exec.submit(key, spec(1.0), idle, vec![1..2]).unwrap_err();
+        assert_eq!(refusal(HostId(4), &e), FailureReason::CannotRun(HostId(4)));
+        exec.remove(key);
     }
 
     #[test]

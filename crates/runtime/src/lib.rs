@@ -194,11 +194,9 @@ impl ClusterBuilder {
         }
         self.registry.add_linked()?;
         let Some(me) = config.host(host) else {
-            let known: Vec<String> = config.host_ids().map(|h| h.0.to_string()).collect();
-            return Err(JoinError::UnknownHost {
-                host,
-                known: known.join(", "),
-            });
+            let mut known: Vec<HostId> = config.host_ids().collect();
+            known.sort_unstable();
+            return Err(JoinError::UnknownHost { host, known });
         };
         if let Some(asked) = self.gpus.filter(|g| *g != me.gpus()) {
             return Err(JoinError::GpusDiffer {

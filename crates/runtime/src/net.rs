@@ -114,7 +114,10 @@ pub(crate) fn runtime(host: HostId) -> Result<tokio::runtime::Runtime, JoinError
         .thread_name(format!("fragmenta-net-{}", host.0))
         .enable_all()
         .build()
-        .map_err(|e| JoinError::Runtime(e.to_string()))
+        .map_err(|e| JoinError::Runtime {
+            kind: e.kind(),
+            errno: e.raw_os_error().unwrap_or(0),
+        })
 }
 
 /// An endpoint bound on the runtime it lives on, handed to [`Net::start_bound`].

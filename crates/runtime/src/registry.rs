@@ -73,6 +73,21 @@ pub(crate) trait ErasedJob: Send + Sync + 'static {
 
 pub(crate) struct Erased<J>(pub(crate) Arc<J>);
 
+/// A sink that remembers whether it failed. The runtime's sinks fail only once their receiver
+/// is gone (the job was released or its initiator lost).
+struct Watched<'a> {
+    sink: &'a mut dyn ChunkSink,
+    gone: bool,
+}
+
+impl ChunkSink for Watched<'_> {
+    fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
+        let sent = self.sink.send_chunk(seq, data);
+        self.gone |= sent.is_err();
+        sent
+    }
+}
+
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
@@ -182,14 +197,21 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
         sink: &mut dyn ChunkSink,
     ) -> Result<u32, FailureReason> {
         let job = &*self.0;
-        let mut writer = ResultWriter::new(sink);
+        let mut sink = Watched { sink, gone: false };
+        let mut writer = ResultWriter::new(&mut sink);
         match catch_unwind(AssertUnwindSafe(|| {
             job.execute_fragment_remote(&mut writer, tx, index, count, ctx)
         })) {
-            Ok(Ok(())) => writer
-                .finish()
-                .map_err(|e| FailureReason::Returned(e.to_string())),
-            Ok(Err(e)) => Err(FailureReason::Returned(e.to_string())),
+            Ok(Ok(())) => writer.finish().map_err(|_| FailureReason::InitiatorGone),
+            Ok(Err(e)) => {
+                drop(writer);
+                // The fragment passing on the sink's error is not an error of its own.
+                Err(if sink.gone {
+                    FailureReason::InitiatorGone
+                } else {
+                    FailureReason::Returned(e.to_string())
+                })
+            }
             Err(p) => Err(FailureReason::Panicked(panic_message(&*p))),
         }
     }
@@ -289,10 +311,11 @@ impl ReceiveFailures {
     pub(crate) fn apply(&self, report: &mut JobReport) {
         let initiator = report.job.initiator;
         for (&index, message) in &self.failed {
-            if !report.done.remove(index) {
+            let sets = fragmenta_job::report_plumbing::sets_mut(report);
+            if !sets.done.remove(index) {
                 continue;
             }
-            report.failed.insert(index);
+            sets.failed.insert(index);
             let at = report.failures.partition_point(|f| f.index < index);
             report.failures.insert(
                 at,
@@ -412,6 +435,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fragmenta_job::{CancelToken, JobId};
     use serde::{Deserialize, Serialize};
 
     #[derive(Serialize, Deserialize)]
@@ -445,5 +469,79 @@ mod tests {
         lying.extend_from_slice(&[1, 2, 3, 4, 5]);
         let err = deserialize_replica::<Holds>(&lying).err().unwrap();
         assert!(!err.is_empty());
+    }
+
+    /// A sink whose receiver is gone, as a remote job's is once it is released or its
+    /// initiator is lost.
+    struct Gone;
+
+    impl ChunkSink for Gone {
+        fn send_chunk(&mut self, _: u32, _: Vec<u8>) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    /// Flushes one chunk and passes on its error, or returns an error of its own.
+    #[derive(Serialize, Deserialize)]
+    struct Flushes {
+        own_error: bool,
+    }
+
+    impl FragmentedJob for Flushes {
+        const CLASS_ID: ClassId = ClassId::from_name("test.registry.flushes");
+        fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+        fn execute_fragment_remote(
+            &self,
+            out: &mut ResultWriter<'_>,
+            _: &Transaction,
+            _: usize,
+            _: usize,
+            _: &ExecutionContext,
+        ) -> std::io::Result<()> {
+            out.write_all(b"part")?;
+            out.flush()?;
+            if self.own_error {
+                return Err(std::io::Error::other("bad input"));
+            }
+            Ok(())
+        }
+    }
+
+    fn run(job: &dyn ErasedJob, sink: &mut dyn ChunkSink) -> Result<u32, FailureReason> {
+        let host = HostId(1);
+        let id = JobId {
+            initiator: HostId(0),
+            seq: 1,
+        };
+        let cancel = CancelToken::new();
+        let tx = Transaction::new(host, id, cancel.clone());
+        let ctx = ExecutionContext::new(host, 0, Vec::new(), cancel);
+        job.run_remote(&tx, 0, 1, &ctx, sink)
+    }
+
+    #[test]
+    fn results_nobody_can_receive_fail_as_initiator_gone_not_as_returned() {
+        let holds = Erased(Arc::new(Holds {
+            data: vec![1],
+            name: "x".into(),
+        }));
+        // The final flush fails.
+        assert_eq!(run(&holds, &mut Gone), Err(FailureReason::InitiatorGone));
+        // The fragment's own flush fails and it passes the error on.
+        let passes_on = Erased(Arc::new(Flushes { own_error: false }));
+        assert_eq!(
+            run(&passes_on, &mut Gone),
+            Err(FailureReason::InitiatorGone)
+        );
+        // With a receiver, the same fragment sends its two chunks.
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(run(&passes_on, &mut chunks), Ok(2));
+        assert_eq!(chunks, [b"part".to_vec(), Vec::new()]);
+        // An error the fragment returned itself stays `Returned`, with its message.
+        let own = Erased(Arc::new(Flushes { own_error: true }));
+        assert_eq!(
+            run(&own, &mut Vec::<Vec<u8>>::new()),
+            Err(FailureReason::Returned("bad input".into()))
+        );
     }
 }

@@ -199,8 +199,7 @@ fn wait_on<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv()
-        .map_err(|_| JoinError::Runtime("the rendezvous task was lost".into()))
+    rx.recv().map_err(|_| JoinError::RendezvousLost)
 }
 
 fn env(var: &str) -> Option<String> {
@@ -809,6 +808,16 @@ fn cluster_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rendezvous_task_that_ends_without_an_answer_is_a_typed_error() {
+        let runtime = crate::net::runtime(HostId(0)).unwrap();
+        assert_eq!(wait_on(&runtime, async { 5 }), Ok(5));
+        let lost: Result<(), JoinError> = wait_on(&runtime, async {
+            panic!("the task ends without an answer")
+        });
+        assert_eq!(lost, Err(JoinError::RendezvousLost));
+    }
 
     fn slurm(hosts: &[&str]) -> Launch {
         Launch {

@@ -23,13 +23,13 @@
 //!   `allow_non_sequential_chunks`, deliveries come in ascending (fragment, seq) order: chunks of
 //!   the lowest unfinished fragment stream through, later ones wait.
 
+use fragmenta_job::report_plumbing;
 use fragmenta_job::{
     FailureReason, FragmentFailure, FragmentSet, HostId, InvalidArgument, JobId, JobParams,
     JobReport, SchedulingMode,
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
-use std::time::Duration;
 
 /// What the scheduler knows of a host.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +58,7 @@ pub struct JobSpec {
 // queue and there is one `Finished` per job, so boxing it would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
+#[must_use]
 pub enum Action<P> {
     /// Serialize the job and send it to `host` (always before the first `Dispatch` there).
     SendReplica {
@@ -255,6 +256,7 @@ impl<P: Weight> Scheduler<P> {
     }
 
     /// The next action, if any.
+    #[must_use = "an action not carried out is lost: poll until None and carry out each"]
     pub fn poll_action(&mut self) -> Option<Action<P>> {
         self.actions.pop_front()
     }
@@ -896,18 +898,15 @@ impl<P: Weight> Scheduler<P> {
                 host: *host,
             });
         }
-        self.actions.push_back(Action::Finished(JobReport {
-            job: id,
-            mode: job.params.mode,
-            count: job.count,
-            done: job.done,
-            skipped: job.skipped,
-            failed: job.failed,
-            cancelled: job.cancelled,
-            failures: job.failures,
-            per_host: job.per_host.into_iter().collect(),
-            excluded_hosts: job.excluded.into_iter().collect(),
-            elapsed: Duration::ZERO,
-        }));
+        let mut report = report_plumbing::new_report(id, job.params.mode, job.count);
+        let sets = report_plumbing::sets_mut(&mut report);
+        *sets.done = job.done;
+        *sets.skipped = job.skipped;
+        *sets.failed = job.failed;
+        *sets.cancelled = job.cancelled;
+        report.failures = job.failures;
+        report.per_host = job.per_host.into_iter().collect();
+        report.excluded_hosts = job.excluded.into_iter().collect();
+        self.actions.push_back(Action::Finished(report));
     }
 }

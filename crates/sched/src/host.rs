@@ -172,6 +172,7 @@ impl HostQueue {
 
     /// Drops the work's fragments that have not started and returns them. Running blocks
     /// continue; the work stays registered until [`remove`](Self::remove).
+    #[must_use = "the fragments drained are no longer queued"]
     pub fn drain_pending(&mut self, key: WorkKey) -> Vec<Range<usize>> {
         let Some(w) = self.works.get_mut(&key) else {
             return Vec::new();
@@ -212,6 +213,7 @@ impl HostQueue {
 
     /// The next block to start, reserving its resources, or `None` if nothing may start now.
     /// Each block must be handed back with [`finish`](Self::finish).
+    #[must_use = "a block taken from the queue and dropped is never run"]
     pub fn next_block(&mut self) -> Option<Block> {
         if self.running >= self.max_running {
             return None;

@@ -474,11 +474,13 @@ impl<P: Weight, R> Protocol<P, R> {
     }
 
     /// The next action, if any.
+    #[must_use = "an action not carried out is lost: poll until None and carry out each"]
     pub fn poll_action(&mut self) -> Option<Action<P, R>> {
         self.actions.pop_front()
     }
 
     /// The next moment [`handle_timeout`](Self::handle_timeout) has something to do.
+    #[must_use = "the deadline is when `handle_timeout` must be called next"]
     pub fn poll_timeout(&self) -> Option<Duration> {
         self.peers
             .values()

@@ -123,7 +123,7 @@ fn local_runs_everything_on_the_initiator() {
         .any(|a| matches!(a, Action::SendReplica { .. })));
     let (delivered, report) = run_to_end(&mut s, id, actions);
     assert!(delivered.is_empty());
-    assert_eq!(report.done.to_vec(), (0..10).collect::<Vec<_>>());
+    assert_eq!(report.done().to_vec(), (0..10).collect::<Vec<_>>());
     assert_eq!(report.per_host, vec![(L, 10)]);
 }
 
@@ -354,9 +354,9 @@ fn user_defined_skips_unknown_hosts_and_fails_on_host_failure() {
         "USER_DEFINED never reassigns"
     );
     let report = finished(&actions).expect("finished");
-    assert_eq!(report.done.to_vec(), vec![0, 1]);
-    assert_eq!(report.skipped.to_vec(), vec![2, 4]);
-    assert_eq!(report.failed.to_vec(), vec![3]);
+    assert_eq!(report.done().to_vec(), vec![0, 1]);
+    assert_eq!(report.skipped().to_vec(), vec![2, 4]);
+    assert_eq!(report.failed().to_vec(), vec![3]);
     assert_eq!(
         report.failures[0].reason,
         FailureReason::HostFailed(HostId(2))
@@ -537,8 +537,8 @@ fn cancel_cancels_unstarted_and_waits_for_hosts() {
     s.on_not_started(id, HostId(1), &rest);
     let actions = drain(&mut s);
     let report = finished(&actions).expect("finished after every host answered");
-    assert_eq!(report.done.to_vec(), vec![first_remote, first_remote + 1]);
-    assert_eq!(report.cancelled.len(), 10_000 - 2);
+    assert_eq!(report.done().to_vec(), vec![first_remote, first_remote + 1]);
+    assert_eq!(report.cancelled().len(), 10_000 - 2);
 }
 
 #[test]
@@ -621,7 +621,7 @@ fn fragment_rerun_on_the_initiator_after_partial_delivery_dedupes_its_chunks() {
     assert_eq!(s.on_local_done(id, 1..2), Outcome::Stale);
     let report = finished(&end).expect("finished");
     assert!(report.is_complete());
-    assert_eq!(report.done.len(), 2);
+    assert_eq!(report.done().len(), 2);
     assert_eq!(report.done_on(L), 2);
     // Every (fragment, seq) once, in order; chunk 2 from either attempt (they are equal).
     let keys: Vec<(usize, u32)> = delivered.iter().map(|d| (d.0, d.1)).collect();
@@ -649,7 +649,7 @@ fn a_host_that_cannot_run_a_cluster_job_is_excluded_from_it() {
         .flat_map(|(_, r)| r.into_iter().flatten())
         .collect();
     assert!(!at_2.is_empty());
-    let reason = FailureReason::UnknownClass(fragmenta_job::ClassId(7));
+    let reason = FailureReason::UnknownClass(fragmenta_job::ClassId::from_name("seven"));
     // Host 2 answers each fragment it was given; only the first answer counts.
     let mut actions = Vec::new();
     for &f in &at_2 {

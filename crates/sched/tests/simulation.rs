@@ -212,8 +212,8 @@ fn failures_are_listed_by_index_when_a_host_fails_after_a_fragment() {
     let r = report(&mut s).expect("the job finishes once host 1 is down");
     let order: Vec<usize> = r.failures.iter().map(|f| f.index).collect();
     assert_eq!(order, vec![0, 1, 3]);
-    assert_eq!(r.failed.to_vec(), vec![0, 1, 3]);
-    assert_eq!(r.done.to_vec(), vec![2]);
+    assert_eq!(r.failed().to_vec(), vec![0, 1, 3]);
+    assert_eq!(r.done().to_vec(), vec![2]);
 }
 
 /// A LOCAL job with a GPU load on an initiator without a GPU was accepted when another host had

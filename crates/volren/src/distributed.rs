@@ -440,16 +440,16 @@ fn execute<R: JobRunner, J: FragmentedJob + Work>(
         .map(|f| format!("fragment {} on {}: {}", f.index, f.host, f.reason))
         .collect();
     detail.extend(local_errors);
-    if !report.skipped.is_empty() {
+    if !report.skipped().is_empty() {
         detail.push(format!(
             "fragments {:?} skipped (host not in the cluster)",
-            report.skipped.to_vec()
+            report.skipped().to_vec()
         ));
     }
-    if !report.cancelled.is_empty() {
+    if !report.cancelled().is_empty() {
         detail.push(format!(
             "fragments {:?} cancelled",
-            report.cancelled.to_vec()
+            report.cancelled().to_vec()
         ));
     }
     Err(SortLastError::Failed {

@@ -27,4 +27,6 @@ pub use frame::{
 /// [handshake](handshake::Hello). Hosts with different versions refuse each other.
 ///
 /// 2: `FailureReason` (in `ResultItem::Failed`) gained `NoGpu` and `ReceivePanicked`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `FailureReason` gained `CannotRun`, `RdmaTooLarge` and `InitiatorGone`;
+/// `FetchReply::Refused` carries the owner's `FastIoError` instead of its text.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -162,8 +162,8 @@ pub enum FetchReply {
     UnknownName,
     /// The publication exists but cannot be read now (for instance it is mapped for writing).
     Refused {
-        /// The Fast I/O error, as text.
-        message: String,
+        /// The Fast I/O error the owner's context gave.
+        error: fragmenta_fastio::FastIoError,
     },
 }
 

@@ -281,8 +281,15 @@ fn arb_reason() -> impl Strategy<Value = FailureReason> {
         ".{0,12}".prop_map(FailureReason::Panicked),
         ".{0,12}".prop_map(FailureReason::Returned),
         any::<u32>().prop_map(|h| FailureReason::HostFailed(HostId(h))),
-        any::<u128>().prop_map(|c| FailureReason::UnknownClass(ClassId(c))),
+        any::<u128>()
+            .prop_map(|c| FailureReason::UnknownClass(ClassId::from_name(&format!("{c:x}")))),
         ".{0,12}".prop_map(FailureReason::Deserialize),
+        any::<u32>().prop_map(|h| FailureReason::NoGpu(HostId(h))),
+        ".{0,12}".prop_map(FailureReason::ReceivePanicked),
+        any::<u32>().prop_map(|h| FailureReason::CannotRun(HostId(h))),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(len, capacity)| FailureReason::RdmaTooLarge { len, capacity }),
+        Just(FailureReason::InitiatorGone),
     ]
 }
 
@@ -296,7 +303,7 @@ fn arb_control() -> impl Strategy<Value = Control> {
         (arb_job(), any::<u128>(), arb_params(), any::<u64>()).prop_map(
             |(job, class, params, count)| Control::Replica {
                 job,
-                class: ClassId(class),
+                class: ClassId::from_name(&format!("{class:x}")),
                 params,
                 count,
             }

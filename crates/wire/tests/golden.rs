@@ -9,7 +9,7 @@
 //!
 //! prints the table to paste below, with `GOLDEN_VERSION` set to the new version.
 
-use fragmenta_fastio::{ElementType, Metadata};
+use fragmenta_fastio::{ElementType, FastIoError, IoOp, Metadata};
 use fragmenta_job::{ClassId, FailureReason, HostId, JobId, JobParams, SchedulingMode};
 use fragmenta_wire::handshake::{HandshakeRejection, Hello, HelloReply};
 use fragmenta_wire::messages::{Control, FetchReply, Request, ResultItem, Results, StreamHeader};
@@ -17,7 +17,7 @@ use fragmenta_wire::{encode, PROTOCOL_VERSION};
 use serde::Serialize;
 
 /// The protocol version the table below was recorded for.
-const GOLDEN_VERSION: u32 = 2;
+const GOLDEN_VERSION: u32 = 3;
 
 fn hex<M: Serialize>(m: &M) -> String {
     encode(m)
@@ -51,10 +51,16 @@ fn samples() -> Vec<(String, String)> {
         FailureReason::Panicked("p".into()),
         FailureReason::Returned("r".into()),
         FailureReason::HostFailed(HostId(5)),
-        FailureReason::UnknownClass(ClassId(0x0102_0304)),
+        FailureReason::UnknownClass(ClassId::from_name("golden.unknown")),
         FailureReason::Deserialize("d".into()),
         FailureReason::NoGpu(HostId(6)),
         FailureReason::ReceivePanicked("q".into()),
+        FailureReason::CannotRun(HostId(8)),
+        FailureReason::RdmaTooLarge {
+            len: 300,
+            capacity: 200,
+        },
+        FailureReason::InitiatorGone,
     ];
     let mut v: Vec<(String, String)> = vec![
         ("Hello", hex(&Hello::new("c", HostId(2)))),
@@ -133,12 +139,6 @@ fn samples() -> Vec<(String, String)> {
         ),
         ("Request::Fetch", hex(&Request::Fetch { name: "n".into() })),
         ("FetchReply::UnknownName", hex(&FetchReply::UnknownName)),
-        (
-            "FetchReply::Refused",
-            hex(&FetchReply::Refused {
-                message: "m".into(),
-            }),
-        ),
     ]
     .into_iter()
     .map(|(n, b)| (n.to_string(), b))
@@ -153,7 +153,7 @@ fn samples() -> Vec<(String, String)> {
             name.to_string(),
             hex(&Control::Replica {
                 job: job(),
-                class: ClassId(u128::MAX - 1),
+                class: ClassId::from_name("golden.replica"),
                 params: params(mode),
                 count: 1 << 40,
             }),
@@ -168,6 +168,9 @@ fn samples() -> Vec<(String, String)> {
             "ResultItem::Failed Deserialize",
             "ResultItem::Failed NoGpu",
             "ResultItem::Failed ReceivePanicked",
+            "ResultItem::Failed CannotRun",
+            "ResultItem::Failed RdmaTooLarge",
+            "ResultItem::Failed InitiatorGone",
         ][i];
         v.push((
             name.to_string(),
@@ -202,6 +205,81 @@ fn samples() -> Vec<(String, String)> {
             }),
         ));
     }
+    let io_ops = [
+        IoOp::CreateMemory,
+        IoOp::InspectMemory,
+        IoOp::Map,
+        IoOp::SocketPath,
+        IoOp::Bind,
+        IoOp::Connect,
+        IoOp::Send,
+        IoOp::Receive,
+        IoOp::Spawn,
+    ];
+    let mut errors = vec![
+        ("UnknownName", FastIoError::UnknownName("n".into())),
+        ("NameTaken", FastIoError::NameTaken("n".into())),
+        ("InvalidName", FastIoError::InvalidName),
+        ("MapConflict", FastIoError::MapConflict),
+        ("Freed", FastIoError::Freed),
+        (
+            "CapacityExceeded",
+            FastIoError::CapacityExceeded {
+                requested: 300,
+                available: 2,
+            },
+        ),
+        (
+            "WrongElementType",
+            FastIoError::WrongElementType {
+                actual: Some(ElementType::F64),
+                requested: ElementType::U8,
+            },
+        ),
+        (
+            "DimsMismatch",
+            FastIoError::DimsMismatch {
+                size: 5,
+                element_type: ElementType::F32,
+                dims: vec![2],
+            },
+        ),
+        ("TooManyDimensions", FastIoError::TooManyDimensions),
+        ("MetadataImmutable", FastIoError::MetadataImmutable),
+        ("ForeignAllocation", FastIoError::ForeignAllocation),
+        ("InvalidHandle", FastIoError::InvalidHandle),
+        ("Disconnected", FastIoError::Disconnected),
+        ("Protocol", FastIoError::Protocol("p".into())),
+        (
+            "InsecurePath",
+            FastIoError::InsecurePath {
+                path: "/p".into(),
+                reason: "r".into(),
+            },
+        ),
+        (
+            "SocketPathTooLong",
+            FastIoError::SocketPathTooLong {
+                path: "/p".into(),
+                len: 200,
+                max: 107,
+            },
+        ),
+        ("AddressInUse", FastIoError::AddressInUse("/p".into())),
+    ];
+    for op in io_ops {
+        errors.push(("Io", FastIoError::Io { op, errno: 11 }));
+    }
+    for (name, error) in errors {
+        let op = match &error {
+            FastIoError::Io { op, .. } => format!(" {op:?}"),
+            _ => String::new(),
+        };
+        v.push((
+            format!("FetchReply::Refused {name}{op}"),
+            hex(&FetchReply::Refused { error }),
+        ));
+    }
     v.push((
         "FetchReply::Found untyped".to_string(),
         hex(&FetchReply::Found {
@@ -217,7 +295,7 @@ fn samples() -> Vec<(String, String)> {
 
 /// `(message, hex bytes)` for [`GOLDEN_VERSION`].
 const GOLDEN: &[(&str, &str)] = &[
-    ("Hello", "02016302"),
+    ("Hello", "03016302"),
     ("HelloReply::Accept", "0001"),
     ("HandshakeRejection::VersionMismatch", "01000102"),
     ("HandshakeRejection::ClusterMismatch", "0101610162"),
@@ -237,30 +315,35 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Results", "0400010203010101030309fc0000100004010408"),
     ("Request::Fetch", "00016e"),
     ("FetchReply::UnknownName", "01"),
-    ("FetchReply::Refused", "02016d"),
     (
         "Control::Replica Local",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff000000c03f0000803e020701fd0000000000010000",
+        "0103fb2c01feb6987674cc3feba968888bd48a6ae741000000c03f0000803e020701fd0000000000010000",
     ),
     (
         "Control::Replica Cluster",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff010000c03f0000803e020701fd0000000000010000",
+        "0103fb2c01feb6987674cc3feba968888bd48a6ae741010000c03f0000803e020701fd0000000000010000",
     ),
     (
         "Control::Replica OncePerHost",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff020000c03f0000803e020701fd0000000000010000",
+        "0103fb2c01feb6987674cc3feba968888bd48a6ae741020000c03f0000803e020701fd0000000000010000",
     ),
     (
         "Control::Replica UserDefined",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff030000c03f0000803e020701fd0000000000010000",
+        "0103fb2c01feb6987674cc3feba968888bd48a6ae741030000c03f0000803e020701fd0000000000010000",
     ),
     ("ResultItem::Failed Panicked", "0207000170"),
     ("ResultItem::Failed Returned", "0207010172"),
     ("ResultItem::Failed HostFailed", "02070205"),
-    ("ResultItem::Failed UnknownClass", "020703fc04030201"),
+    (
+        "ResultItem::Failed UnknownClass",
+        "020703fe1cf7409de61465a768888bbb069c7e67",
+    ),
     ("ResultItem::Failed Deserialize", "0207040164"),
     ("ResultItem::Failed NoGpu", "02070506"),
     ("ResultItem::Failed ReceivePanicked", "0207060171"),
+    ("ResultItem::Failed CannotRun", "02070708"),
+    ("ResultItem::Failed RdmaTooLarge", "020708fb2c01c8"),
+    ("ResultItem::Failed InitiatorGone", "020709"),
     ("FetchReply::Found U8", "00180100020203"),
     ("FetchReply::Found U16", "00180101020203"),
     ("FetchReply::Found U32", "00180102020203"),
@@ -272,6 +355,32 @@ const GOLDEN: &[(&str, &str)] = &[
     ("FetchReply::Found F16", "00180108020203"),
     ("FetchReply::Found F32", "00180109020203"),
     ("FetchReply::Found F64", "0018010a020203"),
+    ("FetchReply::Refused UnknownName", "0200016e"),
+    ("FetchReply::Refused NameTaken", "0201016e"),
+    ("FetchReply::Refused InvalidName", "0202"),
+    ("FetchReply::Refused MapConflict", "0203"),
+    ("FetchReply::Refused Freed", "0204"),
+    ("FetchReply::Refused CapacityExceeded", "0205fb2c0102"),
+    ("FetchReply::Refused WrongElementType", "0206010a00"),
+    ("FetchReply::Refused DimsMismatch", "020705090102"),
+    ("FetchReply::Refused TooManyDimensions", "0208"),
+    ("FetchReply::Refused MetadataImmutable", "0209"),
+    ("FetchReply::Refused ForeignAllocation", "020a"),
+    ("FetchReply::Refused InvalidHandle", "020b"),
+    ("FetchReply::Refused Disconnected", "020c"),
+    ("FetchReply::Refused Protocol", "020d0170"),
+    ("FetchReply::Refused InsecurePath", "020e022f700172"),
+    ("FetchReply::Refused SocketPathTooLong", "020f022f70c86b"),
+    ("FetchReply::Refused AddressInUse", "0210022f70"),
+    ("FetchReply::Refused Io CreateMemory", "02110016"),
+    ("FetchReply::Refused Io InspectMemory", "02110116"),
+    ("FetchReply::Refused Io Map", "02110216"),
+    ("FetchReply::Refused Io SocketPath", "02110316"),
+    ("FetchReply::Refused Io Bind", "02110416"),
+    ("FetchReply::Refused Io Connect", "02110516"),
+    ("FetchReply::Refused Io Send", "02110616"),
+    ("FetchReply::Refused Io Receive", "02110716"),
+    ("FetchReply::Refused Io Spawn", "02110816"),
     ("FetchReply::Found untyped", "00050000"),
 ];
 

@@ -3,8 +3,9 @@
 use fragmenta_job::HostId;
 use std::time::Duration;
 
-/// Why a multi-host node could not start.
-#[derive(Debug, thiserror::Error)]
+/// Why a multi-host node could not start. Comparable: the errors it wraps are (their own typed
+/// forms, not text), so a caller can match or compare the exact failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
     /// The configuration is invalid or names no usable host.
     #[error(transparent)]
@@ -30,9 +31,18 @@ pub enum JoinError {
         /// Configured hosts that never connected.
         missing: Vec<HostId>,
     },
-    /// The async runtime could not start.
-    #[error("cannot start the network runtime: {0}")]
-    Runtime(String),
+    /// The async runtime could not start (its threads or its I/O driver could not be made).
+    #[error("cannot start the network runtime: {kind} (os error {errno})")]
+    Runtime {
+        /// The kind of the system error.
+        kind: std::io::ErrorKind,
+        /// The `errno` value, 0 if none was reported.
+        errno: i32,
+    },
+    /// The task meeting the other ranks of a launch ended without an answer (its runtime was
+    /// shut down under it).
+    #[error("the rendezvous task was lost")]
+    RendezvousLost,
     /// A live host refused this one, typically because a host with this id was declared dead
     /// (host ids are never reused: a restarted process joins with a new id).
     #[error("refused by {by}: {reason}")]
@@ -68,12 +78,15 @@ pub enum JoinError {
     NoHostId,
     /// [`ClusterBuilder::join_config`](crate::ClusterBuilder::join_config) was given a host
     /// the configuration does not list.
-    #[error("{host} is not a host of the cluster configuration (it lists {known})")]
+    #[error(
+        "{host} is not a host of the cluster configuration (it lists {})",
+        host_list(known)
+    )]
     UnknownHost {
         /// The host asked for.
         host: fragmenta_job::HostId,
-        /// The ids the configuration lists, comma-separated.
-        known: String,
+        /// The hosts the configuration lists, ascending.
+        known: Vec<HostId>,
     },
     /// A cluster formed by a launcher (no configuration file) could not meet.
     #[error(transparent)]

@@ -41,10 +41,7 @@ impl Fetch for NetFetch {
         let net = self.net.upgrade().ok_or(FetchError::UnknownHost(host))?;
         if tokio::runtime::Handle::try_current().is_ok() {
             // Blocking inside a reactor would stall every connection of the host.
-            return Err(FetchError::Transport {
-                host,
-                reason: "fetch called from an async runtime thread; call it from a fragment or a plain thread".into(),
-            });
+            return Err(FetchError::AsyncThread);
         }
         let link = net.wait_for_link(host, cancel);
         if cancel.is_cancelled() {
@@ -109,11 +106,11 @@ async fn fetch_into(
                 name: name.to_owned(),
             })
         }
-        Some((FetchReply::Refused { message }, 0)) => {
+        Some((FetchReply::Refused { error }, 0)) => {
             return Err(FetchError::Remote {
                 host,
                 name: name.to_owned(),
-                message,
+                error,
             })
         }
         Some((_, len)) => {
@@ -135,7 +132,11 @@ async fn fetch_into(
     if let Some(element_type) = metadata.element_type {
         alloc
             .set_type_and_dimensions(element_type, &metadata.dims)
-            .map_err(|e| transport(host, format!("metadata does not describe the bytes: {e}")))?;
+            .map_err(|error| FetchError::BadMetadata {
+                host,
+                name: name.to_owned(),
+                error,
+            })?;
     }
     {
         let mut guard = alloc.map_write().map_err(FetchError::Local)?;
@@ -265,9 +266,7 @@ impl Net {
 async fn refuse(send: &mut SendStream, e: FastIoError) {
     let reply = match e {
         FastIoError::UnknownName(_) => FetchReply::UnknownName,
-        other => FetchReply::Refused {
-            message: other.to_string(),
-        },
+        error => FetchReply::Refused { error },
     };
     if write_frame(send, &reply, &[]).await.is_ok() {
         let _ = send.finish();

@@ -361,10 +361,10 @@ impl RemoteRunner {
             .run_remote_rdma(&rj.tx, f, rj.count, &limited, ctx)?
         {
             None => Ok(0),
-            Some(buffer) if buffer.len() as u64 > size => Err(FailureReason::Returned(format!(
-                "RDMA result of {} bytes exceeds the receiver's buffer of {size} bytes",
-                buffer.len()
-            ))),
+            Some(buffer) if buffer.len() as u64 > size => Err(FailureReason::RdmaTooLarge {
+                len: buffer.len() as u64,
+                capacity: size,
+            }),
             Some(buffer) => {
                 if rj.send(Out::Rdma {
                     fragment: f as u64,
@@ -372,9 +372,7 @@ impl RemoteRunner {
                 }) {
                     Ok(1)
                 } else {
-                    Err(FailureReason::Returned(
-                        "the job was released or its initiator is gone".into(),
-                    ))
+                    Err(FailureReason::InitiatorGone)
                 }
             }
         }

@@ -163,6 +163,7 @@ pub(super) fn drain_deliveries(node: &Node, ij: &Arc<InitiatedJob>) {
 /// Clones are handles on the same job: one thread may [`wait`](Self::wait) while another
 /// [`cancel`](Self::cancel)s, and [`on_complete`](Self::on_complete) calls back when it ends.
 #[derive(Clone)]
+#[must_use = "the job runs on, but dropping its last handle loses its report: wait for it, or cancel it"]
 pub struct JobHandle {
     node: Arc<Node>,
     job: Arc<InitiatedJob>,

@@ -446,8 +446,8 @@ impl Checker {
                     .iter()
                     .filter(|f| matches!(f.reason, FailureReason::HostFailed(_)))
                     .count() as u64;
-                c.skipped = report.skipped.len() as u64;
-                c.cancelled = report.cancelled.len() as u64;
+                c.skipped = report.skipped().len() as u64;
+                c.cancelled = report.cancelled().len() as u64;
                 check_report(j, report)
             }
         };
@@ -478,10 +478,10 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
     }
     // The four sets partition 0..count.
     let sets: [(&str, &FragmentSet); 4] = [
-        ("done", &r.done),
-        ("skipped", &r.skipped),
-        ("failed", &r.failed),
-        ("cancelled", &r.cancelled),
+        ("done", r.done()),
+        ("skipped", r.skipped()),
+        ("failed", r.failed()),
+        ("cancelled", r.cancelled()),
     ];
     let total: usize = sets.iter().map(|(_, s)| s.len()).sum();
     let mut union = FragmentSet::new();
@@ -499,20 +499,20 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
             Invariant::Report,
             format!(
                 "done {} + skipped {} + failed {} + cancelled {} do not partition 0..{}",
-                r.done.len(),
-                r.skipped.len(),
-                r.failed.len(),
-                r.cancelled.len(),
+                r.done().len(),
+                r.skipped().len(),
+                r.failed().len(),
+                r.cancelled().len(),
                 j.count
             ),
         );
     }
-    if !r.cancelled.is_empty() && !j.cancel_requested {
+    if !r.cancelled().is_empty() && !j.cancel_requested {
         bad(
             Invariant::Report,
             format!(
                 "fragments {:?} cancelled, but nobody cancelled the job",
-                r.cancelled.to_ranges()
+                r.cancelled().to_ranges()
             ),
         );
     }
@@ -529,12 +529,12 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
         }
         _ => FragmentSet::new(),
     };
-    if r.skipped != expected_skipped {
+    if *r.skipped() != expected_skipped {
         bad(
             Invariant::Report,
             format!(
                 "skipped {:?}, expected {:?}",
-                r.skipped.to_ranges(),
+                r.skipped().to_ranges(),
                 expected_skipped.to_ranges()
             ),
         );
@@ -548,14 +548,14 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
         );
     }
     let listed: BTreeSet<usize> = indices.iter().copied().collect();
-    let failed: BTreeSet<usize> = r.failed.iter().collect();
+    let failed: BTreeSet<usize> = r.failed().iter().collect();
     if listed != failed {
         bad(
             Invariant::Report,
             format!(
                 "failures list {:?} but the failed set is {:?}",
                 listed,
-                r.failed.to_ranges()
+                r.failed().to_ranges()
             ),
         );
     }
@@ -588,7 +588,10 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
                     && j.slot(i) == Some(Some(f.host))
                     && j.gpus_at_submit.get(&f.host) == Some(&0)
             }
-            FailureReason::Deserialize(_) => false,
+            FailureReason::Deserialize(_)
+            | FailureReason::CannotRun(_)
+            | FailureReason::RdmaTooLarge { .. }
+            | FailureReason::InitiatorGone => false,
         };
         let on_its_host = match j.slot(i) {
             Some(Some(slot)) => slot == f.host,
@@ -608,7 +611,7 @@ fn check_report(j: &JobCheck, r: &JobReport) -> Vec<(Invariant, String)> {
     // Done: a panicking fragment never is; a remote one has every chunk delivered; the
     // per-host counts add up.
     let mut per_host: BTreeMap<HostId, usize> = BTreeMap::new();
-    for i in r.done.iter().filter(|i| *i < j.count) {
+    for i in r.done().iter().filter(|i| *i < j.count) {
         if b.panics(i).is_some() {
             bad(
                 Invariant::Report,

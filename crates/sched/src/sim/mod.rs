@@ -1224,7 +1224,7 @@ impl Sim {
         let result = if behavior.is_some_and(|b| b.knows_class(h)) {
             Ok(())
         } else {
-            let class = ClassId(u128::from(behavior.map_or(0, |b| b.key)));
+            let class = ClassId::from_name(&behavior.map_or(0, |b| b.key).to_string());
             Err(FailureReason::UnknownClass(class))
         };
         host.proto.replica_loaded(job, result);
@@ -1425,10 +1425,10 @@ impl Sim {
                 self.note(|| {
                     format!(
                         "  {h}: finished {job}: done {:?} skipped {:?} failed {:?} cancelled {:?}",
-                        report.done.to_ranges(),
-                        report.skipped.to_ranges(),
-                        report.failed.to_ranges(),
-                        report.cancelled.to_ranges()
+                        report.done().to_ranges(),
+                        report.skipped().to_ranges(),
+                        report.failed().to_ranges(),
+                        report.cancelled().to_ranges()
                     )
                 });
                 if let Some(x) = self.hosts.get_mut(&h) {
@@ -1524,12 +1524,13 @@ impl Sim {
                 s.applied = true;
                 return;
             }
-            Some(Sabotage::CorruptReport) if !s.applied && !report.done.is_empty() => {
+            Some(Sabotage::CorruptReport) if !s.applied && !report.done().is_empty() => {
                 s.applied = true;
-                let first = report.done.iter().next();
+                let sets = fragmenta_job::report_plumbing::sets_mut(report);
+                let first = sets.done.iter().next();
                 if let Some(i) = first {
-                    report.done.remove_range(i..i + 1);
-                    report.skipped.insert(i);
+                    sets.done.remove_range(i..i + 1);
+                    sets.skipped.insert(i);
                 }
             }
             _ => {}
