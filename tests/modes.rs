@@ -11,9 +11,10 @@
 //! The scenarios: `sub_clusters` (ONCE_PER_HOST's reach, USER_DEFINED across sub-clusters, the
 //! invalid arguments), `gpus` (GPU placement, CPU and GPU loads, thread limits), `concurrent`
 //! (three initiators × 20 jobs), `priority`, `cluster_chunks` (CLUSTER order, replicas per
-//! host, streamed chunks), `panic` and `cancel`. `sub_clusters` has no embedded run: what it
-//! checks is how jobs reach other hosts and sub-clusters (the one-host meaning of each mode is
-//! `tests/single_host.rs`'s).
+//! host, streamed chunks), `chunk_sizes` (remote chunks of every size, reassembled), `panic`
+//! and `cancel`. Two have no embedded run: `sub_clusters` checks how jobs reach other hosts and
+//! sub-clusters, and `chunk_sizes` what streams from other hosts (the one-host meaning of each
+//! mode is `tests/single_host.rs`'s).
 //!
 //! Every fragment records, on the host that runs it, its index, the GPUs its `ExecutionContext`
 //! names and the order it started in; every host measures its peak concurrency per job, its
@@ -35,7 +36,7 @@ mod scenarios;
 
 use common::harness::Outcome;
 use fragmenta::*;
-use jobs::{reset_gauges, with_gauges, Probe, Report, Sum};
+use jobs::{reset_gauges, with_gauges, Probe, Report, Sizes, Sum};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,6 +91,13 @@ const SCENARIOS: &[Scenario] = &[
         embedded: Some(&[(0, 2, 0)]),
         primary: scenarios::cluster_chunks,
     },
+    // Chunks of every size from hosts 1-3 (no embedded run: nothing streams on one host).
+    Scenario {
+        name: "chunk_sizes",
+        layout: &[(0, 2, 0), (0, 2, 0), (0, 2, 0), (0, 2, 0)],
+        embedded: None,
+        primary: scenarios::chunk_sizes,
+    },
     Scenario {
         name: "panic",
         layout: &[(0, 2, 0), (0, 2, 0), (0, 2, 0)],
@@ -117,6 +125,7 @@ fn builder() -> ClusterBuilder {
         .register::<Probe>()
         .register::<Report>()
         .register::<Sum>()
+        .register::<Sizes>()
 }
 
 /// The part of a non-primary host that initiates jobs of its own, if it has one: its verdict.

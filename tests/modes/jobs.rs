@@ -507,3 +507,62 @@ impl FragmentedJob for Sum {
         self.priority
     }
 }
+
+/// The bytes of chunk `seq` (`len` bytes) of fragment `index`: a pattern that shows a byte out
+/// of place.
+pub(crate) fn chunk_bytes(index: usize, seq: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 7 + index * 31 + seq * 13) % 251) as u8)
+        .collect()
+}
+
+/// USER_DEFINED on `hosts` (round robin): remote fragments return chunks of `sizes`, in order;
+/// the initiator records (fragment, seq, length, intact) of each chunk it receives.
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct Sizes {
+    pub(crate) sizes: Vec<usize>,
+    pub(crate) hosts: Vec<u32>,
+    #[serde(skip)]
+    pub(crate) got: Mutex<Vec<(usize, u32, usize, bool)>>,
+}
+
+impl FragmentedJob for Sizes {
+    const CLASS_ID: ClassId = ClassId::from_name("test.modes.sizes");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        index: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        for (seq, &len) in self.sizes.iter().enumerate() {
+            out.write_chunk(chunk_bytes(index, seq, len))?;
+        }
+        Ok(())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        let seq = r.seq() as usize;
+        // After the written chunks comes the fragment's final, empty one.
+        let want = self
+            .sizes
+            .get(seq)
+            .map_or_else(Vec::new, |&len| chunk_bytes(index, seq, len));
+        let intact = r.bytes() == want.as_slice();
+        self.got
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((index, r.seq(), r.len(), intact));
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        for (i, s) in slots.iter_mut().enumerate() {
+            if let Some(h) = self.hosts.get(i % self.hosts.len().max(1)) {
+                *s = HostId(*h);
+            }
+        }
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+}

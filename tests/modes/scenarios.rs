@@ -465,6 +465,11 @@ pub(crate) fn concurrent(cluster: &Cluster, layout: Layout) -> Result<(), String
 /// initiator none.
 pub(crate) fn cluster_chunks(cluster: &Cluster, layout: Layout) -> Result<(), String> {
     let me = cluster.host_id().0;
+    check(cluster.is_primary(), || "host 0 is the primary".into())?;
+    let hosts: Vec<u32> = cluster.hosts().iter().map(|h| h.0).collect();
+    check(hosts == all_hosts(layout), || {
+        format!("hosts up: {hosts:?}")
+    })?;
     let job = Arc::new(Probe {
         flushes: 2,
         sleep_ms: 0,
@@ -614,4 +619,32 @@ pub(crate) fn cancel(cluster: &Cluster, layout: Layout) -> Result<(), String> {
         )
     })?;
     Ok(())
+}
+
+/// Chunk sizes of every [`Sizes`] fragment: batched small chunks, chunks sent whole in one
+/// frame, and one above the largest frame part (sent in several parts).
+pub(crate) const CHUNK_SIZES: [usize; 6] = [10, 70_000, 3, 1 << 20, (16 << 20) + 5, 64 << 10];
+
+/// USER_DEFINED fragments on the other hosts return chunks of [`CHUNK_SIZES`]: they arrive in
+/// (fragment, chunk) order, each chunk whole, then each fragment's final empty chunk.
+pub(crate) fn chunk_sizes(cluster: &Cluster, layout: Layout) -> Result<(), String> {
+    let remote: Vec<u32> = all_hosts(layout).into_iter().skip(1).collect();
+    let job = Arc::new(Sizes {
+        sizes: CHUNK_SIZES.to_vec(),
+        hosts: remote,
+        ..Sizes::default()
+    });
+    let report = cluster.execute(&job, 4).map_err(err_string)?;
+    check(report.is_complete(), || format!("sizes: {report:?}"))?;
+    let got = job.got.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut expected = Vec::new();
+    for index in 0..4 {
+        for (seq, &len) in CHUNK_SIZES.iter().enumerate() {
+            expected.push((index, seq as u32, len, true));
+        }
+        expected.push((index, CHUNK_SIZES.len() as u32, 0, true));
+    }
+    check(got == expected, || {
+        format!("chunks (fragment, seq, length, intact): {got:?}, expected {expected:?}")
+    })
 }
