@@ -216,25 +216,11 @@ fn run_in_process(s: &Scenario) -> Result<Outcome, String> {
 
 /// Writes certificates and a config for `layout` on free loopback ports into `dir`.
 fn write_config(dir: &Path, layout: Layout) -> PathBuf {
-    let ids: Vec<HostId> = (0..layout.len() as u32).map(HostId).collect();
-    fragmenta_net::certs::generate(&dir.join("certs"), "modes", &ids).expect("certificates");
-    let sockets: Vec<std::net::UdpSocket> = layout
+    let lines: Vec<String> = layout
         .iter()
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
+        .map(|(sub, cores, gpus)| format!("sub_cluster = {sub}\ncores = {cores}\ngpus = {gpus}"))
         .collect();
-    let mut toml = String::from("[cluster]\nname = \"modes\"\nca_cert = \"certs/ca.pem\"\n");
-    for (i, ((sub, cores, gpus), socket)) in layout.iter().zip(&sockets).enumerate() {
-        let port = socket.local_addr().expect("port").port();
-        toml.push_str(&format!(
-            "[[host]]\nid = {i}\naddress = \"127.0.0.1:{port}\"\nsub_cluster = {sub}\n\
-             cores = {cores}\ngpus = {gpus}\ncert = \"certs/host-{i}.pem\"\n\
-             key = \"certs/host-{i}.key\"\n"
-        ));
-    }
-    drop(sockets);
-    let path = dir.join("cluster.toml");
-    std::fs::write(&path, toml).expect("write the config");
-    path
+    fragmenta_testkit::loopback::write(dir, "modes", "", &lines)
 }
 
 /// Runs the scenario on a cluster of `layout`; returns the exit status and the output. A
