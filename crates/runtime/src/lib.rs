@@ -11,6 +11,14 @@
 //! simulation runs), the job contract (`fragmenta-job`), encodings and transports
 //! (`fragmenta-wire`, `fragmenta-net`).
 //!
+//! # Transports and in-process clusters
+//!
+//! A host's links run over the transport its [`ClusterBuilder::transport`] names: QUIC with
+//! mutual TLS by default, or the in-process [`MemTransport`] on a [`MemNetwork`], with which
+//! [`ClusterBuilder::in_process`] (and [`testing::in_process`]) runs every host of a
+//! configuration inside one process. Only the bind differs: the node, its links, the protocol
+//! and the result streams are the same code whatever the transport.
+//!
 //! With no configuration, [`Cluster::embedded`] is a one-host cluster inside the process: no
 //! network, no certificates, and every scheduling mode has its one-host meaning (LOCAL and
 //! CLUSTER run everything here; ONCE_PER_HOST has no remote host, so a count of 0 runs nothing
