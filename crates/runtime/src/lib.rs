@@ -223,7 +223,7 @@ impl ClusterBuilder {
     ///
     /// Dropping the returned clusters shuts them down; drop the primary first (or use
     /// [`shutdown_all`](crate::testing::shutdown_all)) so the others hear of a shutdown rather
-    /// than a lost primary. [`testing::in_process`](crate::testing::in_process) does this for
+    /// than a lost primary. [`testing::in_process`] does this for
     /// `n` hosts with a ready-made configuration.
     pub fn in_process(self, config: &ClusterConfig) -> Result<Vec<Cluster>, JoinError> {
         let mut builder = self;
