@@ -215,15 +215,17 @@ impl ClusterBuilder {
 
     /// Every host of `config` in this process, each a full runtime (node, worker pool, links,
     /// protocol) joined to the others over one new [`MemNetwork`] at the configuration's
-    /// addresses, with this builder's settings and registrations; in the configuration's host
-    /// order, so the first is the primary. A transport set with
+    /// addresses, with this builder's registrations and settings (cores set here replace every
+    /// host's configured cores; GPUs set here must match each host's, see
+    /// [`ClusterBuilder::gpus`]); in the configuration's host order, so the first is the
+    /// primary. A transport set with
     /// [`ClusterBuilder::transport`] is replaced by the in-process one; the configuration's
     /// certificate files are not read, and each host serves its Fast I/O context on a socket
     /// of its own (a [`ClusterBuilder::fastio_socket`] set here is not used).
     ///
-    /// Dropping the returned clusters shuts them down; drop the primary first (or use
-    /// [`shutdown_all`](crate::testing::shutdown_all)) so the others hear of a shutdown rather
-    /// than a lost primary. [`testing::in_process`] does this for
+    /// Dropping the returned clusters shuts them down; drop the primary first (dropping the
+    /// vector does, and so does [`shutdown_all`](crate::testing::shutdown_all)) so the others
+    /// hear of a shutdown rather than a lost primary. [`testing::in_process`] does all this for
     /// `n` hosts with a ready-made configuration.
     pub fn in_process(self, config: &ClusterConfig) -> Result<Vec<Cluster>, JoinError> {
         let mut builder = self;
