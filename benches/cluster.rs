@@ -24,11 +24,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-#[path = "support/counting.rs"]
-mod counting;
-
 #[global_allocator]
-static ALLOC: counting::Counting = counting::Counting;
+static ALLOC: fragmenta_testkit::alloc::ProcessCounting = fragmenta_testkit::alloc::ProcessCounting;
 
 #[path = "support/tiny.rs"]
 mod tiny;
@@ -374,11 +371,11 @@ fn main() {
         bytes_per_fragment: 64 * MIB,
         ..Stream::default()
     });
-    let base = counting::start();
+    let base = fragmenta_testkit::alloc::process_start();
     let t = Instant::now();
     let report = primary.execute(&job, 8).expect("runs");
     let secs = t.elapsed().as_secs_f64();
-    let peak = counting::peak_since(base);
+    let peak = fragmenta_testkit::alloc::process_peak_since(base);
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(job.received.load(Ordering::Relaxed), total);
     let ours = total as f64 / secs / 1e6;

@@ -11,11 +11,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "support/counting.rs"]
-mod counting;
-
 #[global_allocator]
-static ALLOC: counting::Counting = counting::Counting;
+static ALLOC: fragmenta_testkit::alloc::ProcessCounting = fragmenta_testkit::alloc::ProcessCounting;
 
 #[derive(Serialize, Deserialize)]
 struct Noop;
@@ -93,10 +90,10 @@ fn main() {
         );
     }
     for count in [1_000_000usize, 10_000_000] {
-        let base = counting::start();
+        let base = fragmenta_testkit::alloc::process_start();
         let r = cluster.execute(&job, count).expect("runs");
         assert!(r.is_complete());
-        let peak = counting::peak_since(base);
+        let peak = fragmenta_testkit::alloc::process_peak_since(base);
         println!("peak heap growth while running {count:>10} fragments: {peak:>8} bytes");
     }
 }

@@ -40,6 +40,50 @@ pub use fragmenta_runtime::{
     ServeError,
 };
 
+/// Transports a cluster's hosts can link over ([`ClusterBuilder::transport`]): the default is
+/// QUIC with mutual TLS from the configuration's files; [`MemTransport`] on a [`MemNetwork`]
+/// runs the hosts of one cluster inside one process.
+pub use fragmenta_runtime::{MemNetwork, MemTransport, Transport};
+
+/// Clusters of several hosts in one process, for tests, examples and notebooks: every host a
+/// full runtime, linked over an in-process network.
+///
+/// ```
+/// use fragmenta::{ClassId, ExecutionContext, FragmentedJob, ResultReader, ResultWriter};
+/// use fragmenta::{SchedulingMode, Transaction};
+/// use serde::{Deserialize, Serialize};
+/// use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+///
+/// /// Sums the ids of the hosts its fragments ran on.
+/// #[derive(Serialize, Deserialize, Default)]
+/// struct HostSum { #[serde(skip)] sum: AtomicU64 }
+///
+/// #[fragmenta::job]
+/// impl FragmentedJob for HostSum {
+///     fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, ctx: &ExecutionContext) {
+///         self.sum.fetch_add(u64::from(ctx.host().0), Ordering::Relaxed);
+///     }
+///     fn execute_fragment_remote(&self, out: &mut ResultWriter<'_>, _: &Transaction,
+///         _: usize, _: usize, ctx: &ExecutionContext) -> std::io::Result<()> {
+///         out.write_all(&u64::from(ctx.host().0).to_le_bytes())
+///     }
+///     fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, _: usize, _: usize) {
+///         let host = u64::from_le_bytes(r.bytes().try_into().unwrap());
+///         self.sum.fetch_add(host, Ordering::Relaxed);
+///     }
+///     fn scheduling_mode(&self) -> SchedulingMode { SchedulingMode::OncePerHost }
+/// }
+///
+/// let hosts = fragmenta::testing::in_process(3).unwrap();
+/// let job = Arc::new(HostSum::default());
+/// // Count 0: one fragment on each other host, 1 and 2, results streamed back to host 0.
+/// let report = hosts[0].execute(&job, 0).unwrap();
+/// assert_eq!(report.count, 2);
+/// assert_eq!(job.sum.load(Ordering::Relaxed), 1 + 2);
+/// fragmenta::testing::shutdown_all(hosts);
+/// ```
+pub use fragmenta_runtime::testing;
+
 /// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,
 /// Rust operators, and the thread, process and cluster runners.
 pub use fragmenta_pipeline as pipeline;

@@ -12,18 +12,13 @@ use std::sync::{Arc, Mutex};
 /// Writes certificates and a config for one host per entry of `extra` (ids 0..n), each host
 /// with its own extra lines (`gpus = 2`…).
 fn config_with(dir: &Path, extra: &[&str]) -> ClusterConfig {
-    let ids: Vec<HostId> = (0..extra.len() as u32).map(HostId).collect();
-    fragmenta_net::certs::generate(&dir.join("certs"), "test", &ids).expect("certs");
-    let ports = common::free_ports(extra.len());
-    let mut toml = String::from(
-        "[cluster]\nname = \"test\"\nca_cert = \"certs/ca.pem\"\nheartbeat_interval_ms = 200\nfailure_timeout_ms = 2000\nmin_hosts_timeout_ms = 20000\n",
-    );
-    for (i, (port, extra)) in ports.iter().zip(extra).enumerate() {
-        toml.push_str(&format!(
-            "[[host]]\nid = {i}\naddress = \"127.0.0.1:{port}\"\ncores = 2\ncert = \"certs/host-{i}.pem\"\nkey = \"certs/host-{i}.key\"\n{extra}\n"
-        ));
-    }
-    ClusterConfig::from_toml_str(&toml, dir).expect("config")
+    let lines: Vec<String> = extra.iter().map(|e| format!("cores = 2\n{e}")).collect();
+    fragmenta_testkit::loopback::config(
+        dir,
+        "test",
+        fragmenta_testkit::loopback::FAST_LIVENESS,
+        &lines,
+    )
 }
 
 /// Joins every host of `config`, each on its own thread (joining waits for the others);

@@ -10,23 +10,12 @@ use std::time::{Duration, Instant};
 /// Certificates and a config for hosts 0..n on free loopback ports, waiting at most
 /// `min_hosts_timeout_ms` for the others.
 fn config(dir: &Path, n: usize, min_hosts_timeout_ms: u64) -> ClusterConfig {
-    let ids: Vec<HostId> = (0..n as u32).map(HostId).collect();
-    fragmenta_net::certs::generate(&dir.join("certs"), "test", &ids).expect("certs");
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let mut toml = format!(
-        "[cluster]\nname = \"test\"\nca_cert = \"certs/ca.pem\"\nheartbeat_interval_ms = 200\n\
-         failure_timeout_ms = 2000\nmin_hosts_timeout_ms = {min_hosts_timeout_ms}\n"
+    let cluster = format!(
+        "heartbeat_interval_ms = 200\nfailure_timeout_ms = 2000\n\
+         min_hosts_timeout_ms = {min_hosts_timeout_ms}\n"
     );
-    for (i, s) in sockets.iter().enumerate() {
-        let port = s.local_addr().expect("addr").port();
-        toml.push_str(&format!(
-            "[[host]]\nid = {i}\naddress = \"127.0.0.1:{port}\"\ncores = 2\n\
-             cert = \"certs/host-{i}.pem\"\nkey = \"certs/host-{i}.key\"\n"
-        ));
-    }
-    ClusterConfig::from_toml_str(&toml, dir).expect("config")
+    let lines = fragmenta_testkit::loopback::hosts(n, "cores = 2");
+    fragmenta_testkit::loopback::config(dir, "test", &cluster, &lines)
 }
 
 fn join(config: &ClusterConfig, host: u32) -> std::thread::JoinHandle<Result<Cluster, JoinError>> {

@@ -14,41 +14,14 @@ use fragmenta_wire::messages::{Control, Request, ResultItem, Results, StreamHead
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde::{Deserialize, Serialize};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Records the largest single allocation in the process (all four hosts live in it).
-struct LargestAlloc;
-
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for LargestAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: LargestAlloc = LargestAlloc;
+static ALLOC: fragmenta_testkit::alloc::ProcessCounting = fragmenta_testkit::alloc::ProcessCounting;
 
 /// Every fragment's result is its index squared; remote ones travel as one chunk.
 #[derive(Serialize, Deserialize, Default)]
@@ -423,7 +396,7 @@ fn a_live_host_survives_bad_frames_and_keeps_serving() {
         Attack::Uni(control_then(prefix(2, u64::MAX))),
         Attack::Bi(prefix(u32::MAX, u64::MAX)),
     ];
-    LARGEST.store(0, Ordering::SeqCst);
+    fragmenta_testkit::alloc::process_reset_largest();
     for attack in &gigabytes {
         assert!(
             rogue.send(attack, Duration::from_secs(5)),
@@ -431,7 +404,7 @@ fn a_live_host_survives_bad_frames_and_keeps_serving() {
         );
         rogue_gone(&honest);
     }
-    let largest = LARGEST.load(Ordering::SeqCst);
+    let largest = fragmenta_testkit::alloc::process_largest();
     assert!(
         largest < 16 << 20,
         "claims of gigabytes made an allocation of {largest} bytes"

@@ -3,34 +3,18 @@
 
 pub(crate) mod harness;
 
-use fragmenta::{ClusterConfig, HostId};
+use fragmenta::ClusterConfig;
+use fragmenta_testkit::loopback;
 use std::path::Path;
 
-/// Free UDP ports on 127.0.0.1.
-pub(crate) fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("addr").port())
-        .collect()
-}
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub(crate) use fragmenta_testkit::loopback::free_ports;
 
-/// Writes certificates and a config for `n` hosts (ids 0..n) into `dir`.
+/// Writes certificates and a config for `n` hosts (ids 0..n, 2 cores each, `extra_host` lines
+/// added) into `dir`, with the fast liveness settings of tests.
 pub(crate) fn loopback_config(dir: &Path, n: usize, extra_host: &str) -> ClusterConfig {
-    let ids: Vec<HostId> = (0..n as u32).map(HostId).collect();
-    fragmenta_net::certs::generate(&dir.join("certs"), "test", &ids).expect("certs");
-    let ports = free_ports(n);
-    let mut toml = String::from(
-        "[cluster]\nname = \"test\"\nca_cert = \"certs/ca.pem\"\nheartbeat_interval_ms = 200\nfailure_timeout_ms = 2000\nmin_hosts_timeout_ms = 20000\n",
-    );
-    for (i, port) in ports.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[host]]\nid = {i}\naddress = \"127.0.0.1:{port}\"\ncores = 2\ncert = \"certs/host-{i}.pem\"\nkey = \"certs/host-{i}.key\"\n{extra_host}\n"
-        ));
-    }
-    ClusterConfig::from_toml_str(&toml, dir).expect("config")
+    let lines = loopback::hosts(n, &format!("cores = 2\n{extra_host}"));
+    loopback::config(dir, "test", loopback::FAST_LIVENESS, &lines)
 }
 
 /// Runs this test binary as `n` host processes through `fragmenta launch -n N`, with the

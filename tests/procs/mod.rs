@@ -636,33 +636,16 @@ pub(crate) fn write_config(
     addrs: &[String],
     settings: &str,
 ) -> Result<PathBuf, String> {
-    let ids: Vec<HostId> = (0..addrs.len() as u32).map(HostId).collect();
-    fragmenta_net::certs::generate(&dir.join("certs"), "failures", &ids)
-        .map_err(|e| format!("certificates: {e}"))?;
-    let mut toml =
-        format!("[cluster]\nname = \"failures\"\nca_cert = \"certs/ca.pem\"\n{settings}\n");
-    for (i, addr) in addrs.iter().enumerate() {
-        toml.push_str(&format!(
-            "[[host]]\nid = {i}\naddress = \"{addr}\"\ncores = 2\ncert = \"certs/host-{i}.pem\"\nkey = \"certs/host-{i}.key\"\n"
-        ));
-    }
+    let lines = fragmenta_testkit::loopback::hosts(addrs.len(), "cores = 2");
+    let toml = fragmenta_testkit::loopback::toml_at(dir, "failures", settings, addrs, &lines);
     let path = dir.join("cluster.toml");
     std::fs::write(&path, toml).map_err(|e| format!("write config: {e}"))?;
     ClusterConfig::load(&path).map_err(|e| format!("config: {e}"))?;
     Ok(path)
 }
 
-/// `n` free loopback addresses.
-pub(crate) fn loopback_addrs(n: usize) -> Vec<String> {
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .filter_map(|_| std::net::UdpSocket::bind("127.0.0.1:0").ok())
-        .collect();
-    sockets
-        .iter()
-        .filter_map(|s| s.local_addr().ok())
-        .map(|a| a.to_string())
-        .collect()
-}
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub(crate) use fragmenta_testkit::loopback::loopback_addrs;
 
 /// One line a host printed.
 #[derive(Clone, Debug)]

@@ -18,22 +18,13 @@ use fragmenta_pipeline::{
 use fragmenta_runtime::{Cluster, ClusterConfig};
 
 fn loopback_config(dir: &std::path::Path, n: usize) -> ClusterConfig {
-    let ids: Vec<HostId> = (0..n as u32).map(HostId).collect();
-    fragmenta_net::certs::generate(&dir.join("certs"), "test", &ids).unwrap();
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let mut toml = String::from(
-        "[cluster]\nname = \"pipeline\"\nca_cert = \"certs/ca.pem\"\nheartbeat_interval_ms = 200\nfailure_timeout_ms = 2000\nmin_hosts_timeout_ms = 20000\n",
-    );
-    for (i, s) in sockets.iter().enumerate() {
-        let port = s.local_addr().unwrap().port();
-        toml.push_str(&format!(
-            "[[host]]\nid = {i}\naddress = \"127.0.0.1:{port}\"\ncores = 2\ncert = \"certs/host-{i}.pem\"\nkey = \"certs/host-{i}.key\"\nfastio_capacity_mib = 256\n"
-        ));
-    }
-    drop(sockets);
-    ClusterConfig::from_toml_str(&toml, dir).unwrap()
+    let lines = fragmenta_testkit::loopback::hosts(n, "cores = 2\nfastio_capacity_mib = 256");
+    fragmenta_testkit::loopback::config(
+        dir,
+        "pipeline",
+        fragmenta_testkit::loopback::FAST_LIVENESS,
+        &lines,
+    )
 }
 
 type Hosts = Arc<Mutex<BTreeMap<String, u32>>>;

@@ -11,6 +11,14 @@
 //! simulation runs), the job contract (`fragmenta-job`), encodings and transports
 //! (`fragmenta-wire`, `fragmenta-net`).
 //!
+//! # Transports and in-process clusters
+//!
+//! A host's links run over the transport its [`ClusterBuilder::transport`] names: QUIC with
+//! mutual TLS by default, or the in-process [`MemTransport`] on a [`MemNetwork`], with which
+//! [`ClusterBuilder::in_process`] (and [`testing::in_process`]) runs every host of a
+//! configuration inside one process. Only the bind differs: the node, its links, the protocol
+//! and the result streams are the same code whatever the transport.
+//!
 //! With no configuration, [`Cluster::embedded`] is a one-host cluster inside the process: no
 //! network, no certificates, and every scheduling mode has its one-host meaning (LOCAL and
 //! CLUSTER run everything here; ONCE_PER_HOST has no remote host, so a count of 0 runs nothing
@@ -39,8 +47,10 @@ mod node;
 mod registry;
 mod rendezvous;
 mod spmd;
+pub mod testing;
 
 pub use fragmenta_config::ClusterConfig;
+pub use fragmenta_net::{MemNetwork, MemTransport, Transport};
 pub use membership::{HostEvent, HostEventKind, HostEvents};
 pub use net::{JoinError, ServeError};
 pub use node::{default_fastio_capacity, default_fastio_socket, JobHandle, NodeConfig};
@@ -72,7 +82,10 @@ impl std::fmt::Debug for Cluster {
 }
 
 /// Builds a [`Cluster`].
-#[derive(Default)]
+///
+/// Cloning a builder clones its settings and registrations (and shares its transport): one
+/// builder can make every host of an [in-process cluster](ClusterBuilder::in_process).
+#[derive(Clone, Default)]
 pub struct ClusterBuilder {
     cores: Option<f32>,
     gpus: Option<u32>,
@@ -81,6 +94,9 @@ pub struct ClusterBuilder {
     fastio_socket: Option<std::path::PathBuf>,
     registry: Registry,
     register_error: Option<RegisterError>,
+    /// How [`ClusterBuilder::join_config`] binds this host's endpoint; `None`: QUIC with the
+    /// configuration's TLS files.
+    transport: Option<Arc<dyn Transport>>,
 }
 
 impl ClusterBuilder {
@@ -117,6 +133,20 @@ impl ClusterBuilder {
     /// the configuration's `fastio_socket`, else [`default_fastio_socket`]).
     pub fn fastio_socket(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.fastio_socket = Some(path.into());
+        self
+    }
+
+    /// The transport [`ClusterBuilder::join_config`] binds this host's endpoint on, instead of
+    /// the default, QUIC over UDP with mutual TLS from the configuration's certificate files.
+    /// With [`MemTransport`] the hosts of a cluster run in one process, joined to one
+    /// [`MemNetwork`] at the configuration's addresses (its certificate files are not read):
+    /// the same node, links, protocol and result streams as over QUIC, only the bytes move
+    /// through memory. [`ClusterBuilder::in_process`] builds all the hosts of such a cluster.
+    ///
+    /// A cluster a launcher forms without a configuration (see
+    /// [`ClusterBuilder::join`]) always uses QUIC: its rendezvous is a QUIC exchange.
+    pub fn transport(mut self, transport: impl Transport + 'static) -> Self {
+        self.transport = Some(Arc::new(transport));
         self
     }
 
@@ -175,11 +205,67 @@ impl ClusterBuilder {
         }
     }
 
-    /// Joins the cluster of `config` as `host`: binds its QUIC endpoint, connects to the other
-    /// hosts with mutual TLS and waits until the configuration's minimum number of hosts is up
-    /// (an error naming the missing hosts after the configured wait).
+    /// Joins the cluster of `config` as `host`: binds its endpoint (QUIC with mutual TLS unless
+    /// [`ClusterBuilder::transport`] chose another), connects to the other hosts and waits
+    /// until the configuration's minimum number of hosts is up (an error naming the missing
+    /// hosts after the configured wait).
     pub fn join_config(self, config: ClusterConfig, host: HostId) -> Result<Cluster, JoinError> {
         self.join_node(config, host, None)
+    }
+
+    /// Every host of `config` in this process, each a full runtime (node, worker pool, links,
+    /// protocol) joined to the others over one new [`MemNetwork`] at the configuration's
+    /// addresses, with this builder's registrations and settings (cores set here replace every
+    /// host's configured cores; GPUs set here must match each host's, see
+    /// [`ClusterBuilder::gpus`]); in the configuration's host order, so the first is the
+    /// primary. A transport set with
+    /// [`ClusterBuilder::transport`] is replaced by the in-process one; the configuration's
+    /// certificate files are not read, and each host serves its Fast I/O context on a socket
+    /// of its own (a [`ClusterBuilder::fastio_socket`] set here is not used).
+    ///
+    /// Dropping the returned clusters shuts them down; drop the primary first (dropping the
+    /// vector does, and so does [`shutdown_all`](crate::testing::shutdown_all)) so the others
+    /// hear of a shutdown rather than a lost primary. [`testing::in_process`] does all this for
+    /// `n` hosts with a ready-made configuration.
+    pub fn in_process(self, config: &ClusterConfig) -> Result<Vec<Cluster>, JoinError> {
+        let mut builder = self;
+        builder.transport = Some(Arc::new(MemTransport::new(MemNetwork::new())));
+        builder.fastio_socket = None;
+        // Every host waits for the others while it joins: join them all at once.
+        let joined: Vec<Result<Cluster, JoinError>> = std::thread::scope(|s| {
+            let joins: Vec<_> = config
+                .host_ids()
+                .map(|host| {
+                    let b = builder.clone();
+                    let config = config.clone();
+                    s.spawn(move || b.join_config(config, host))
+                })
+                .collect();
+            joins
+                .into_iter()
+                .map(|j| {
+                    // A host that panicked while joining passes its panic on to the caller.
+                    j.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                })
+                .collect()
+        });
+        let mut clusters = Vec::with_capacity(joined.len());
+        let mut first_error = None;
+        for r in joined {
+            match r {
+                Ok(c) => clusters.push(c),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(clusters),
+            Some(e) => {
+                testing::shutdown_all(clusters);
+                Err(e)
+            }
+        }
     }
 
     /// [`ClusterBuilder::join_config`], on an endpoint already bound by a rendezvous if `bound`.
@@ -229,7 +315,7 @@ impl ClusterBuilder {
         }
         let started = match bound {
             Some(bound) => net::Net::start_bound(&node, config, host, bound),
-            None => net::Net::start(&node, config, host),
+            None => net::Net::start(&node, config, host, self.transport.as_deref()),
         };
         match started {
             Ok(net) => Ok(Cluster {

@@ -28,7 +28,7 @@ use crate::node::Node;
 use fragmenta_config::ClusterConfig;
 use fragmenta_job::{HostId, JobId};
 use fragmenta_net::rdma::RdmaPath;
-use fragmenta_net::{Connection, Endpoint, NetConfig, TlsFiles};
+use fragmenta_net::{Connection, Endpoint, NetConfig, TlsFiles, Transport};
 use fragmenta_sched::protocol::Limits;
 use fragmenta_sched::HostInfo;
 use fragmenta_wire::handshake::Hello;
@@ -175,30 +175,36 @@ fn to_wire(r: &[Range<usize>]) -> Vec<WireRange> {
 }
 
 impl Net {
-    /// Binds this host's endpoint, connects to the configured hosts and waits for the minimum
-    /// cluster size.
+    /// Binds this host's endpoint on `transport` (QUIC with the configuration's TLS files when
+    /// `None`), connects to the configured hosts and waits for the minimum cluster size.
+    /// Everything after the bind is the same whatever the transport.
     pub(crate) fn start(
         node: &Arc<Node>,
         config: ClusterConfig,
         host: HostId,
+        transport: Option<&dyn Transport>,
     ) -> Result<Arc<Net>, JoinError> {
         let runtime = runtime(host)?;
         let me = config
             .host(host)
             .ok_or(fragmenta_config::ConfigError::NoHostId)?;
         let addr = me.socket_addr()?;
-        let tls = TlsFiles {
-            ca: config.ca_cert().to_path_buf(),
-            cert: me.cert().to_path_buf(),
-            key: me.key().to_path_buf(),
-        };
         let endpoint = {
             let _guard = runtime.enter();
-            Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default()).map_err(|e| {
-                JoinError::Bind {
-                    addr,
-                    reason: bind_reason(e),
+            match transport {
+                Some(t) => t.bind(host, addr),
+                None => {
+                    let tls = TlsFiles {
+                        ca: config.ca_cert().to_path_buf(),
+                        cert: me.cert().to_path_buf(),
+                        key: me.key().to_path_buf(),
+                    };
+                    Endpoint::bind_quic_as(host, addr, &tls, &NetConfig::default())
                 }
+            }
+            .map_err(|e| JoinError::Bind {
+                addr,
+                reason: bind_reason(e),
             })?
         };
         Net::start_bound(node, config, host, Bound { runtime, endpoint })

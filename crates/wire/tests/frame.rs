@@ -1,8 +1,6 @@
 //! Framing over in-memory streams: roundtrips, limits checked before allocation, truncation, and
 //! random or mutated input never panicking.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::future::Future;
 
 use fragmenta_wire::{
@@ -11,40 +9,12 @@ use fragmenta_wire::{
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Records the largest single allocation made on the current thread, so a test can prove a lying
+/// Records the largest single allocation made on each thread, so a test can prove a lying
 /// length prefix allocated nothing large.
-struct TrackingAlloc;
-
-thread_local! {
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for TrackingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(layout.size())));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = LARGEST.try_with(|l| l.set(l.get().max(new_size)));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOC: TrackingAlloc = TrackingAlloc;
+static ALLOC: fragmenta_testkit::alloc::ThreadCounting = fragmenta_testkit::alloc::ThreadCounting;
 
-/// Runs `f` and returns its result with the largest allocation it made on this thread.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LARGEST.with(|l| l.set(0));
-    let out = f();
-    (out, LARGEST.with(|l| l.get()))
-}
+use fragmenta_testkit::alloc::thread_largest_allocation as largest_allocation;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Msg {
