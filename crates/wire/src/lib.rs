@@ -27,4 +27,5 @@ pub use frame::{
 /// [handshake](handshake::Hello). Hosts with different versions refuse each other.
 ///
 /// 2: `FailureReason` (in `ResultItem::Failed`) gained `NoGpu` and `ReceivePanicked`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: `Control::Reclaim` and `Control::Reclaimed` (work stealing across hosts).
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -17,7 +17,7 @@ use fragmenta_wire::{encode, PROTOCOL_VERSION};
 use serde::Serialize;
 
 /// The protocol version the table below was recorded for.
-const GOLDEN_VERSION: u32 = 2;
+const GOLDEN_VERSION: u32 = 3;
 
 fn hex<M: Serialize>(m: &M) -> String {
     encode(m)
@@ -107,6 +107,20 @@ fn samples() -> Vec<(String, String)> {
         ("Control::Cancel", hex(&Control::Cancel { job: job() })),
         ("Control::Release", hex(&Control::Release { job: job() })),
         ("Control::Shutdown", hex(&Control::Shutdown)),
+        (
+            "Control::Reclaim",
+            hex(&Control::Reclaim {
+                job: job(),
+                fragments: vec![(0, 10), (300, 70_000)],
+            }),
+        ),
+        (
+            "Control::Reclaimed",
+            hex(&Control::Reclaimed {
+                job: job(),
+                fragments: vec![(300, 70_000)],
+            }),
+        ),
         (
             "Results",
             hex(&Results {
@@ -217,7 +231,7 @@ fn samples() -> Vec<(String, String)> {
 
 /// `(message, hex bytes)` for [`GOLDEN_VERSION`].
 const GOLDEN: &[(&str, &str)] = &[
-    ("Hello", "02016302"),
+    ("Hello", "03016302"),
     ("HelloReply::Accept", "0001"),
     ("HandshakeRejection::VersionMismatch", "01000102"),
     ("HandshakeRejection::ClusterMismatch", "0101610162"),
@@ -234,6 +248,11 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Control::Cancel", "0303fb2c01"),
     ("Control::Release", "0403fb2c01"),
     ("Control::Shutdown", "05"),
+    (
+        "Control::Reclaim",
+        "0603fb2c0102000afb2c01fc70110100",
+    ),
+    ("Control::Reclaimed", "0703fb2c0101fb2c01fc70110100"),
     ("Results", "0400010203010101030309fc0000100004010408"),
     ("Request::Fetch", "00016e"),
     ("FetchReply::UnknownName", "01"),

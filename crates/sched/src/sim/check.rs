@@ -368,8 +368,8 @@ impl Checker {
     }
 
     /// `host` started running `fragment`. A fragment runs once: it starts again (on another
-    /// host) only after the initiator declared the first host down. Work stealing must move
-    /// only fragments that did not start.
+    /// host) only after the initiator declared the first host down, or on a host declared down
+    /// that does not know it yet. Work stealing must move only fragments that did not start.
     pub(crate) fn started(&mut self, job: JobId, fragment: usize, host: HostId) {
         let Some(j) = self.jobs.get_mut(&job) else {
             return;
@@ -384,6 +384,9 @@ impl Checker {
             Some(first) if j.downs.contains(&first) => {
                 j.started.insert(fragment, host);
             }
+            // A host the initiator declared down while it was alive (a partition) may still
+            // start what it held: nothing it reports is accepted any more.
+            Some(_) if j.downs.contains(&host) => {}
             Some(first) => self.report(
                 Invariant::ExactlyOnce,
                 Some(job),
