@@ -165,6 +165,9 @@ pub enum Sabotage {
     DropReleases,
     /// The first report is lost, so its job never finishes.
     DropFinished,
+    /// Hosts answer every reclaim with all the fragments asked for, started ones included
+    /// (every time, not once).
+    ReclaimRunning,
 }
 
 /// Settings of a simulation run.
@@ -1387,7 +1390,10 @@ impl Sim {
             }
             Action::ReclaimWork { key, fragments } => {
                 if let Some(x) = self.hosts.get_mut(&h) {
-                    let ranges = x.queue.take_pending(key, &fragments);
+                    let mut ranges = x.queue.take_pending(key, &fragments);
+                    if self.config.sabotage == Some(Sabotage::ReclaimRunning) {
+                        ranges = fragments;
+                    }
                     if x.works.get(&key).is_some_and(|j| j.initiator == h) {
                         self.stats.reclaims += 1;
                         self.stats.reclaimed +=
