@@ -7,10 +7,11 @@
 //! and carries out the [`Action`]s it polls:
 //!
 //! - from peers: [`Protocol::on_message`] (control stream: heartbeat, replica, dispatch, cancel,
-//!   release) and [`Protocol::on_results`] (result stream of one job: chunks, done, failed, not
+//!   release, reclaim and its answer) and [`Protocol::on_results`] (result stream of one job: chunks, done, failed, not
 //!   started); [`Protocol::link_up`] / [`Protocol::link_down`] for connections;
 //! - from the program: [`Protocol::submit`], [`Protocol::cancel`];
 //! - from the worker pool: [`Protocol::replica_loaded`], [`Protocol::work_drained`],
+//!   [`Protocol::work_reclaimed`],
 //!   [`Protocol::local_block_done`] and, for fragments re-run on their initiator with their
 //!   chunks, [`Protocol::local_chunk`] / [`Protocol::local_fragment_finished`];
 //! - from delivery: [`Protocol::delivered`] once a chunk was handed to the job;
@@ -20,8 +21,9 @@
 //!   timeout).
 //!
 //! What it decides:
-//! - on the initiator, through its [`Scheduler`]: where fragments run, reassignment, exactly-once
-//!   and ordered delivery, cancel and release;
+//! - on the initiator, through its [`Scheduler`]: where fragments run, reassignment, work
+//!   stealing across hosts ([`Message::Reclaim`], answered [`Message::Reclaimed`]),
+//!   exactly-once and ordered delivery, cancel and release;
 //! - for replicas of other hosts' jobs: the life cycle `Loading` → `Ready` or `Failed`,
 //!   dispatches that arrive while loading wait for it, cancel drains unstarted fragments (answered
 //!   `NotStarted`), release and the loss of the initiator drop the replica and its work;
@@ -35,7 +37,7 @@
 //!
 //! Admission (which queued fragment starts when) is the [`crate::host::HostQueue`]'s, inside the
 //! worker pool: the protocol tells it what to queue ([`Action::SubmitWork`], [`Action::AddWork`],
-//! [`Action::DrainWork`], [`Action::RemoveWork`]). Running a block, and streaming its chunks
+//! [`Action::DrainWork`], [`Action::ReclaimWork`], [`Action::RemoveWork`]). Running a block, and streaming its chunks
 //! and per-fragment outcomes back to the initiator, is the worker's: it stops at the first
 //! fragment after its replica was cancelled ([`Action::CancelReplica`]) and answers the rest
 //! `NotStarted`.
