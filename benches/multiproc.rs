@@ -11,13 +11,16 @@
 //! 4. peak RSS (`VmHWM`, reset through `/proc/self/clear_refs` just before) of the initiator and
 //!    of the sending process during the 512 MiB transfer;
 //! 5. the makespan of a CLUSTER job where one host runs its fragments 10x slower, against the
-//!    ideal split of the work by each host's speed.
+//!    ideal split of the work by each host's speed, with work stealing across hosts on and off
+//!    (`Cluster::set_work_stealing`), one run after the other.
 //!
 //! Until results between processes of one machine have a path of their own, the same-machine
 //! lines measure the path they take today (QUIC over loopback) and say so.
 //!
 //! `cargo bench --bench multiproc` (about a minute on 2 cores); `cargo bench --bench multiproc
-//! -- --quick` for a smaller run with the same lines.
+//! -- --quick` for a smaller run with the same lines. Name filters run some sections only:
+//! `noop`, `results` (2 and 4), `fetch`, `makespan` (5, with work stealing on and off), as in
+//! `cargo bench --bench multiproc -- --quick makespan`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,6 +34,11 @@ use std::time::{Duration, Instant};
 
 /// Set in the host processes: `full` or `quick`.
 const HOST_VAR: &str = "FRAGMENTA_BENCH_MULTIPROC";
+/// Set in the host processes: the sections to run (the bench's name filters, comma-separated:
+/// `noop`, `results`, `fetch`, `makespan`), empty for all.
+const SECTIONS_VAR: &str = "FRAGMENTA_BENCH_MULTIPROC_SECTIONS";
+/// How a host process is told to turn work stealing off (documented on `Cluster`).
+const WORK_STEALING_VAR: &str = "FRAGMENTA_WORK_STEALING";
 const MIB: usize = 1 << 20;
 /// The host whose fragments run 10x slower in the makespan figure.
 const SLOW_HOST: HostId = HostId(3);
@@ -498,10 +506,20 @@ fn host_main(mode: &str) -> Result<(), String> {
             ""
         }
     );
-    noop_figures(&cluster, &sizes)?;
-    transfer_figures(&cluster, &sizes)?;
-    fetch_figures(&cluster, &sizes)?;
-    uneven_figure(&cluster, &sizes)?;
+    let sections = std::env::var(SECTIONS_VAR).unwrap_or_default();
+    let run = |name: &str| sections.is_empty() || sections.split(',').any(|f| name.contains(f));
+    if run("noop") {
+        noop_figures(&cluster, &sizes)?;
+    }
+    if run("results") {
+        transfer_figures(&cluster, &sizes)?;
+    }
+    if run("fetch") {
+        fetch_figures(&cluster, &sizes)?;
+    }
+    if run("makespan") {
+        uneven_figure(&cluster, &sizes)?;
+    }
     Ok(())
 }
 
@@ -700,10 +718,18 @@ fn uneven_figure(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
     let job = Arc::new(Uneven {
         base_us: sizes.uneven_us,
     });
-    let t = Instant::now();
-    let report = cluster.execute(&job, n).map_err(|e| e.to_string())?;
-    let secs = t.elapsed().as_secs_f64();
-    check(&report)?;
+    // The same job with work stealing on (the default) and off, one after the other.
+    let mut runs = Vec::new();
+    for stealing in [true, false] {
+        cluster.set_work_stealing(stealing);
+        let reclaims = cluster.reclaims();
+        let t = Instant::now();
+        let report = cluster.execute(&job, n).map_err(|e| e.to_string())?;
+        let secs = t.elapsed().as_secs_f64();
+        check(&report)?;
+        runs.push((stealing, secs, cluster.reclaims() - reclaims, report));
+    }
+    cluster.set_work_stealing(true);
     // The ideal split: every host busy until the end, each at its speed with all its cores.
     let capacity: f64 = cluster
         .hosts()
@@ -718,12 +744,24 @@ fn uneven_figure(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
         })
         .sum();
     let ideal = n as f64 * sizes.uneven_us as f64 / 1e6 / capacity;
-    println!(
-        "CLUSTER makespan, {n} fragments of {} ms, {SLOW_HOST} {SLOWDOWN}x slower (today, no work stealing): {secs:.2} s vs the ideal split {ideal:.2} s = {:.2}x (per host {:?}); limit <= 1.2x",
-        sizes.uneven_us / 1000,
-        secs / ideal,
-        report.per_host
-    );
+    for (stealing, secs, reclaims, report) in runs {
+        let how = if stealing {
+            format!("work stealing on, {reclaims} reclaims")
+        } else {
+            format!("work stealing off ({WORK_STEALING_VAR}=0)")
+        };
+        println!(
+            "CLUSTER makespan, {n} fragments of {} ms, {SLOW_HOST} {SLOWDOWN}x slower ({how}): {secs:.2} s vs the ideal split {ideal:.2} s = {:.2}x (per host {:?}){}",
+            sizes.uneven_us / 1000,
+            secs / ideal,
+            report.per_host,
+            if stealing {
+                "; limit <= 1.2x"
+            } else {
+                "; the figure before work stealing, for comparison"
+            }
+        );
+    }
     Ok(())
 }
 
@@ -731,6 +769,11 @@ fn uneven_figure(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
 fn main() {
     common::harness::run_host_if_child(HOST_VAR, host_main);
     let quick = std::env::args().any(|a| a == "--quick");
+    // Name filters (`cargo bench --bench multiproc -- makespan`) pick sections.
+    let sections: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -742,6 +785,7 @@ fn main() {
         .args(["launch", "-n", "4", "--cores", &CORES.to_string(), "--"])
         .arg(exe)
         .env(HOST_VAR, if quick { "quick" } else { "full" })
+        .env(SECTIONS_VAR, sections.join(","))
         .stdout(std::process::Stdio::piped())
         .spawn();
     let mut launcher = match spawned {

@@ -129,6 +129,71 @@ impl FragmentedJob for Where {
     }
 }
 
+/// CLUSTER fragments that take `slow_ms` on host 3 and `fast_ms` elsewhere, recording where
+/// each ran (locally, or the remote host named in its result).
+#[derive(Serialize, Deserialize, Default)]
+struct Uneven {
+    fast_ms: u64,
+    slow_ms: u64,
+    #[serde(skip)]
+    ran_on: Mutex<Vec<(usize, u32)>>,
+}
+
+impl Uneven {
+    fn work(&self, ctx: &ExecutionContext) {
+        let ms = if ctx.host() == HostId(3) {
+            self.slow_ms
+        } else {
+            self.fast_ms
+        };
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    /// Where each fragment ran: every index of `0..n` once, or an error naming what is not.
+    fn placement(&self, n: usize) -> Result<Vec<u32>, String> {
+        let mut on = vec![None; n];
+        for &(i, h) in self.ran_on.lock().unwrap().iter() {
+            match on.get_mut(i) {
+                Some(slot @ None) => *slot = Some(h),
+                Some(Some(first)) => {
+                    return Err(format!("fragment {i} ran on host {first} and on host {h}"))
+                }
+                None => return Err(format!("fragment {i} out of range")),
+            }
+        }
+        on.into_iter()
+            .enumerate()
+            .map(|(i, h)| h.ok_or(format!("fragment {i} never ran")))
+            .collect()
+    }
+}
+
+impl FragmentedJob for Uneven {
+    const CLASS_ID: ClassId = ClassId::from_name("test.launch.uneven");
+    fn execute_fragment(&self, _: &Transaction, index: usize, _: usize, ctx: &ExecutionContext) {
+        self.work(ctx);
+        self.ran_on.lock().unwrap().push((index, ctx.host().0));
+    }
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        _: usize,
+        _: usize,
+        ctx: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        self.work(ctx);
+        out.write_all(&ctx.host().0.to_le_bytes())
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, index: usize, _: usize) {
+        let host = u32::from_le_bytes(r.bytes().try_into().unwrap_or([0xff; 4]));
+        self.ran_on.lock().unwrap().push((index, host));
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::Cluster
+    }
+}
+
 /// The program every launched process runs.
 fn host_main(scenario: &str) -> Result<(), String> {
     let mut builder = Cluster::builder();
@@ -137,7 +202,7 @@ fn host_main(scenario: &str) -> Result<(), String> {
     if !(scenario == "unknown_class" && host_env == "2") {
         builder = builder.register::<Probe>();
     }
-    builder = builder.register::<Where>();
+    builder = builder.register::<Where>().register::<Uneven>();
     let cluster = builder.join().map_err(|e| e.to_string())?;
     if !cluster.is_primary() {
         return cluster.serve().map_err(|e| e.to_string());
@@ -321,6 +386,47 @@ fn host_main(scenario: &str) -> Result<(), String> {
             )?;
             println!("slow_host ok: per host {:?}", report.per_host);
         }
+        "work_stealing" => {
+            // Host 3 runs its fragments 200 times slower. The initiator hands it its first
+            // window (twice its slots) like every host; once the other hosts ran the rest, it
+            // has started at most one fragment per slot, and stealing takes the queued ones
+            // back. With stealing off, the same job leaves them waiting for host 3.
+            let n = 300;
+            let run = |stealing: bool| -> Result<(JobReport, Vec<u32>), String> {
+                cluster.set_work_stealing(stealing);
+                let job = Arc::new(Uneven {
+                    fast_ms: 2,
+                    slow_ms: 400,
+                    ..Uneven::default()
+                });
+                let report = cluster.execute(&job, n).map_err(|e| e.to_string())?;
+                check(report.is_complete(), format!("{report:?}"))?;
+                let on = job.placement(n)?;
+                for h in 0..4u32 {
+                    let ran = on.iter().filter(|x| **x == h).count();
+                    check(
+                        ran == report.done_on(HostId(h)),
+                        format!("host {h} ran {ran}, the report says {report:?}"),
+                    )?;
+                }
+                Ok((report, on))
+            };
+            let reclaims_before = cluster.reclaims();
+            let (stolen, _) = run(true)?;
+            let reclaims = cluster.reclaims() - reclaims_before;
+            let (kept, _) = run(false)?;
+            let (with, without) = (stolen.done_on(HostId(3)), kept.done_on(HostId(3)));
+            check(
+                reclaims > 0 && with * 2 <= without,
+                format!(
+                    "host 3 ran {with} fragments with stealing ({reclaims} reclaims), {without} without"
+                ),
+            )?;
+            println!(
+                "work_stealing ok: host 3 ran {with} with stealing ({reclaims} reclaims), {without} without; per host {:?} / {:?}",
+                stolen.per_host, kept.per_host
+            );
+        }
         other => return Err(format!("unknown scenario {other}")),
     }
     Ok(())
@@ -371,6 +477,11 @@ fn main() {
         }),
         ("slow_host", |out| {
             out.contains("[host-0] slow_host ok")
+                .then_some(())
+                .ok_or("no success line".into())
+        }),
+        ("work_stealing", |out| {
+            out.contains("[host-0] work_stealing ok")
                 .then_some(())
                 .ok_or("no success line".into())
         }),

@@ -152,6 +152,12 @@ impl Executor {
         self.inner.state.lock().queue.drain_pending(key)
     }
 
+    /// Takes the fragments of `ranges` still queued (not started) out of the work's queue and
+    /// returns them (work stealing across hosts).
+    pub(crate) fn take_pending(&self, key: WorkKey, ranges: &[Range<usize>]) -> Vec<Range<usize>> {
+        self.inner.state.lock().queue.take_pending(key, ranges)
+    }
+
     /// Unregisters a work (its running blocks finish normally); returns unstarted fragments.
     pub(crate) fn remove(&self, key: WorkKey) -> Vec<Range<usize>> {
         let mut st = self.inner.state.lock();

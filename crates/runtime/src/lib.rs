@@ -355,6 +355,22 @@ impl Cluster {
         self.net.as_ref().is_none_or(|n| n.is_primary())
     }
 
+    /// Turns CLUSTER work stealing on or off for the jobs this host initiates from now on (a
+    /// job already running follows the new setting from its next scheduling decision). On by
+    /// default; the environment variable `FRAGMENTA_WORK_STEALING=0` (or `off`) turns it off
+    /// when the cluster starts. With it on, once a CLUSTER job has nothing left to hand out and
+    /// a host has run dry, fragments queued but not started on another host are taken back and
+    /// run elsewhere (each still exactly once).
+    pub fn set_work_stealing(&self, on: bool) {
+        self.node.with_proto(|p| p.set_work_stealing(on));
+    }
+
+    /// Reclaim requests (work stealing) this host's scheduler has sent so far, over all its
+    /// jobs.
+    pub fn reclaims(&self) -> u64 {
+        self.node.with_proto(|p| p.reclaims())
+    }
+
     /// Hosts currently up, this one included, ascending.
     pub fn hosts(&self) -> Vec<HostId> {
         let mut hosts = vec![self.host_id()];

@@ -74,6 +74,10 @@ pub(crate) trait Remote: Send + Sync + 'static {
     fn cancel(&self, job: JobId, host: HostId);
     /// Tell `host` to drop its replica.
     fn release(&self, job: JobId, host: HostId);
+    /// Ask `host` to give back those of these fragments it has not started (work stealing).
+    fn reclaim(&self, job: JobId, host: HostId, fragments: &[Range<usize>]);
+    /// Tell the initiator `host` which fragments it asked back were removed unstarted.
+    fn reclaimed(&self, job: JobId, host: HostId, fragments: &[Range<usize>]);
     /// A heartbeat for `host`.
     fn heartbeat(&self, host: HostId);
     /// An answer on the result stream of another host's job.
@@ -116,6 +120,20 @@ pub(crate) struct Node {
     pub(crate) rdma: RdmaContext,
 }
 
+/// The environment variable that turns CLUSTER work stealing off for the jobs a process
+/// initiates: `0`, `off`, `false` or `no` (any other value, or none, leaves it on).
+pub(crate) const WORK_STEALING_VAR: &str = "FRAGMENTA_WORK_STEALING";
+
+fn work_stealing_default() -> bool {
+    match std::env::var(WORK_STEALING_VAR) {
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        ),
+        Err(_) => true,
+    }
+}
+
 impl Node {
     pub(crate) fn new(config: NodeConfig, registry: Registry) -> Arc<Node> {
         let exec = Executor::new(
@@ -134,12 +152,11 @@ impl Node {
         log_huge_pages_once();
         let node = Arc::new_cyclic(|weak| Node {
             weak: weak.clone(),
-            proto: Mutex::new(Protocol::new(
-                config.host,
-                info,
-                Limits::default(),
-                Duration::ZERO,
-            )),
+            proto: Mutex::new({
+                let mut p = Protocol::new(config.host, info, Limits::default(), Duration::ZERO);
+                p.set_work_stealing(work_stealing_default());
+                p
+            }),
             origin: Instant::now(),
             config,
             registry: RwLock::new(registry),

@@ -93,6 +93,10 @@ fn print_stats(s: &SimStats, wall: f64) {
         "fragments reassigned {} ({} re-run on the initiator with chunks), failed with their host {}, skipped {}, cancelled {}; CLUSTER jobs finished by their initiator alone {}; result streams paused {}",
         s.reassigned, s.reruns_with_chunks, s.host_failed, s.skipped, s.cancelled, s.finished_alone, s.result_pauses
     );
+    println!(
+        "work stealing: {} reclaim requests, {} fragments given back unstarted and reassigned",
+        s.reclaims, s.reclaimed
+    );
 }
 
 fn main() {

@@ -17,6 +17,13 @@
 //!   those of a host that answers it cannot run the job (its type is not registered there, or
 //!   the replica cannot be deserialized): that host is excluded from the job, and the report
 //!   names it in `excluded_hosts`.
+//! - CLUSTER work stealing: once nothing is left to hand out and a host has run dry, a host
+//!   holding more fragments than it can run at once is asked to give back the ones it has not
+//!   started ([`Action::Reclaim`]). They stay assigned to it until its answer
+//!   ([`Scheduler::on_reclaimed`]) names those it removed from its queue; only then do they
+//!   go to other hosts, so a fragment is never assigned to two hosts at once. A host that ran
+//!   fewer than half as many fragments per slot as the host that ran dry is slow: it is asked
+//!   for all it holds and gets no more of the job while another host can take them.
 //! - Results: chunk `(fragment, seq)` is delivered at most once across attempts; a chunk is
 //!   accepted only from the host the fragment is assigned to now, so anything arriving late from
 //!   a host declared dead, or after the fragment or job finished, is dropped. Without
@@ -86,6 +93,16 @@ pub enum Action<P> {
         seq: u32,
         /// The chunk.
         payload: P,
+    },
+    /// Ask `host` to give back those of these fragments it has not started (work stealing);
+    /// its answer goes to [`Scheduler::on_reclaimed`]. Until then they stay assigned to it.
+    Reclaim {
+        /// The job.
+        job: JobId,
+        /// The host holding them.
+        host: HostId,
+        /// Fragment indices, ascending.
+        fragments: Vec<Range<usize>>,
     },
     /// Tell `host` to drop the job's unstarted fragments and cancel running ones.
     Cancel {
@@ -170,6 +187,14 @@ struct JobState<P> {
     /// CLUSTER: hosts that answered that they cannot run the job, with their reason; they get
     /// no more of its fragments.
     excluded: BTreeMap<HostId, FailureReason>,
+    /// CLUSTER work stealing: fragments each host was asked to give back, its answer pending.
+    reclaiming: BTreeMap<HostId, FragmentSet>,
+    /// Hosts found slow when fragments were reclaimed from them: they get no more fragments
+    /// of the job while another host can take them.
+    slow: BTreeSet<HostId>,
+    /// Fragments each host held after its last answer to a reclaim: it is asked again only
+    /// once it holds more (what it holds then is running, or given back soon).
+    answered: BTreeMap<HostId, usize>,
 }
 
 impl<P> JobState<P> {
@@ -196,8 +221,12 @@ impl<P> JobState<P> {
         self.assigned.get(&host).map_or(0, |s| s.len())
     }
 
-    /// Removes `range` from `host`'s assignment; returns the part that was assigned there.
+    /// Removes `range` from `host`'s assignment (and from what it was asked to give back: a
+    /// fragment it reported on cannot be in its answer); returns the part assigned there.
     fn unassign(&mut self, host: HostId, range: Range<usize>) -> FragmentSet {
+        if let Some(asked) = self.reclaiming.get_mut(&host) {
+            asked.remove_range(range.clone());
+        }
         match self.assigned.get_mut(&host) {
             Some(set) => {
                 let taken = set.intersect_range(range.clone());
@@ -209,6 +238,21 @@ impl<P> JobState<P> {
     }
 }
 
+/// The last `n` fragments of `set`, ascending.
+fn back(set: &FragmentSet, mut n: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    for r in set.to_ranges().into_iter().rev() {
+        if n == 0 {
+            break;
+        }
+        let k = r.len().min(n);
+        out.push(r.end - k..r.end);
+        n -= k;
+    }
+    out.reverse();
+    out
+}
+
 /// The initiator's scheduler. See the module docs.
 pub struct Scheduler<P> {
     local: HostId,
@@ -217,7 +261,33 @@ pub struct Scheduler<P> {
     actions: VecDeque<Action<P>>,
     max_batch: usize,
     max_window: usize,
+    stealing: bool,
+    reclaims: u64,
 }
+
+/// A host's answer to [`Action::Reclaim`] that breaks the protocol: it names fragments it was
+/// not asked for (or already reported on), or answers a request never made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReclaimViolation {
+    /// The job.
+    pub job: JobId,
+    /// The answering host.
+    pub host: HostId,
+    /// The first range of the answer that was not asked for.
+    pub range: Range<usize>,
+}
+
+impl std::fmt::Display for ReclaimViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} gave back fragments {:?} of {}, which it was not asked for",
+            self.host, self.range, self.job
+        )
+    }
+}
+
+impl std::error::Error for ReclaimViolation {}
 
 impl<P: Weight> Scheduler<P> {
     /// A scheduler on host `local`, which is up with `info`.
@@ -231,7 +301,25 @@ impl<P: Weight> Scheduler<P> {
             actions: VecDeque::new(),
             max_batch: 1024,
             max_window: 8192,
+            stealing: true,
+            reclaims: 0,
         }
+    }
+
+    /// Turns CLUSTER work stealing on (the default) or off. Off, fragments dispatched to a
+    /// host stay there until they ran or the host failed.
+    pub fn set_work_stealing(&mut self, on: bool) {
+        self.stealing = on;
+    }
+
+    /// Whether CLUSTER work stealing is on.
+    pub fn work_stealing(&self) -> bool {
+        self.stealing
+    }
+
+    /// [`Action::Reclaim`] requests made so far.
+    pub fn reclaims(&self) -> u64 {
+        self.reclaims
     }
 
     /// Caps CLUSTER batch size (default 1024) and per-host window (default 8192).
@@ -283,6 +371,8 @@ impl<P: Weight> Scheduler<P> {
             };
             job.replicas.remove(&host);
             job.window.remove(&host);
+            job.reclaiming.remove(&host);
+            job.answered.remove(&host);
             let lost = job.assigned.remove(&host).unwrap_or_default();
             if job.cancelling {
                 job.cancelled.extend_from(&lost);
@@ -418,6 +508,9 @@ impl<P: Weight> Scheduler<P> {
             tainted: FragmentSet::new(),
             initiator_only,
             excluded: BTreeMap::new(),
+            reclaiming: BTreeMap::new(),
+            slow: BTreeSet::new(),
+            answered: BTreeMap::new(),
         };
         match state.params.mode {
             SchedulingMode::Local => {
@@ -545,8 +638,15 @@ impl<P: Weight> Scheduler<P> {
         }
     }
 
-    /// CLUSTER: hand out unassigned fragments to hosts with room in their window.
+    /// CLUSTER: hand out unassigned fragments to hosts with room in their window, then steal
+    /// for hosts that ran dry.
     fn pump(&mut self, id: JobId) {
+        self.distribute(id);
+        self.steal(id);
+    }
+
+    /// CLUSTER: hand out unassigned fragments to hosts with room in their window.
+    fn distribute(&mut self, id: JobId) {
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
@@ -554,19 +654,40 @@ impl<P: Weight> Scheduler<P> {
             return;
         }
         let params = job.params.clone();
-        let slots: Vec<(HostId, usize)> = self
+        let mut slots: Vec<(HostId, usize)> = self
             .hosts
             .keys()
             .filter(|h| Self::may_use(job, self.local, **h))
             .map(|h| (*h, self.slots(*h, &params)))
             .filter(|(_, s)| *s > 0)
             .collect();
+        // Hosts found slow get nothing while another host can take the fragments.
+        if slots.iter().any(|(h, _)| !job.slow.contains(h)) {
+            slots.retain(|(h, _)| !job.slow.contains(h));
+        }
+        // Hosts that gave fragments back come last: what they gave back goes elsewhere first.
+        // Once any host gave some back, the job is in its tail: hosts holding least go first, so
+        // a host that ran dry gets work before any other.
+        if !job.answered.is_empty() {
+            slots.sort_by_key(|(h, _)| (job.outstanding(*h), *h));
+        }
+        let (first, then): (Vec<_>, Vec<_>) = slots
+            .into_iter()
+            .partition(|(h, _)| !job.answered.contains_key(h));
+        for tier in [first, then] {
+            self.hand_out(id, &tier);
+        }
+    }
+
+    /// Hands unassigned fragments of the job to these hosts (with their slots), as far as their
+    /// windows allow, in guided batches.
+    fn hand_out(&mut self, id: JobId, slots: &[(HostId, usize)]) {
         let total: usize = slots.iter().map(|(_, s)| s).sum::<usize>().max(1);
         let (max_batch, max_window, local) = (self.max_batch, self.max_window, self.local);
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        for (host, s) in slots {
+        for &(host, s) in slots {
             let window = *job.window.entry(host).or_insert((2 * s).min(max_window));
             let outstanding = job.outstanding(host);
             if outstanding >= window || job.unassigned.is_empty() {
@@ -591,6 +712,149 @@ impl<P: Weight> Scheduler<P> {
                 fragments,
             });
         }
+    }
+
+    /// CLUSTER work stealing: when nothing is left to hand out, each host that ran dry has
+    /// another host holding more fragments than it runs at once asked to give back the
+    /// unstarted ones (at most one request per host in flight). See the module docs.
+    fn steal(&mut self, id: JobId) {
+        if !self.stealing {
+            return;
+        }
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if !job.reassign || job.cancelling || !job.unassigned.is_empty() {
+            return;
+        }
+        let params = job.params.clone();
+        let local = self.local;
+        let slots: BTreeMap<HostId, usize> = self
+            .hosts
+            .keys()
+            .map(|h| (*h, self.slots(*h, &params)))
+            .collect();
+        let thieves: Vec<HostId> = slots
+            .iter()
+            .filter(|(h, s)| {
+                **s > 0
+                    && Self::may_use(job, local, **h)
+                    && !job.slow.contains(h)
+                    && job.outstanding(**h) == 0
+            })
+            .map(|(h, _)| *h)
+            .collect();
+        if thieves.is_empty() {
+            return;
+        }
+        let mut requests = Vec::new();
+        let mut asked: BTreeSet<HostId> = BTreeSet::new();
+        for thief in thieves {
+            // The victim: the host with the most fragments beyond its slots, no request to it
+            // in flight.
+            let victim = job
+                .assigned
+                .iter()
+                .filter(|(h, _)| {
+                    **h != thief
+                        && !asked.contains(h)
+                        && job.reclaiming.get(h).is_none_or(|r| r.is_empty())
+                })
+                .filter(|(h, set)| job.answered.get(h).is_none_or(|n| set.len() > *n))
+                .filter_map(|(h, set)| {
+                    let s = slots.get(h).copied().unwrap_or(0);
+                    let excess = set.len().saturating_sub(s);
+                    (excess > 0).then_some((*h, excess))
+                })
+                .max_by_key(|(h, excess)| (*excess, std::cmp::Reverse(*h)));
+            let Some((victim, excess)) = victim else {
+                break;
+            };
+            asked.insert(victim);
+            // Fragments done per slot, the thief's against the victim's: both ran since the
+            // job started, so the ratio is their speed's.
+            let done = |h: HostId| job.per_host.get(&h).copied().unwrap_or(0);
+            let (st, sv) = (slots[&thief].max(1), slots[&victim].max(1));
+            let slow = done(victim) * st * 2 < done(thief) * sv;
+            let Some(set) = job.assigned.get(&victim) else {
+                continue;
+            };
+            let fragments = if slow {
+                set.to_ranges()
+            } else {
+                back(set, excess)
+            };
+            requests.push((victim, slow, fragments));
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        for (host, slow, fragments) in requests {
+            if slow {
+                job.slow.insert(host);
+            }
+            let set = job.reclaiming.entry(host).or_default();
+            for r in &fragments {
+                set.insert_range(r.clone());
+            }
+            self.reclaims += 1;
+            self.actions.push_back(Action::Reclaim {
+                job: id,
+                host,
+                fragments,
+            });
+        }
+    }
+
+    /// `host` answered [`Action::Reclaim`]: `ranges` are the fragments it removed from its
+    /// queue unstarted; they go to other hosts. The rest of the request stays assigned to it
+    /// (they started). `Stale` for an unknown or finished job or a host that is down; an
+    /// error when the answer names fragments that were not asked for, or were reported on
+    /// since: the host broke the protocol.
+    pub fn on_reclaimed(
+        &mut self,
+        id: JobId,
+        host: HostId,
+        ranges: &[Range<usize>],
+    ) -> Result<Outcome, ReclaimViolation> {
+        if !self.hosts.contains_key(&host) {
+            return Ok(Outcome::Stale);
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Ok(Outcome::Stale);
+        };
+        let asked = job.reclaiming.remove(&host);
+        let empty = FragmentSet::new();
+        let asked_set = asked.as_ref().unwrap_or(&empty);
+        for r in ranges {
+            if r.start >= r.end || asked_set.intersect_range(r.clone()).len() != r.len() {
+                // Keep the request: the host is about to be declared down anyway.
+                if let Some(a) = asked {
+                    job.reclaiming.insert(host, a);
+                }
+                return Err(ReclaimViolation {
+                    job: id,
+                    host,
+                    range: r.clone(),
+                });
+            }
+        }
+        if asked.is_none() && ranges.is_empty() {
+            return Ok(Outcome::Stale);
+        }
+        for r in ranges {
+            let taken = job.unassign(host, r.clone());
+            if job.cancelling {
+                job.cancelled.extend_from(&taken);
+            } else {
+                job.unassigned.extend_from(&taken);
+            }
+        }
+        let left = job.outstanding(host);
+        job.answered.insert(host, left);
+        self.pump(id);
+        self.advance(id);
+        Ok(Outcome::Applied)
     }
 
     fn grow_window(&mut self, id: JobId, host: HostId) {

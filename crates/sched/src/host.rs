@@ -14,6 +14,7 @@
 //! one after the other, so the per-fragment cost is a loop iteration. Block sizes follow guided
 //! self-scheduling (remaining / (2 × parallelism), capped), so the tail stays balanced.
 
+use fragmenta_job::FragmentSet;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 
@@ -180,6 +181,44 @@ impl HostQueue {
         self.waiting.remove(&(w.spec.priority, w.order, key));
         w.pending_len = 0;
         w.pending.drain(..).collect()
+    }
+
+    /// Takes the fragments of `ranges` that are still queued (not started) out of the work's
+    /// queue and returns them, ascending; the rest of the queue keeps its order.
+    pub fn take_pending(&mut self, key: WorkKey, ranges: &[Range<usize>]) -> Vec<Range<usize>> {
+        let Some(w) = self.works.get_mut(&key) else {
+            return Vec::new();
+        };
+        let mut asked = FragmentSet::new();
+        for r in ranges {
+            asked.insert_range(r.clone());
+        }
+        let mut taken = FragmentSet::new();
+        let mut kept = VecDeque::with_capacity(w.pending.len());
+        for r in w.pending.drain(..) {
+            let hit = asked.intersect_range(r.clone());
+            if hit.is_empty() {
+                kept.push_back(r);
+                continue;
+            }
+            let mut start = r.start;
+            for h in hit.ranges() {
+                if start < h.start {
+                    kept.push_back(start..h.start);
+                }
+                start = h.end;
+            }
+            if start < r.end {
+                kept.push_back(start..r.end);
+            }
+            taken.extend_from(&hit);
+        }
+        w.pending = kept;
+        w.pending_len -= taken.len();
+        if w.pending_len == 0 {
+            self.waiting.remove(&(w.spec.priority, w.order, key));
+        }
+        taken.to_ranges()
     }
 
     /// Unregisters a work; returns its fragments that had not started.
@@ -513,5 +552,24 @@ mod tests {
         assert!(!q.is_idle(WorkKey(1)));
         q.finish(&a);
         assert!(q.is_idle(WorkKey(1)));
+    }
+
+    #[test]
+    fn take_pending_removes_only_queued_fragments_asked_for() {
+        let mut q = HostQueue::new(1.0, 0, 64);
+        q.set_max_block(2);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..4, 10..20])
+            .unwrap();
+        let running = q.next_block().unwrap();
+        assert_eq!(running.range, 0..2);
+        // 0..2 started, 30..40 was never queued: neither comes back; the rest keeps its order.
+        let taken = q.take_pending(WorkKey(1), &[0..3, 12..15, 18..19, 30..40]);
+        assert_eq!(taken, vec![2..3, 12..15, 18..19]);
+        assert_eq!(q.pending(WorkKey(1)), 14 - 2 - 5);
+        assert_eq!(
+            q.drain_pending(WorkKey(1)),
+            vec![3..4, 10..12, 15..18, 19..20]
+        );
+        assert!(q.take_pending(WorkKey(9), &[0..1]).is_empty());
     }
 }

@@ -24,5 +24,5 @@ pub mod protocol;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use cluster::{Action, HostInfo, JobSpec, Outcome, Scheduler, Weight};
+pub use cluster::{Action, HostInfo, JobSpec, Outcome, ReclaimViolation, Scheduler, Weight};
 pub use host::{Block, HostQueue, SubmitError, WorkKey, WorkSpec};

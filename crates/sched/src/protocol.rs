@@ -7,10 +7,11 @@
 //! and carries out the [`Action`]s it polls:
 //!
 //! - from peers: [`Protocol::on_message`] (control stream: heartbeat, replica, dispatch, cancel,
-//!   release) and [`Protocol::on_results`] (result stream of one job: chunks, done, failed, not
+//!   release, reclaim and its answer) and [`Protocol::on_results`] (result stream of one job: chunks, done, failed, not
 //!   started); [`Protocol::link_up`] / [`Protocol::link_down`] for connections;
 //! - from the program: [`Protocol::submit`], [`Protocol::cancel`];
 //! - from the worker pool: [`Protocol::replica_loaded`], [`Protocol::work_drained`],
+//!   [`Protocol::work_reclaimed`],
 //!   [`Protocol::local_block_done`] and, for fragments re-run on their initiator with their
 //!   chunks, [`Protocol::local_chunk`] / [`Protocol::local_fragment_finished`];
 //! - from delivery: [`Protocol::delivered`] once a chunk was handed to the job;
@@ -20,8 +21,9 @@
 //!   timeout).
 //!
 //! What it decides:
-//! - on the initiator, through its [`Scheduler`]: where fragments run, reassignment, exactly-once
-//!   and ordered delivery, cancel and release;
+//! - on the initiator, through its [`Scheduler`]: where fragments run, reassignment, work
+//!   stealing across hosts ([`Message::Reclaim`], answered [`Message::Reclaimed`]),
+//!   exactly-once and ordered delivery, cancel and release;
 //! - for replicas of other hosts' jobs: the life cycle `Loading` → `Ready` or `Failed`,
 //!   dispatches that arrive while loading wait for it, cancel drains unstarted fragments (answered
 //!   `NotStarted`), release and the loss of the initiator drop the replica and its work;
@@ -35,14 +37,16 @@
 //!
 //! Admission (which queued fragment starts when) is the [`crate::host::HostQueue`]'s, inside the
 //! worker pool: the protocol tells it what to queue ([`Action::SubmitWork`], [`Action::AddWork`],
-//! [`Action::DrainWork`], [`Action::RemoveWork`]). Running a block, and streaming its chunks
+//! [`Action::DrainWork`], [`Action::ReclaimWork`], [`Action::RemoveWork`]). Running a block, and streaming its chunks
 //! and per-fragment outcomes back to the initiator, is the worker's: it stops at the first
 //! fragment after its replica was cancelled ([`Action::CancelReplica`]) and answers the rest
 //! `NotStarted`.
 
 use crate::cluster::{Action as SchedAction, HostInfo, JobSpec, Outcome, Scheduler, Weight};
 use crate::host::{WorkKey, WorkSpec};
-use fragmenta_job::{FailureReason, HostId, InvalidArgument, JobId, JobParams, JobReport};
+use fragmenta_job::{
+    FailureReason, FragmentSet, HostId, InvalidArgument, JobId, JobParams, JobReport,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::ops::Range;
@@ -115,6 +119,22 @@ pub enum Message<R> {
     Release {
         /// The job.
         job: JobId,
+    },
+    /// From the job's initiator (work stealing): give back those of these fragments that have
+    /// not started; answered with [`Message::Reclaimed`].
+    Reclaim {
+        /// The job.
+        job: JobId,
+        /// Half-open fragment ranges.
+        fragments: Vec<(u64, u64)>,
+    },
+    /// To the job's initiator, the answer to [`Message::Reclaim`]: these fragments were taken
+    /// out of the queue unstarted and will not run here (a subset of those asked for).
+    Reclaimed {
+        /// The job.
+        job: JobId,
+        /// Half-open fragment ranges.
+        fragments: Vec<(u64, u64)>,
     },
 }
 
@@ -217,6 +237,26 @@ pub enum Action<P, R> {
         /// The remote host.
         host: HostId,
     },
+    /// Ask `host` to give back the job's fragments of these ranges it has not started
+    /// ([`Message::Reclaim`]).
+    SendReclaim {
+        /// The job.
+        job: JobId,
+        /// The remote host.
+        host: HostId,
+        /// Ascending ranges.
+        fragments: Vec<Range<usize>>,
+    },
+    /// Tell the job's initiator `host` which of the fragments it asked back were removed
+    /// unstarted ([`Message::Reclaimed`]).
+    SendReclaimed {
+        /// The job (of another host).
+        job: JobId,
+        /// Its initiator.
+        host: HostId,
+        /// Ascending ranges (may be empty).
+        fragments: Vec<Range<usize>>,
+    },
     /// Tell `host` to drop the job's replica.
     SendRelease {
         /// The job.
@@ -278,6 +318,14 @@ pub enum Action<P, R> {
     DrainWork {
         /// The work.
         key: WorkKey,
+    },
+    /// Take those of these fragments that are still queued (not started) out of the work's
+    /// queue and report them with [`Protocol::work_reclaimed`].
+    ReclaimWork {
+        /// The work.
+        key: WorkKey,
+        /// The fragments asked back.
+        fragments: Vec<Range<usize>>,
     },
     /// Unregister the work (running blocks finish).
     RemoveWork {
@@ -407,6 +455,17 @@ impl<P: Weight, R> Protocol<P, R> {
     /// ([`Scheduler::set_limits`]).
     pub fn set_scheduler_limits(&mut self, max_batch: usize, max_window: usize) {
         self.sched.set_limits(max_batch, max_window);
+    }
+
+    /// Turns CLUSTER work stealing for the jobs this host initiates on (the default) or off
+    /// ([`Scheduler::set_work_stealing`]). Answering other hosts' reclaims is not affected.
+    pub fn set_work_stealing(&mut self, on: bool) {
+        self.sched.set_work_stealing(on);
+    }
+
+    /// Reclaim requests this host's scheduler made so far (work stealing).
+    pub fn reclaims(&self) -> u64 {
+        self.sched.reclaims()
     }
 
     /// Replaces the limits (for instance with the configuration's heartbeat and failure
@@ -600,6 +659,125 @@ impl<P: Weight, R> Protocol<P, R> {
                     self.drop_replica(job, false);
                 }
             }
+            Message::Reclaim { job, fragments } => self.on_reclaim(peer, job, &fragments),
+            Message::Reclaimed { job, fragments } => self.on_reclaimed(peer, job, &fragments),
+        }
+    }
+
+    /// Checks ranges a peer announced for a job of `count` fragments: each non-empty and inside
+    /// `0..count`, ascending and disjoint (so they total at most `count`).
+    fn check_ranges(
+        fragments: &[(u64, u64)],
+        count: u64,
+        what: &str,
+        job: JobId,
+    ) -> Result<Vec<Range<usize>>, String> {
+        let mut ranges = Vec::with_capacity(fragments.len().min(1024));
+        let mut prev_end = 0u64;
+        for &(a, b) in fragments {
+            if a >= b || b > count || a < prev_end {
+                return Err(format!(
+                    "{what} of {job}: range {a}..{b} outside 0..{count} or out of order"
+                ));
+            }
+            prev_end = b;
+            let (Ok(a), Ok(b)) = (usize::try_from(a), usize::try_from(b)) else {
+                return Err(format!("{what} of {job}: range {a}..{b} out of range"));
+            };
+            ranges.push(a..b);
+        }
+        Ok(ranges)
+    }
+
+    /// The initiator of `job` asks back fragments not started yet.
+    fn on_reclaim(&mut self, peer: HostId, job: JobId, fragments: &[(u64, u64)]) {
+        if job.initiator != peer {
+            return self.violation(peer, format!("reclaim of {job}, initiated by another host"));
+        }
+        let count = self
+            .remote_jobs
+            .get(&job)
+            .map_or(self.limits.max_fragments, |r| r.count as u64);
+        let ranges = match Self::check_ranges(fragments, count, "reclaim", job) {
+            Ok(r) => r,
+            Err(detail) => return self.violation(peer, detail),
+        };
+        let reply = |fragments| Action::SendReclaimed {
+            job,
+            host: peer,
+            fragments,
+        };
+        let Some(rj) = self.remote_jobs.get_mut(&job) else {
+            // Released or never here: nothing of it is queued.
+            self.actions.push_back(reply(Vec::new()));
+            return;
+        };
+        match &mut rj.state {
+            Replica::Loading { pending, .. } => {
+                // Not queued yet: whatever of it was asked for comes back at once.
+                let mut asked = FragmentSet::new();
+                for r in &ranges {
+                    asked.insert_range(r.clone());
+                }
+                let mut kept = Vec::new();
+                let mut given = FragmentSet::new();
+                for r in pending.drain(..) {
+                    let taken = asked.intersect_range(r.clone());
+                    given.extend_from(&taken);
+                    let mut rest = FragmentSet::from_range(r);
+                    for t in taken.ranges() {
+                        rest.remove_range(t);
+                    }
+                    kept.extend(rest.ranges());
+                }
+                *pending = kept;
+                self.actions.push_back(reply(given.to_ranges()));
+            }
+            Replica::Ready(key) => {
+                let key = *key;
+                self.actions.push_back(Action::ReclaimWork {
+                    key,
+                    fragments: ranges,
+                });
+            }
+            // Its fragments are answered failed as they come: none is queued.
+            Replica::Failed(_) => self.actions.push_back(reply(Vec::new())),
+        }
+    }
+
+    /// A host running fragments of a job initiated here answered a reclaim.
+    fn on_reclaimed(&mut self, peer: HostId, job: JobId, fragments: &[(u64, u64)]) {
+        if job.initiator != self.local {
+            return self.violation(
+                peer,
+                format!("reclaimed fragments of {job}, which this host did not start"),
+            );
+        }
+        let ranges = match Self::check_ranges(fragments, u64::MAX, "reclaimed", job) {
+            Ok(r) => r,
+            Err(detail) => return self.violation(peer, detail),
+        };
+        match self.sched.on_reclaimed(job, peer, &ranges) {
+            Ok(_) => self.pump(),
+            Err(e) => self.violation(peer, e.to_string()),
+        }
+    }
+
+    /// The fragments of `key` taken out of the queue unstarted after [`Action::ReclaimWork`].
+    pub fn work_reclaimed(&mut self, key: WorkKey, ranges: Vec<Range<usize>>) {
+        let Some(job) = self.works.get(&key).copied() else {
+            return;
+        };
+        if job.initiator == self.local {
+            // Asked by this host's own scheduler: the answer cannot break the protocol.
+            let _ = self.sched.on_reclaimed(job, self.local, &ranges);
+            self.pump();
+        } else if self.remote_jobs.contains_key(&job) {
+            self.actions.push_back(Action::SendReclaimed {
+                job,
+                host: job.initiator,
+                fragments: ranges,
+            });
         }
     }
 
@@ -1090,6 +1268,30 @@ impl<P: Weight, R> Protocol<P, R> {
                     host,
                     fragments,
                 } => self.actions.push_back(Action::SendDispatch {
+                    job,
+                    host,
+                    fragments,
+                }),
+                SchedAction::Reclaim {
+                    job,
+                    host,
+                    fragments,
+                } if host == self.local => {
+                    match self.local_jobs.get(&job).and_then(|l| l.key) {
+                        Some(key) => self
+                            .actions
+                            .push_back(Action::ReclaimWork { key, fragments }),
+                        // Nothing of it was queued here.
+                        None => {
+                            let _ = self.sched.on_reclaimed(job, self.local, &[]);
+                        }
+                    }
+                }
+                SchedAction::Reclaim {
+                    job,
+                    host,
+                    fragments,
+                } => self.actions.push_back(Action::SendReclaim {
                     job,
                     host,
                     fragments,

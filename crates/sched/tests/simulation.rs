@@ -54,6 +54,11 @@ fn seeds_break_no_invariant() {
         total.result_pauses > 0,
         "no initiator paused a result stream"
     );
+    assert!(
+        total.reclaims > 0 && total.reclaimed > 0,
+        "work stealing took nothing back ({} reclaims)",
+        total.reclaims
+    );
 }
 
 #[test]
@@ -156,6 +161,11 @@ fn the_checker_catches_replicas_left_behind() {
 #[test]
 fn the_checker_catches_a_job_that_never_finishes() {
     caught(Sabotage::DropFinished, Invariant::Liveness);
+}
+
+#[test]
+fn the_checker_catches_a_fragment_run_twice_after_a_reclaim() {
+    caught(Sabotage::ReclaimRunning, Invariant::ExactlyOnce);
 }
 
 // Regressions: bugs the simulation found in the scheduler.

@@ -29,4 +29,5 @@ pub use frame::{
 /// 2: `FailureReason` (in `ResultItem::Failed`) gained `NoGpu` and `ReceivePanicked`.
 /// 3: `FailureReason` gained `CannotRun`, `RdmaTooLarge` and `InitiatorGone`;
 /// `FetchReply::Refused` carries the owner's `FastIoError` instead of its text.
+/// Also in 3: `Control::Reclaim` and `Control::Reclaimed` (work stealing across hosts).
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -70,6 +70,24 @@ pub enum Control {
     },
     /// The cluster is shutting down (sent by the primary host).
     Shutdown,
+    /// Work stealing, from a job's initiator: give back those of these fragments that have not
+    /// started (they are taken out of the queue and will not run here). Answered with
+    /// [`Control::Reclaimed`] on the answering host's control stream.
+    Reclaim {
+        /// The job.
+        job: JobId,
+        /// Fragment ranges, ascending.
+        fragments: Vec<WireRange>,
+    },
+    /// The answer to [`Control::Reclaim`], to the job's initiator: the fragments removed
+    /// unstarted, a subset of those asked for (possibly none). Anything else is a protocol
+    /// violation.
+    Reclaimed {
+        /// The job.
+        job: JobId,
+        /// Fragment ranges, ascending.
+        fragments: Vec<WireRange>,
+    },
 }
 
 /// One entry of a [`Results`] batch.
@@ -187,6 +205,14 @@ mod tests {
             },
             Control::Cancel { job },
             Control::Shutdown,
+            Control::Reclaim {
+                job,
+                fragments: vec![(4, 8)],
+            },
+            Control::Reclaimed {
+                job,
+                fragments: vec![],
+            },
         ];
         for m in msgs {
             let bytes = crate::encode(&m).unwrap();

@@ -114,6 +114,20 @@ fn samples() -> Vec<(String, String)> {
         ("Control::Release", hex(&Control::Release { job: job() })),
         ("Control::Shutdown", hex(&Control::Shutdown)),
         (
+            "Control::Reclaim",
+            hex(&Control::Reclaim {
+                job: job(),
+                fragments: vec![(0, 10), (300, 70_000)],
+            }),
+        ),
+        (
+            "Control::Reclaimed",
+            hex(&Control::Reclaimed {
+                job: job(),
+                fragments: vec![(300, 70_000)],
+            }),
+        ),
+        (
             "Results",
             hex(&Results {
                 items: vec![
@@ -312,6 +326,11 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Control::Cancel", "0303fb2c01"),
     ("Control::Release", "0403fb2c01"),
     ("Control::Shutdown", "05"),
+    (
+        "Control::Reclaim",
+        "0603fb2c0102000afb2c01fc70110100",
+    ),
+    ("Control::Reclaimed", "0703fb2c0101fb2c01fc70110100"),
     ("Results", "0400010203010101030309fc0000100004010408"),
     ("Request::Fetch", "00016e"),
     ("FetchReply::UnknownName", "01"),

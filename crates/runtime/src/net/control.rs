@@ -133,6 +133,8 @@ impl Net {
                 }
                 Control::Cancel { job } => Message::Cancel { job },
                 Control::Release { job } => Message::Release { job },
+                Control::Reclaim { job, fragments } => Message::Reclaim { job, fragments },
+                Control::Reclaimed { job, fragments } => Message::Reclaimed { job, fragments },
                 Control::Shutdown if peer == self.primary => {
                     tracing::info!(host = %self.host, %peer, "shutdown requested");
                     self.shutdown.set(Ok(()));

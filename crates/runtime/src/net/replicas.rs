@@ -244,6 +244,16 @@ impl Remote for Net {
         self.send_control(host, Control::Cancel { job });
     }
 
+    fn reclaim(&self, job: JobId, host: HostId, fragments: &[Range<usize>]) {
+        let fragments = to_wire(fragments);
+        self.send_control(host, Control::Reclaim { job, fragments });
+    }
+
+    fn reclaimed(&self, job: JobId, host: HostId, fragments: &[Range<usize>]) {
+        let fragments = to_wire(fragments);
+        self.send_control(host, Control::Reclaimed { job, fragments });
+    }
+
     fn release(&self, job: JobId, host: HostId) {
         self.send_control(host, Control::Release { job });
     }

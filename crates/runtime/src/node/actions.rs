@@ -52,6 +52,10 @@ impl Node {
                     let ranges = self.exec.drain_pending(key);
                     p.work_drained(key, ranges);
                 }
+                Action::ReclaimWork { key, fragments } => {
+                    let ranges = self.exec.take_pending(key, &fragments);
+                    p.work_reclaimed(key, ranges);
+                }
                 Action::RemoveWork { key } => {
                     self.exec.remove(key);
                 }
@@ -105,6 +109,16 @@ impl Node {
             }
             Action::SendCancel { job, host } => r.cancel(job, host),
             Action::SendRelease { job, host } => r.release(job, host),
+            Action::SendReclaim {
+                job,
+                host,
+                fragments,
+            } => r.reclaim(job, host, &fragments),
+            Action::SendReclaimed {
+                job,
+                host,
+                fragments,
+            } => r.reclaimed(job, host, &fragments),
             Action::SendHeartbeat { host } => r.heartbeat(host),
             Action::SendAnswer { job, answer } => r.answer(job, answer),
             Action::LoadReplica { job, body } => r.load_replica(job, body),

@@ -44,6 +44,8 @@ struct JobCheck {
     delivered: BTreeSet<(usize, u32)>,
     last_delivered: Option<(usize, u32)>,
     remote_done: BTreeMap<usize, HostId>,
+    /// The host each fragment started on first.
+    started: BTreeMap<usize, HostId>,
     finished: bool,
     abandoned: bool,
 }
@@ -218,6 +220,7 @@ impl Checker {
                 delivered: BTreeSet::new(),
                 last_delivered: None,
                 remote_done: BTreeMap::new(),
+                started: BTreeMap::new(),
                 finished: false,
                 abandoned: false,
             },
@@ -361,6 +364,34 @@ impl Checker {
         }
         for (inv, detail) in problems {
             self.report(inv, Some(job), detail);
+        }
+    }
+
+    /// `host` started running `fragment`. A fragment runs once: it starts again (on another
+    /// host) only after the initiator declared the first host down, or on a host declared down
+    /// that does not know it yet. Work stealing must move only fragments that did not start.
+    pub(crate) fn started(&mut self, job: JobId, fragment: usize, host: HostId) {
+        let Some(j) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if j.finished || j.abandoned {
+            return;
+        }
+        match j.started.get(&fragment).copied() {
+            None => {
+                j.started.insert(fragment, host);
+            }
+            Some(first) if j.downs.contains(&first) => {
+                j.started.insert(fragment, host);
+            }
+            // A host the initiator declared down while it was alive (a partition) may still
+            // start what it held: nothing it reports is accepted any more.
+            Some(_) if j.downs.contains(&host) => {}
+            Some(first) => self.report(
+                Invariant::ExactlyOnce,
+                Some(job),
+                format!("fragment {fragment} started on {host}, after it started on {first}, which is up"),
+            ),
         }
     }
 

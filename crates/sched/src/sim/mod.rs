@@ -77,6 +77,8 @@ const HEARTBEAT: Time = 50 * MS;
 const FAILURE_TIMEOUT: Time = 300 * MS;
 /// A block gives its remaining fragments back after this long.
 const TIME_SLICE: Time = 5 * MS;
+/// How much slower a job's slow host runs its fragments.
+const SLOWDOWN: Time = 10;
 /// Chunks of one job an initiator holds before it pauses the job's result streams (the
 /// simulation weighs every chunk 1).
 const MAX_HELD: usize = 6;
@@ -163,6 +165,9 @@ pub enum Sabotage {
     DropReleases,
     /// The first report is lost, so its job never finishes.
     DropFinished,
+    /// Hosts answer every reclaim with all the fragments asked for, started ones included
+    /// (every time, not once).
+    ReclaimRunning,
 }
 
 /// Settings of a simulation run.
@@ -274,6 +279,10 @@ pub struct SimStats {
     /// Times an initiator stopped reading a result stream because it held too much of the
     /// job's results.
     pub result_pauses: u64,
+    /// Reclaim requests initiators made (work stealing).
+    pub reclaims: u64,
+    /// Fragments given back unstarted in answer to a reclaim, and reassigned.
+    pub reclaimed: u64,
 }
 
 impl SimStats {
@@ -320,6 +329,8 @@ impl SimStats {
             finished_alone,
             reruns_with_chunks,
             result_pauses,
+            reclaims,
+            reclaimed,
         } = other;
         self.runs += runs;
         self.steps += steps;
@@ -350,6 +361,8 @@ impl SimStats {
         self.finished_alone += finished_alone;
         self.reruns_with_chunks += reruns_with_chunks;
         self.result_pauses += result_pauses;
+        self.reclaims += reclaims;
+        self.reclaimed += reclaimed;
     }
 }
 
@@ -379,6 +392,9 @@ pub(crate) struct Behavior {
     duration_max: Time,
     panic_percent: u64,
     unknown_percent: u64,
+    /// A host that runs the job's fragments 10x slower (work stealing takes back what it
+    /// queued).
+    slow: Option<HostId>,
 }
 
 impl Behavior {
@@ -399,7 +415,12 @@ impl Behavior {
     }
 
     fn duration(&self, fragment: usize, host: HostId) -> Time {
-        1 + self.h(4, fragment as u64, u64::from(host.0)) % self.duration_max
+        let d = 1 + self.h(4, fragment as u64, u64::from(host.0)) % self.duration_max;
+        if self.slow == Some(host) {
+            d * SLOWDOWN
+        } else {
+            d
+        }
     }
 
     /// Whether `host` has the job's class registered.
@@ -441,6 +462,14 @@ enum Msg {
     },
     Cancel(JobId),
     Release(JobId),
+    Reclaim {
+        job: JobId,
+        fragments: Vec<Range<usize>>,
+    },
+    Reclaimed {
+        job: JobId,
+        fragments: Vec<Range<usize>>,
+    },
     Chunk {
         job: JobId,
         fragment: usize,
@@ -466,7 +495,15 @@ enum Msg {
 impl Msg {
     /// Whether the receiver must tolerate seeing the message twice.
     fn duplicable(&self) -> bool {
-        !matches!(self, Msg::Replica { .. } | Msg::Dispatch { .. })
+        // A reclaim and its answer pair up in order on the control stream, which QUIC never
+        // duplicates: a second answer would answer the next request.
+        !matches!(
+            self,
+            Msg::Replica { .. }
+                | Msg::Dispatch { .. }
+                | Msg::Reclaim { .. }
+                | Msg::Reclaimed { .. }
+        )
     }
 }
 
@@ -598,6 +635,14 @@ fn report_local(
         })
         .collect();
     let _ = proto.local_block_done(job, done, failed, std::slice::from_ref(not_started));
+}
+
+/// Ranges as the wire carries them.
+fn wire(ranges: &[Range<usize>]) -> Vec<(u64, u64)> {
+    ranges
+        .iter()
+        .map(|r| (r.start as u64, r.end as u64))
+        .collect()
 }
 
 fn pair(a: HostId, b: HostId) -> (HostId, HostId) {
@@ -1142,6 +1187,17 @@ impl Sim {
             }),
             Msg::Cancel(job) => Ok(Message::Cancel { job }),
             Msg::Release(job) => Ok(Message::Release { job }),
+            Msg::Reclaim { job, fragments } => Ok(Message::Reclaim {
+                job,
+                fragments: wire(&fragments),
+            }),
+            Msg::Reclaimed { job, fragments } => {
+                self.stats.reclaimed += fragments.iter().map(|r| r.len() as u64).sum::<u64>();
+                Ok(Message::Reclaimed {
+                    job,
+                    fragments: wire(&fragments),
+                })
+            }
             other => Err(other),
         };
         let msg = match msg {
@@ -1331,6 +1387,36 @@ impl Sim {
                     let ranges = x.queue.drain_pending(key);
                     x.proto.work_drained(key, ranges);
                 }
+            }
+            Action::ReclaimWork { key, fragments } => {
+                if let Some(x) = self.hosts.get_mut(&h) {
+                    let mut ranges = x.queue.take_pending(key, &fragments);
+                    if self.config.sabotage == Some(Sabotage::ReclaimRunning) {
+                        ranges = fragments;
+                    }
+                    if x.works.get(&key).is_some_and(|j| j.initiator == h) {
+                        self.stats.reclaims += 1;
+                        self.stats.reclaimed +=
+                            ranges.iter().map(|r| r.len() as u64).sum::<u64>();
+                    }
+                    x.proto.work_reclaimed(key, ranges);
+                }
+            }
+            Action::SendReclaim {
+                job,
+                host,
+                fragments,
+            } => {
+                self.note(|| format!("  {h}: reclaim {job} {fragments:?} from {host}"));
+                self.stats.reclaims += 1;
+                self.send(h, host, StreamKind::Control, Msg::Reclaim { job, fragments });
+            }
+            Action::SendReclaimed {
+                job,
+                host,
+                fragments,
+            } => {
+                self.send(h, host, StreamKind::Control, Msg::Reclaimed { job, fragments });
             }
             Action::RemoveWork { key } => {
                 if let Some(x) = self.hosts.get_mut(&h) {
@@ -1741,6 +1827,13 @@ impl Sim {
         run.in_fragment = true;
         run.chunk = 0;
         let local = run.local;
+        self.checker.started(job, f, h);
+        let Some(x) = self.hosts.get_mut(&h) else {
+            return;
+        };
+        let Some(run) = x.runs.get_mut(&id) else {
+            return;
+        };
         let rerun = local && run.rerun.contains(&f);
         let d = if local && !rerun {
             b.duration(f, h)
@@ -2028,6 +2121,11 @@ impl Sim {
             duration_max: *r.pick(&[200, 2 * MS, 8 * MS]).unwrap_or(&MS),
             panic_percent: if r.chance(1, 5) { r.range(5, 30) } else { 0 },
             unknown_percent: if r.chance(1, 8) { 40 } else { 0 },
+            slow: if r.chance(1, 3) {
+                r.pick(&known).copied()
+            } else {
+                None
+            },
         };
         let Some(x) = self.hosts.get_mut(&h) else {
             return;
