@@ -109,7 +109,7 @@ mod server;
 mod sys;
 mod types;
 
-pub use crate::alloc::{Allocation, ReadGuard, WriteGuard};
+pub use crate::alloc::{Allocation, ReadGuard, SharedRead, WriteGuard};
 pub use crate::error::{FastIoError, IoOp, Result};
 pub use crate::local::LocalContext;
 pub use crate::path::{default_socket_dir, default_socket_path, socket_file_name, MAX_SOCKET_PATH};
