@@ -27,4 +27,6 @@ pub use frame::{
 /// [handshake](handshake::Hello). Hosts with different versions refuse each other.
 ///
 /// 2: `FailureReason` (in `ResultItem::Failed`) gained `NoGpu` and `ReceivePanicked`.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: the same-machine path: `Control::Machine`, `Control::MachineProof`,
+/// `Control::MachineConfirmed`, `Control::ShmCredit` and `ResultItem::Shm`.
+pub const PROTOCOL_VERSION: u32 = 3;

@@ -17,7 +17,7 @@ use fragmenta_wire::{encode, PROTOCOL_VERSION};
 use serde::Serialize;
 
 /// The protocol version the table below was recorded for.
-const GOLDEN_VERSION: u32 = 2;
+const GOLDEN_VERSION: u32 = 3;
 
 fn hex<M: Serialize>(m: &M) -> String {
     encode(m)
@@ -108,6 +108,26 @@ fn samples() -> Vec<(String, String)> {
         ("Control::Release", hex(&Control::Release { job: job() })),
         ("Control::Shutdown", hex(&Control::Shutdown)),
         (
+            "Control::Machine",
+            hex(&Control::Machine {
+                boot_id: "b".into(),
+                socket: "/s".into(),
+                nonce: 0x0102,
+            }),
+        ),
+        (
+            "Control::MachineProof",
+            hex(&Control::MachineProof { nonce: u128::MAX }),
+        ),
+        ("Control::MachineConfirmed", hex(&Control::MachineConfirmed)),
+        (
+            "Control::ShmCredit",
+            hex(&Control::ShmCredit {
+                job: job(),
+                bytes: 1 << 21,
+            }),
+        ),
+        (
             "Results",
             hex(&Results {
                 items: vec![
@@ -127,6 +147,13 @@ fn samples() -> Vec<(String, String)> {
                     },
                     ResultItem::NotStarted {
                         ranges: vec![(4, 8)],
+                    },
+                    ResultItem::Shm {
+                        fragment: 2,
+                        seq: 5,
+                        id: 77,
+                        len: 1000,
+                        size: 1 << 20,
                     },
                 ],
             }),
@@ -217,7 +244,7 @@ fn samples() -> Vec<(String, String)> {
 
 /// `(message, hex bytes)` for [`GOLDEN_VERSION`].
 const GOLDEN: &[(&str, &str)] = &[
-    ("Hello", "02016302"),
+    ("Hello", "03016302"),
     ("HelloReply::Accept", "0001"),
     ("HandshakeRejection::VersionMismatch", "01000102"),
     ("HandshakeRejection::ClusterMismatch", "0101610162"),
@@ -227,33 +254,22 @@ const GOLDEN: &[(&str, &str)] = &[
     ("StreamHeader::Control", "00"),
     ("StreamHeader::Results", "0103fb2c01"),
     ("Control::Heartbeat", "00"),
-    (
-        "Control::Dispatch",
-        "0203fb2c0102000afb2c01fc701101000103fb0010",
-    ),
+    ("Control::Dispatch", "0203fb2c0102000afb2c01fc701101000103fb0010"),
     ("Control::Cancel", "0303fb2c01"),
     ("Control::Release", "0403fb2c01"),
     ("Control::Shutdown", "05"),
-    ("Results", "0400010203010101030309fc0000100004010408"),
+    ("Control::Machine", "060162022f73fb0201"),
+    ("Control::MachineProof", "07feffffffffffffffffffffffffffffffff"),
+    ("Control::MachineConfirmed", "08"),
+    ("Control::ShmCredit", "0903fb2c01fc00002000"),
+    ("Results", "0500010203010101030309fc00001000040104080502054dfbe803fc00001000"),
     ("Request::Fetch", "00016e"),
     ("FetchReply::UnknownName", "01"),
     ("FetchReply::Refused", "02016d"),
-    (
-        "Control::Replica Local",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff000000c03f0000803e020701fd0000000000010000",
-    ),
-    (
-        "Control::Replica Cluster",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff010000c03f0000803e020701fd0000000000010000",
-    ),
-    (
-        "Control::Replica OncePerHost",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff020000c03f0000803e020701fd0000000000010000",
-    ),
-    (
-        "Control::Replica UserDefined",
-        "0103fb2c01fefeffffffffffffffffffffffffffffff030000c03f0000803e020701fd0000000000010000",
-    ),
+    ("Control::Replica Local", "0103fb2c01fefeffffffffffffffffffffffffffffff000000c03f0000803e020701fd0000000000010000"),
+    ("Control::Replica Cluster", "0103fb2c01fefeffffffffffffffffffffffffffffff010000c03f0000803e020701fd0000000000010000"),
+    ("Control::Replica OncePerHost", "0103fb2c01fefeffffffffffffffffffffffffffffff020000c03f0000803e020701fd0000000000010000"),
+    ("Control::Replica UserDefined", "0103fb2c01fefeffffffffffffffffffffffffffffff030000c03f0000803e020701fd0000000000010000"),
     ("ResultItem::Failed Panicked", "0207000170"),
     ("ResultItem::Failed Returned", "0207010172"),
     ("ResultItem::Failed HostFailed", "02070205"),
