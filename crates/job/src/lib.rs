@@ -65,7 +65,7 @@ pub use ids::{ClassId, HostId, JobId};
 pub use mode::SchedulingMode;
 pub use rdma::{RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite};
 pub use report::{ExecuteError, FailureReason, FragmentFailure, InvalidArgument, JobReport};
-pub use results::{ChunkSink, ResultReader, ResultWriter};
+pub use results::{ChunkSink, ResultReader, ResultWriter, SharedBytes};
 pub use typed::{share, Fragment, TypedJob};
 
 use serde::{de::DeserializeOwned, Serialize};
