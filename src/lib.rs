@@ -37,7 +37,7 @@ pub use fragmenta_job::{
 pub use fragmenta_runtime::{
     default_fastio_capacity, default_fastio_socket, Cluster, ClusterBuilder, ClusterConfig,
     HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, RegisterError, Registry,
-    ServeError,
+    SameMachineStats, ServeError,
 };
 
 /// Typed operator pipelines (Clara api-version 0.5.0) over Fast I/O Variables: definitions,

@@ -122,7 +122,10 @@ pub type SharedBytes = Box<dyn AsRef<[u8]> + Send>;
 enum Backing {
     Vec(Vec<u8>),
     /// `len` bytes at the start of an owner's bytes.
-    Shared { owner: SharedBytes, len: usize },
+    Shared {
+        owner: SharedBytes,
+        len: usize,
+    },
 }
 
 impl Backing {
@@ -276,15 +279,18 @@ mod tests {
             }
         }
         let dropped = Arc::new(AtomicBool::new(false));
-        let mut value =
-            bincode::serde::encode_to_vec(7u32, bincode::config::standard()).unwrap();
+        let mut value = bincode::serde::encode_to_vec(7u32, bincode::config::standard()).unwrap();
         let len = value.len() + 2;
         value.extend_from_slice(&[5, 6, 0xAA, 0xAA]); // 2 bytes of the chunk, 2 past its end
         let pages = Pages(value, dropped.clone());
         let addr = pages.0.as_ptr() as usize;
         let mut r = ResultReader::shared(3, Box::new(pages), len);
         assert_eq!((r.seq(), r.len()), (3, len));
-        assert_eq!(ResultReader::bytes(&r).as_ptr() as usize, addr, "read in place");
+        assert_eq!(
+            ResultReader::bytes(&r).as_ptr() as usize,
+            addr,
+            "read in place"
+        );
         assert_eq!(r.read_value::<u32>().unwrap(), 7);
         let mut two = [0u8; 4];
         assert_eq!(r.read(&mut two).unwrap(), 2);

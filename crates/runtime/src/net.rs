@@ -7,7 +7,9 @@
 //! - [`results`]: result streams: writing a job's results back to its initiator, reading and
 //!   reassembling them there (with backpressure: a paused stream is not read);
 //! - [`replicas`]: replicas of other hosts' jobs and the runner of their fragments;
-//! - `fetch`: copying Fast I/O publications between hosts.
+//! - `fetch`: copying Fast I/O publications between hosts;
+//! - [`machine`]: the same-machine path (proven per link; result chunks handed over through
+//!   the initiator's Fast I/O context instead of sent as QUIC stream bytes).
 //!
 //! All of it runs on a small tokio runtime owned by the node. Nothing here runs user code on a
 //! reactor thread: deserializing a replica and calling its `cancel()` go to `spawn_blocking`,
@@ -17,11 +19,13 @@ mod control;
 mod error;
 mod fetch;
 mod links;
+mod machine;
 mod replicas;
 mod results;
 
 pub(crate) use error::bind_reason;
 pub use error::JoinError;
+pub use machine::SameMachineStats;
 
 use crate::membership::Membership;
 use crate::node::Node;
@@ -59,6 +63,8 @@ struct Link {
     /// Set once the protocol knows the host: only then does it count towards the minimum
     /// cluster size, so a job submitted right after joining sees every host.
     ready: std::sync::atomic::AtomicBool,
+    /// Whether the peer is a process of this machine, as proven on this link.
+    shm: Arc<machine::ShmLink>,
 }
 
 /// Shutdown signalling for `serve()`.
@@ -150,6 +156,12 @@ pub(crate) struct Net {
     retired: Mutex<BTreeSet<HostId>>,
     /// A peer that refused this host while it joined, and why.
     refused: Mutex<Option<(HostId, String)>>,
+    /// Whether the same-machine path is on (`FRAGMENTA_SAME_MACHINE`).
+    same_machine: bool,
+    /// This machine's boot id.
+    boot_id: Option<String>,
+    /// What the same-machine path did.
+    shm: machine::ShmCounters,
 }
 
 fn info_of(config: &ClusterConfig, host: HostId) -> HostInfo {
@@ -240,6 +252,9 @@ impl Net {
             membership: Membership::default(),
             retired: Mutex::new(BTreeSet::new()),
             refused: Mutex::new(None),
+            same_machine: machine::enabled(),
+            boot_id: machine::boot_id(),
+            shm: machine::ShmCounters::default(),
         });
         *node.remote.write() = Some(net.clone());
         *node.fetcher.write() = Some(Arc::new(fetch::NetFetch {
@@ -308,6 +323,24 @@ impl Net {
 
     pub(crate) fn is_primary(&self) -> bool {
         self.host == self.primary
+    }
+
+    /// What the same-machine path did on this host, and with which peers.
+    pub(crate) fn same_machine_stats(&self) -> SameMachineStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SameMachineStats {
+            peers: self
+                .links
+                .lock()
+                .iter()
+                .filter(|(_, l)| l.shm.same_machine())
+                .map(|(h, _)| *h)
+                .collect(),
+            chunks_received: self.shm.chunks_received.load(Relaxed),
+            bytes_received: self.shm.bytes_received.load(Relaxed),
+            chunks_sent: self.shm.chunks_sent.load(Relaxed),
+            bytes_sent: self.shm.bytes_sent.load(Relaxed),
+        }
     }
 
     pub(crate) fn peers(&self) -> Vec<HostId> {
