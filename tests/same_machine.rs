@@ -47,6 +47,8 @@ fn chunk(i: usize, seq: u32) -> Vec<u8> {
 #[derive(Serialize, Deserialize, Default)]
 struct Big {
     kill_host: Option<u32>,
+    /// The initiator's Fast I/O socket.
+    initiator_socket: String,
     kill_after: u32,
     #[serde(skip)]
     got: Mutex<BTreeMap<usize, Vec<u32>>>,
@@ -72,15 +74,27 @@ impl FragmentedJob for Big {
         // Remote fragments take a moment, so every host gets some before the job is over.
         std::thread::sleep(Duration::from_millis(20));
         for seq in 0..CHUNKS {
-            if self.kill_host == Some(ctx.host().0) && seq == self.kill_after {
-                // Mid-transfer: earlier chunks are handed over, perhaps not yet referenced.
-                std::thread::sleep(Duration::from_millis(5));
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &std::process::id().to_string()])
-                    .status();
+            out.write_chunk(chunk(i, seq))?;
+            if self.kill_host == Some(ctx.host().0) && seq + 1 == self.kill_after {
+                // Mid-transfer, at once: the chunk just handed over is perhaps not yet
+                // referenced on the result stream; and one surely is not: handed over the way
+                // the runtime does, under this host's names, and never referenced.
+                let orphan = fragmenta_wire::messages::shm_chunk_name(
+                    ctx.host(),
+                    JobId {
+                        initiator: HostId(0),
+                        seq: u64::MAX,
+                    },
+                    0,
+                );
+                let ctx = fastio::RemoteContext::connect(&self.initiator_socket)
+                    .map_err(std::io::Error::other)?;
+                ctx.hand_over(&orphan, &[7; 1000], 1 << 20)
+                    .map_err(std::io::Error::other)?;
+                // SAFETY: kill(2) on this process; no memory is involved.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
                 std::thread::sleep(Duration::from_secs(60));
             }
-            out.write_chunk(chunk(i, seq))?;
         }
         Ok(())
     }
@@ -169,7 +183,12 @@ fn host_main(scenario: &str) -> Result<(), String> {
     let kill = scenario == "kill";
     let job = Arc::new(Big {
         kill_host: kill.then_some(2),
-        kill_after: 3,
+        kill_after: 4,
+        initiator_socket: cluster
+            .fastio_socket()
+            .map_err(|e| e.to_string())?
+            .display()
+            .to_string(),
         ..Big::default()
     });
     let report = cluster
@@ -201,15 +220,18 @@ fn host_main(scenario: &str) -> Result<(), String> {
             if report.per_host.iter().any(|(h, n)| *h == HostId(2) && *n > 0) {
                 return Err(format!("host 2 finished fragments: {:?}", report.per_host));
             }
-            if stats.chunks_received == 0 {
-                return Err(format!("nothing came through shared memory: {stats:?}"));
+            if stats.chunks_received == 0 || stats.reclaimed == 0 {
+                return Err(format!(
+                    "nothing came through shared memory, or nothing of the dead host's was reclaimed: {stats:?}"
+                ));
             }
         }
     }
     context_empty(&cluster)?;
     println!(
-        "{scenario} ok: {} chunks through shared memory of {large} large ones, {} bytes; per host {:?}",
-        stats.chunks_received, stats.bytes_received, report.per_host
+        "{scenario} ok: {} chunks through shared memory of {large} large ones, {} bytes, {} \
+         publications of lost hosts reclaimed; per host {:?}",
+        stats.chunks_received, stats.bytes_received, stats.reclaimed, report.per_host
     );
     Ok(())
 }

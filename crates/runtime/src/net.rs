@@ -340,6 +340,7 @@ impl Net {
             bytes_received: self.shm.bytes_received.load(Relaxed),
             chunks_sent: self.shm.chunks_sent.load(Relaxed),
             bytes_sent: self.shm.bytes_sent.load(Relaxed),
+            reclaimed: self.shm.reclaimed.load(Relaxed),
         }
     }
 

@@ -191,6 +191,7 @@ pub(crate) struct ShmCounters {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) chunks_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
 }
 
 /// What a host's same-machine path did so far ([`crate::Cluster::same_machine`]).
@@ -206,6 +207,9 @@ pub struct SameMachineStats {
     pub chunks_sent: u64,
     /// Their bytes.
     pub bytes_sent: u64,
+    /// Publications withdrawn from this host's context because the host that handed them over
+    /// was declared down before it referenced them.
+    pub reclaimed: u64,
 }
 
 impl super::Net {
@@ -302,6 +306,7 @@ impl super::Net {
             let n = node.fastio.withdraw_prefix(&shm_sender_prefix(peer))
                 + node.fastio.withdraw_prefix(&shm_proof_prefix(peer));
             if n > 0 {
+                self.shm.reclaimed.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::info!(host = %self.host, %peer, publications = n, "reclaimed shared memory a lost host handed over");
             }
         }
