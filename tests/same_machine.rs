@@ -217,7 +217,11 @@ fn host_main(scenario: &str) -> Result<(), String> {
             if cluster.hosts().contains(&HostId(2)) {
                 return Err("host 2 was to kill itself".into());
             }
-            if report.per_host.iter().any(|(h, n)| *h == HostId(2) && *n > 0) {
+            if report
+                .per_host
+                .iter()
+                .any(|(h, n)| *h == HostId(2) && *n > 0)
+            {
                 return Err(format!("host 2 finished fragments: {:?}", report.per_host));
             }
             if stats.chunks_received == 0 || stats.reclaimed == 0 {

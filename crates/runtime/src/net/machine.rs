@@ -39,9 +39,10 @@ pub(crate) const SHM_THRESHOLD: usize = 256 << 10;
 pub(crate) const SHM_CLASS: u64 = 1 << 20;
 
 /// Bytes of memory a sender may have handed over for one job and not yet had back
-/// (`Control::ShmCredit`): the initiator's receive pause (64 MiB a job) bounds what it holds,
-/// this bounds what the sender put in its context meanwhile.
-pub(crate) const SHM_WINDOW: u64 = 64 << 20;
+/// (`Control::ShmCredit`); beyond it chunks go on QUIC. Like the 32 MiB a sender queues for
+/// QUIC: the initiator's receive pause (64 MiB a job) bounds what it holds, this bounds what
+/// the sender put in its context meanwhile.
+pub(crate) const SHM_WINDOW: u64 = 32 << 20;
 
 /// The memory a chunk of `len` bytes is handed over in.
 pub(crate) fn size_class(len: u64) -> u64 {

@@ -62,11 +62,8 @@ pub(super) struct RemoteJob {
     shm: Option<Arc<super::machine::ShmLink>>,
     /// Bytes of memory handed over to the initiator and not yet credited back.
     shm_out: Mutex<u64>,
-    credited: Condvar,
     /// Ids of hand-overs (the names they are published under).
     shm_ids: std::sync::atomic::AtomicU64,
-    /// The replica was dropped: no credit comes back any more.
-    released: AtomicBool,
 }
 
 impl RemoteJob {
@@ -89,8 +86,9 @@ impl RemoteJob {
     /// Hands a chunk over through the initiator's Fast I/O context when the link to it is
     /// proven same-machine and the chunk is large enough: the bytes are copied once into
     /// memory of the initiator's context and only a reference goes on the result stream.
-    /// `Err(data)`: not handed over, the chunk goes on QUIC as before. `Ok(false)`: the
-    /// stream is gone.
+    /// `Err(data)`: not handed over (too small, the link not proven, the window of memory
+    /// handed over and not credited back full, the initiator's context full), the chunk goes
+    /// on QUIC as before. `Ok(false)`: the stream is gone.
     fn hand_over(&self, fragment: u64, seq: u32, data: Vec<u8>) -> Result<bool, Vec<u8>> {
         use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
         use std::sync::atomic::Ordering::Relaxed;
@@ -102,19 +100,13 @@ impl RemoteJob {
         };
         let size = size_class(data.len() as u64);
         {
+            // Beyond the window the chunk goes on QUIC rather than wait for credit: a chunk
+            // held back here could be the very one the initiator's ordered delivery waits for
+            // while the window is full of later ones; QUIC's own rules (the stream carrying
+            // the next chunk in order is never paused) then keep the job moving.
             let mut out = self.shm_out.lock();
-            while *out > 0 && *out + size > SHM_WINDOW {
-                if self.out.is_closed() {
-                    return Ok(false);
-                }
-                let link_gone = self
-                    .net
-                    .upgrade()
-                    .is_none_or(|n| n.link(self.id.initiator).is_none());
-                if link_gone || self.released.load(Ordering::Acquire) {
-                    return Err(data);
-                }
-                self.credited.wait_for(&mut out, Duration::from_millis(100));
+            if *out > 0 && *out + size > SHM_WINDOW {
+                return Err(data);
             }
             *out += size;
         }
@@ -154,7 +146,6 @@ impl RemoteJob {
     pub(super) fn credit(&self, bytes: u64) {
         let mut out = self.shm_out.lock();
         *out = out.saturating_sub(bytes);
-        self.credited.notify_all();
     }
 
     pub(super) fn written(&self, bytes: usize) {
@@ -225,9 +216,7 @@ impl Net {
             net: self.me.clone(),
             shm: self.link(job.initiator).map(|l| Arc::clone(&l.shm)),
             shm_out: Mutex::new(0),
-            credited: Condvar::new(),
             shm_ids: std::sync::atomic::AtomicU64::new(0),
-            released: AtomicBool::new(false),
         });
         self.remote_jobs.lock().insert(job, rj.clone());
         let conn = self
@@ -389,8 +378,6 @@ impl Remote for Net {
         let Some(rj) = self.remote_jobs.lock().remove(&job) else {
             return;
         };
-        rj.released.store(true, Ordering::Release);
-        rj.credited.notify_all();
         // The replica may go with the last reference: its `Drop` is user code, kept off the
         // reactor.
         self.handle.spawn_blocking(move || drop(rj));
