@@ -51,6 +51,8 @@ use tokio::sync::mpsc;
 const CLOSE_TIMEOUT: u32 = 3;
 /// Close code for a normal shutdown.
 const CLOSE_SHUTDOWN: u32 = 4;
+/// How long a join waits for its peers to answer its same-machine announcement.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Outgoing {
     Msg(Control),
@@ -314,6 +316,35 @@ impl Net {
                 });
             }
         }
+        // Every link up now has its same-machine detection settled (the peer answered this
+        // host's announcement), so nothing of it is left in this host's context once joined.
+        // Bounded: a peer that never answers leaves its link on QUIC, which is what it is.
+        let settle_by = Instant::now() + SETTLE_TIMEOUT;
+        while links.values().any(|l| {
+            l.ready.load(std::sync::atomic::Ordering::Acquire)
+                && !l.shm.settled.load(std::sync::atomic::Ordering::Acquire)
+        }) {
+            if self
+                .links_changed
+                .wait_until(&mut links, settle_by)
+                .timed_out()
+            {
+                eprintln!(
+                    "DBG host {} settle timed out: {:?}",
+                    self.host,
+                    links
+                        .iter()
+                        .map(|(h, l)| (
+                            *h,
+                            l.ready.load(std::sync::atomic::Ordering::Acquire),
+                            l.shm.settled.load(std::sync::atomic::Ordering::Acquire)
+                        ))
+                        .collect::<Vec<_>>()
+                );
+                break;
+            }
+        }
+        drop(links);
         // Refused by one host while enough others accepted: still not a member.
         match self.refused.lock().clone() {
             Some((by, reason)) => Err(JoinError::Refused { by, reason }),

@@ -28,5 +28,6 @@ pub use frame::{
 ///
 /// 2: `FailureReason` (in `ResultItem::Failed`) gained `NoGpu` and `ReceivePanicked`.
 /// 3: the same-machine path: `Control::Machine`, `Control::MachineProof`,
-/// `Control::MachineConfirmed`, `Control::ShmCredit` and `ResultItem::Shm`.
+/// `Control::MachineConfirmed`, `Control::MachineDeclined`, `Control::ShmCredit` and
+/// `ResultItem::Shm`.
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -93,6 +93,10 @@ pub enum Control {
     },
     /// The proof was found: the receiver may hand result chunks over to the sender's context.
     MachineConfirmed,
+    /// The answer to [`Control::Machine`] from a peer that hands nothing over: another
+    /// machine, the path switched off there, or the socket could not be used. Results from it
+    /// to the announcing host stay on QUIC.
+    MachineDeclined,
     /// The initiator of `job` let go of `bytes` of chunks handed over to it by the receiver
     /// ([`ResultItem::Shm`]): the receiver may hand over that much more.
     ShmCredit {

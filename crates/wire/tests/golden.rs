@@ -120,6 +120,7 @@ fn samples() -> Vec<(String, String)> {
             hex(&Control::MachineProof { nonce: u128::MAX }),
         ),
         ("Control::MachineConfirmed", hex(&Control::MachineConfirmed)),
+        ("Control::MachineDeclined", hex(&Control::MachineDeclined)),
         (
             "Control::ShmCredit",
             hex(&Control::ShmCredit {
@@ -267,7 +268,8 @@ const GOLDEN: &[(&str, &str)] = &[
         "07feffffffffffffffffffffffffffffffff",
     ),
     ("Control::MachineConfirmed", "08"),
-    ("Control::ShmCredit", "0903fb2c01fc00002000"),
+    ("Control::MachineDeclined", "09"),
+    ("Control::ShmCredit", "0a03fb2c01fc00002000"),
     (
         "Results",
         "0500010203010101030309fc00001000040104080502054dfbe803fc00001000",

@@ -161,6 +161,10 @@ impl Net {
                     self.on_machine_confirmed(peer);
                     continue;
                 }
+                Control::MachineDeclined => {
+                    self.on_machine_declined(peer);
+                    continue;
+                }
                 Control::ShmCredit { job, bytes } => {
                     self.shm_credit(job, bytes);
                     continue;

@@ -131,6 +131,54 @@ pub(crate) fn proof_holds(sent: u128, answered: u128, found_in_context: bool) ->
     sent == answered && found_in_context
 }
 
+/// Why a result reference to shared memory is refused: a protocol violation of the peer that
+/// sent it (its link closes, nothing else).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ShmViolation {
+    /// The peer never proved it reaches this host's context.
+    #[error("a shared-memory chunk on a link not proven same-machine")]
+    NotProven,
+    /// The memory announced is not the size class of the chunk.
+    #[error("a shared-memory chunk of {len} bytes in memory of {size} bytes (not its size class)")]
+    WrongClass {
+        /// Bytes of the chunk.
+        len: u64,
+        /// Bytes of memory announced.
+        size: u64,
+    },
+    /// Nothing is published under the name the reference implies.
+    #[error("a reference to a missing allocation {name:?}")]
+    Missing {
+        /// The name.
+        name: String,
+    },
+    /// The memory published there is of another size.
+    #[error("a reference to memory of {found} bytes, announced {announced}")]
+    WrongSize {
+        /// Its size.
+        found: u64,
+        /// The size announced.
+        announced: u64,
+    },
+    /// The memory cannot be mapped for reading (the peer holds a write map).
+    #[error("handed-over memory cannot be read: {0}")]
+    Unreadable(fragmenta_fastio::FastIoError),
+    /// This host is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+/// The checks on a reference before anything is looked up.
+pub(crate) fn check_reference(proven: bool, len: u64, size: u64) -> Result<(), ShmViolation> {
+    if !proven {
+        return Err(ShmViolation::NotProven);
+    }
+    if size != size_class(len) {
+        return Err(ShmViolation::WrongClass { len, size });
+    }
+    Ok(())
+}
+
 /// The same-machine state of one link.
 pub(crate) struct ShmLink {
     /// The nonce this host announced on the link.
@@ -141,6 +189,8 @@ pub(crate) struct ShmLink {
     confirmed: AtomicBool,
     /// The peer proved it reaches this host's context.
     from_peer: AtomicBool,
+    /// The peer answered this host's announcement (proof or decline).
+    pub(crate) settled: AtomicBool,
 }
 
 impl ShmLink {
@@ -150,6 +200,7 @@ impl ShmLink {
             to_peer: OnceLock::new(),
             confirmed: AtomicBool::new(false),
             from_peer: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -177,6 +228,12 @@ impl ShmLink {
         } else {
             None
         }
+    }
+
+    /// Whether the peer proved it reaches this host's context (it may reference memory it
+    /// handed over here).
+    pub(crate) fn peer_proven(&self) -> bool {
+        self.from_peer.load(Ordering::Acquire)
     }
 
     /// Whether the link is same-machine in either direction.
@@ -241,6 +298,9 @@ impl super::Net {
         if boot_id.len() > MAX_BOOT_ID || socket.len() > fragmenta_fastio::MAX_SOCKET_PATH {
             return self.violated(peer, "a machine announcement beyond its bounds".into());
         }
+        let Some(link) = self.link(peer) else {
+            return;
+        };
         if let Err(why) = should_try(
             self.same_machine,
             self.boot_id.as_deref(),
@@ -248,11 +308,11 @@ impl super::Net {
             &socket,
         ) {
             tracing::debug!(host = %self.host, %peer, ?why, "results from this host to the peer use QUIC");
+            let _ = link
+                .control
+                .send(super::Outgoing::Msg(Control::MachineDeclined));
             return;
         }
-        let Some(link) = self.link(peer) else {
-            return;
-        };
         let host = self.host;
         self.handle.spawn_blocking(move || {
             let proven = RemoteContext::connect(&socket).and_then(|ctx| {
@@ -268,6 +328,9 @@ impl super::Net {
                 }
                 Err(e) => {
                     tracing::info!(%host, %peer, error = %e, "same boot id, but the peer's Fast I/O socket cannot be used: results use QUIC");
+                    let _ = link
+                        .control
+                        .send(super::Outgoing::Msg(Control::MachineDeclined));
                 }
             }
         });
@@ -278,6 +341,9 @@ impl super::Net {
         let (Some(link), Some(node)) = (self.link(peer), self.node.upgrade()) else {
             return;
         };
+        // Answered (whatever the outcome): the proof is out of this host's context by the
+        // time a join waiting for it returns.
+        let _settle = Settle(self, &link);
         let found =
             nonce == link.shm.nonce && node.fastio.take(&shm_proof_name(peer, nonce)).is_ok();
         if proof_holds(link.shm.nonce, nonce, found) {
@@ -290,6 +356,20 @@ impl super::Net {
             tracing::warn!(host = %self.host, %peer, "same-machine proof does not hold: results from it use QUIC");
             node.fastio.withdraw_prefix(&shm_proof_prefix(peer));
         }
+    }
+
+    /// `peer` hands nothing over to this host.
+    pub(super) fn on_machine_declined(&self, peer: HostId) {
+        if let Some(link) = self.link(peer) {
+            self.settle(&link);
+        }
+    }
+
+    /// The peer answered this host's announcement.
+    pub(super) fn settle(&self, link: &super::Link) {
+        link.shm.settled.store(true, Ordering::Release);
+        let _links = self.links.lock();
+        self.links_changed.notify_all();
     }
 
     /// `peer` found this host's proof: chunks for it are handed over from now on.
@@ -325,6 +405,15 @@ impl super::Net {
         if let Some(node) = self.node.upgrade() {
             node.with_proto(|p| p.peer_violated(peer, detail));
         }
+    }
+}
+
+/// Settles a link's detection when dropped (after the proof was taken out of the context).
+struct Settle<'a>(&'a super::Net, &'a super::Link);
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.0.settle(self.1);
     }
 }
 
@@ -370,6 +459,29 @@ mod tests {
     }
 
     #[test]
+    fn a_reference_needs_a_proven_link_and_the_size_class_of_its_chunk() {
+        assert_eq!(check_reference(true, 1000, SHM_CLASS), Ok(()));
+        assert_eq!(
+            check_reference(false, 1000, SHM_CLASS),
+            Err(ShmViolation::NotProven)
+        );
+        assert_eq!(
+            check_reference(true, 1000, 2 * SHM_CLASS),
+            Err(ShmViolation::WrongClass {
+                len: 1000,
+                size: 2 * SHM_CLASS
+            })
+        );
+        assert_eq!(
+            check_reference(true, SHM_CLASS + 1, SHM_CLASS),
+            Err(ShmViolation::WrongClass {
+                len: SHM_CLASS + 1,
+                size: SHM_CLASS
+            })
+        );
+    }
+
+    #[test]
     fn the_switch_and_the_size_classes() {
         assert!(enabled_by(None));
         assert!(enabled_by(Some("1")));
@@ -389,6 +501,6 @@ mod tests {
         assert!(!link.confirm(), "no proof handed over: nothing to confirm");
         assert!(link.sender().is_none() && !link.same_machine());
         link.set_from_peer();
-        assert!(link.same_machine() && link.sender().is_none());
+        assert!(link.same_machine() && link.peer_proven() && link.sender().is_none());
     }
 }

@@ -2,7 +2,11 @@
 //! on one stream per job; the initiator reads them, reassembles chunk parts (bounded, off the
 //! protocol's lock) and feeds whole entries to the protocol. A stream the protocol paused is not
 //! read until it is resumed: QUIC flow control then holds the sender, whose fragments wait.
+//! Between processes of one machine a large chunk's bytes are handed over through the
+//! initiator's Fast I/O context and the stream carries a reference (`ResultItem::Shm`, see
+//! [`super::machine`]), resolved here into a chunk read in place.
 
+use super::machine::{check_reference, ShmViolation};
 use super::replicas::{Out, RemoteJob};
 use super::Net;
 use crate::node::{Payload, ShmChunk};
@@ -144,7 +148,10 @@ impl Net {
                 Ok(p) => p,
                 Err(e) => return close_on_frame_error(&conn, &e),
             };
-            let mut resolve = |id, len, size| self.take_handed_over(peer, job, id, len, size);
+            let mut resolve = |id, len, size| {
+                self.take_handed_over(peer, job, id, len, size)
+                    .map_err(|e| e.to_string())
+            };
             let events = match split(results.items, payload, &mut parts, &mut resolve) {
                 Ok(events) => events,
                 Err(e) => return self.broke(&conn, job, e),
@@ -167,33 +174,24 @@ impl Net {
         id: u64,
         len: u64,
         size: u64,
-    ) -> Result<ShmChunk, String> {
+    ) -> Result<ShmChunk, ShmViolation> {
         use std::sync::atomic::Ordering::Relaxed;
-        let proven = self.link(peer).is_some_and(|l| l.shm.same_machine());
-        if !proven {
-            return Err("a shared-memory chunk on a link not proven same-machine".into());
-        }
-        if size != super::machine::size_class(len) {
-            return Err(format!(
-                "a shared-memory chunk of {len} bytes in memory of {size} bytes"
-            ));
-        }
-        let node = self.node.upgrade().ok_or("node shut down")?;
+        let proven = self.link(peer).is_some_and(|l| l.shm.peer_proven());
+        check_reference(proven, len, size)?;
+        let node = self.node.upgrade().ok_or(ShmViolation::ShuttingDown)?;
         let name = fragmenta_wire::messages::shm_chunk_name(peer, job, id);
         let alloc = node
             .fastio
             .take(&name)
-            .map_err(|e| format!("a reference to a missing allocation ({e})"))?;
+            .map_err(|_| ShmViolation::Missing { name })?;
         if alloc.size() != size {
-            return Err(format!(
-                "a reference to memory of {} bytes, announced {size}",
-                alloc.size()
-            ));
+            return Err(ShmViolation::WrongSize {
+                found: alloc.size(),
+                announced: size,
+            });
         }
-        let read = alloc
-            .into_shared_read()
-            .map_err(|e| format!("handed-over memory cannot be read: {e}"))?;
-        let len = usize::try_from(len).map_err(|_| "chunk too large")?;
+        let read = alloc.into_shared_read().map_err(ShmViolation::Unreadable)?;
+        let len = usize::try_from(len).map_err(|_| ShmViolation::WrongClass { len, size })?;
         self.shm.chunks_received.fetch_add(1, Relaxed);
         self.shm.bytes_received.fetch_add(len as u64, Relaxed);
         let net = self.me.clone();
