@@ -5,17 +5,19 @@
 //!
 //! 1. no-op fragments/s, CLUSTER and remote-only (USER_DEFINED round-robin on the three
 //!    non-initiators), 200,000 fragments;
-//! 2. 8 × 64 MiB results from one remote process (the path results take today), against a raw
-//!    quinn stream between the same two processes and a plain memcpy of 512 MiB in one process;
-//! 3. a Fast I/O fetch of 256 MiB between processes of this machine, against the same two;
+//! 2. 8 × 64 MiB results from one remote process through the same-machine path (chunks handed
+//!    over through the initiator's Fast I/O context), against a plain memcpy of 512 MiB in one
+//!    process;
+//! 3. a Fast I/O fetch of 256 MiB between processes of this machine (same-machine path: one
+//!    copy from the owner's context), against a memcpy and a raw quinn stream;
 //! 4. peak RSS (`VmHWM`, reset through `/proc/self/clear_refs` just before) of the initiator and
 //!    of the sending process during the 512 MiB transfer;
 //! 5. the makespan of a CLUSTER job where one host runs its fragments 10x slower, against the
 //!    ideal split of the work by each host's speed, with work stealing across hosts on and off
-//!    (`Cluster::set_work_stealing`), one run after the other.
-//!
-//! Until results between processes of one machine have a path of their own, the same-machine
-//! lines measure the path they take today (QUIC over loopback) and say so.
+//!    (`Cluster::set_work_stealing`), one run after the other;
+//! 6. then a second cluster of 4 processes with `FRAGMENTA_SAME_MACHINE=0` (the QUIC path forced
+//!    on): the same results against a raw quinn stream between the same two processes, and the
+//!    peak RSS on that path.
 //!
 //! `cargo bench --bench multiproc` (about a minute on 2 cores); `cargo bench --bench multiproc
 //! -- --quick` for a smaller run with the same lines. Name filters run some sections only:
@@ -493,12 +495,14 @@ fn host_main(mode: &str) -> Result<(), String> {
     if !cluster.is_primary() {
         return cluster.serve().map_err(|e| e.to_string());
     }
-    let sizes = Sizes::new(mode == "quick");
+    let quic = mode.starts_with("quic-");
+    let sizes = Sizes::new(mode.ends_with("quick"));
     let hosts = cluster.hosts();
     if hosts.len() != 4 {
         return Err(format!("expected 4 hosts, the cluster has {hosts:?}"));
     }
-    println!(
+    if !quic {
+        println!(
         "4 host processes of this machine ({CORES} cores each), started by `fragmenta launch`{}",
         if mode == "quick" {
             "; --quick: smaller sizes, figures less steady"
@@ -506,6 +510,11 @@ fn host_main(mode: &str) -> Result<(), String> {
             ""
         }
     );
+    }
+    if quic {
+        println!("again with FRAGMENTA_SAME_MACHINE=0: the QUIC path forced on");
+        return quic_transfer_figures(&cluster, &sizes);
+    }
     let sections = std::env::var(SECTIONS_VAR).unwrap_or_default();
     let run = |name: &str| sections.is_empty() || sections.split(',').any(|f| name.contains(f));
     if run("noop") {
@@ -599,25 +608,85 @@ fn read_peaks(cluster: &Cluster) -> Result<(u64, u64), String> {
     Ok((initiator, sender))
 }
 
+/// MB/s of the best of `rounds` jobs of 8 fragments streaming `fragment` bytes each from host 1.
+fn stream_rate(cluster: &Cluster, fragment: usize) -> Result<f64, String> {
+    let total = 8 * fragment;
+    let job = Arc::new(Stream {
+        bytes_per_fragment: fragment,
+        ..Stream::default()
+    });
+    let t = Instant::now();
+    let report = cluster.execute(&job, 8).map_err(|e| e.to_string())?;
+    let secs = t.elapsed().as_secs_f64();
+    check(&report)?;
+    if job.received.load(Ordering::Relaxed) != total {
+        return Err("result transfer: wrong byte count".into());
+    }
+    Ok(total as f64 / secs / 1e6)
+}
+
+/// The same-machine path (this run's hosts prove each other same-machine): results against a
+/// memcpy, and the peak RSS of both sides.
 fn transfer_figures(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
     let total = 8 * sizes.stream_fragment;
+    let before = cluster.same_machine();
+    if !before.peers.contains(&HostId(1)) {
+        return Err(format!(
+            "host-1 is not proven same-machine: {before:?} (FRAGMENTA_SAME_MACHINE=0 set?)"
+        ));
+    }
+    // A first job warms the pools (the initiator's context and the sender's mappings).
+    stream_rate(cluster, sizes.stream_fragment)?;
+    let (rss0, rss1) = reset_peaks(cluster)?;
+    let mut ours = stream_rate(cluster, sizes.stream_fragment)?;
+    let (peak0, peak1) = read_peaks(cluster)?;
+    for _ in 1..sizes.stream_rounds {
+        ours = ours.max(stream_rate(cluster, sizes.stream_fragment)?);
+    }
+    let after = cluster.same_machine();
+    let memcpy = memcpy_rate(total);
+    let mb = total / MIB;
+    println!(
+        "results, 8 x {} MiB from the host-1 process, same-machine path ({} chunks of 1 MiB handed over through shared memory): {ours:.0} MB/s = {:.2}x a memcpy of {mb} MiB ({memcpy:.0} MB/s; best of {}); limit >= 0.5x",
+        sizes.stream_fragment / MIB,
+        after.chunks_received - before.chunks_received,
+        ours / memcpy,
+        sizes.stream_rounds
+    );
+    let growth = |p: u64, b: u64| mib(p.saturating_sub(b));
+    println!(
+        "peak RSS while {mb} MiB of results come through shared memory: initiator {:.0} MiB (+{:.0} MiB over {:.0} MiB before; limit +{:.0} MiB, the sender's window of handed-over memory and the context's pool), sender host-1 {:.0} MiB (+{:.0} MiB over {:.0} MiB; limit +{:.0} MiB, the window and the mappings it keeps)",
+        mib(peak0),
+        growth(peak0, rss0),
+        mib(rss0),
+        mib(SHM_WINDOW + POOL),
+        mib(peak1),
+        growth(peak1, rss1),
+        mib(rss1),
+        mib(SHM_WINDOW + KEPT),
+    );
+    Ok(())
+}
+
+/// Memory a sender hands over to one job's initiator before it waits for credit.
+const SHM_WINDOW: u64 = 32 << 20;
+/// Reclaimed memory a context pools at most (1 GiB, or a quarter of its capacity).
+const POOL: u64 = 1 << 30;
+/// Mappings of handed-over memory a sender keeps.
+const KEPT: u64 = 256 << 20;
+
+/// The QUIC path, forced on (`FRAGMENTA_SAME_MACHINE=0` in this run's hosts): results against
+/// a raw quinn stream between the same two processes, interleaved so noise hits both alike.
+fn quic_transfer_figures(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
+    let total = 8 * sizes.stream_fragment;
+    if !cluster.same_machine().peers.is_empty() {
+        return Err("the QUIC run found same-machine peers".into());
+    }
     let (rss0, rss1) = reset_peaks(cluster)?;
     let (mut ours, mut raw) = (0f64, 0f64);
-    // Interleaved, so noise from other processes hits both alike.
-    for _ in 0..sizes.stream_rounds {
-        let job = Arc::new(Stream {
-            bytes_per_fragment: sizes.stream_fragment,
-            ..Stream::default()
-        });
-        let t = Instant::now();
-        let report = cluster.execute(&job, 8).map_err(|e| e.to_string())?;
-        let secs = t.elapsed().as_secs_f64();
-        check(&report)?;
-        if job.received.load(Ordering::Relaxed) != total {
-            return Err("result transfer: wrong byte count".into());
-        }
-        ours = ours.max(total as f64 / secs / 1e6);
-        if raw == 0.0 {
+    for round in 0..sizes.stream_rounds {
+        ours = ours.max(stream_rate(cluster, sizes.stream_fragment)?);
+        if round == 0 {
             // Peaks of the job's transfers alone (the raw stream has its own buffers).
             let (peak0, peak1) = read_peaks(cluster)?;
             print_peaks(total, (rss0, rss1), (peak0, peak1));
@@ -625,14 +694,9 @@ fn transfer_figures(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
         raw = raw.max(raw_quinn(cluster, total)?);
     }
     let memcpy = memcpy_rate(total);
-    let mb = total / MIB;
     println!(
-        "results, 8 x {} MiB from the host-1 process, same-machine path (today: results take the QUIC path): {ours:.0} MB/s = {:.2}x a memcpy of {mb} MiB ({memcpy:.0} MB/s); limit >= 0.5x",
-        sizes.stream_fragment / MIB,
-        ours / memcpy
-    );
-    println!(
-        "results, the QUIC path: {ours:.0} MB/s; a raw quinn stream between the same two processes: {raw:.0} MB/s; ratio {:.2} (best of {}); limit >= 0.8",
+        "results, the QUIC path forced on: {ours:.0} MB/s ({:.2}x a memcpy); a raw quinn stream between the same two processes: {raw:.0} MB/s; ratio {:.2} (best of {}); limit >= 0.8",
+        ours / memcpy,
         ours / raw,
         sizes.stream_rounds
     );
@@ -651,7 +715,7 @@ fn print_peaks(total: usize, before: (u64, u64), peak: (u64, u64)) {
     let sender_limit = SENDER_QUEUE + net.send_window;
     let growth = |p: u64, b: u64| mib(p.saturating_sub(b));
     println!(
-        "peak RSS while {} MiB of results stream in: initiator {:.0} MiB (+{:.0} MiB over its {:.0} MiB before; limit +{:.0} MiB, the connection receive window), sender host-1 {:.0} MiB (+{:.0} MiB over {:.0} MiB; limit +{:.0} MiB, its result queue and the QUIC send window)",
+        "peak RSS while {} MiB of results stream in on QUIC: initiator {:.0} MiB (+{:.0} MiB over its {:.0} MiB before; limit +{:.0} MiB, the connection receive window), sender host-1 {:.0} MiB (+{:.0} MiB over {:.0} MiB; limit +{:.0} MiB, its result queue and the QUIC send window)",
         total / MIB,
         mib(peak.0),
         growth(peak.0, before.0),
@@ -700,13 +764,13 @@ fn fetch_figures(cluster: &Cluster, sizes: &Sizes) -> Result<(), String> {
     let memcpy = memcpy_rate(size);
     let mb = size / MIB;
     println!(
-        "Fast I/O fetch of {mb} MiB from the host-1 process into the initiator's context ({rounds} in a row, best of {}), same-machine path (today: fetches take the QUIC path): new allocation each time {fresh:.0} MB/s = {:.2}x, reusing one {reusing:.0} MB/s = {:.2}x a memcpy of {mb} MiB ({memcpy:.0} MB/s); limit >= 0.5x",
+        "Fast I/O fetch of {mb} MiB from the host-1 process into the initiator's context ({rounds} in a row, best of {}), same-machine path: new allocation each time {fresh:.0} MB/s = {:.2}x, reusing one {reusing:.0} MB/s = {:.2}x a memcpy of {mb} MiB ({memcpy:.0} MB/s); limit >= 0.5x",
         sizes.fetch_repeats,
         fresh / memcpy,
         reusing / memcpy
     );
     println!(
-        "Fast I/O fetch, the QUIC path vs a raw quinn stream of {mb} MiB between the same processes ({raw:.0} MB/s): ratios {:.2} (new allocation) / {:.2} (reusing); limit >= 0.8",
+        "Fast I/O fetch, the same-machine path vs a raw quinn stream of {mb} MiB between the same processes ({raw:.0} MB/s): ratios {:.2} (new allocation) / {:.2} (reusing); limit (of the QUIC path) >= 0.8",
         fresh / raw,
         reusing / raw
     );
@@ -781,31 +845,51 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let spawned = std::process::Command::new(env!("CARGO_BIN_EXE_fragmenta"))
-        .args(["launch", "-n", "4", "--cores", &CORES.to_string(), "--"])
-        .arg(exe)
-        .env(HOST_VAR, if quick { "quick" } else { "full" })
-        .env(SECTIONS_VAR, sections.join(","))
-        .stdout(std::process::Stdio::piped())
-        .spawn();
-    let mut launcher = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("cannot run `fragmenta launch`: {e}");
-            std::process::exit(1);
-        }
-    };
     let start = Instant::now();
-    // The initiator's lines are the figures; the other hosts' lines keep their prefix.
-    if let Some(out) = launcher.stdout.take() {
-        let stdout = std::io::stdout();
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let mut o = stdout.lock();
-            let _ = writeln!(o, "{}", line.strip_prefix("[host-0] ").unwrap_or(&line));
-            let _ = o.flush();
+    let mut status = 0;
+    // The forced-QUIC run measures results only.
+    let wants_results =
+        sections.is_empty() || sections.iter().any(|f| "results".contains(f.as_str()));
+    for quic in [false, true] {
+        if quic && !wants_results {
+            continue;
+        }
+        let mode = match (quic, quick) {
+            (false, false) => "full",
+            (false, true) => "quick",
+            (true, false) => "quic-full",
+            (true, true) => "quic-quick",
+        };
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fragmenta"));
+        cmd.args(["launch", "-n", "4", "--cores", &CORES.to_string(), "--"])
+            .arg(&exe)
+            .env(HOST_VAR, mode)
+            .env(SECTIONS_VAR, sections.join(","))
+            .stdout(std::process::Stdio::piped());
+        if quic {
+            cmd.env("FRAGMENTA_SAME_MACHINE", "0");
+        }
+        let mut launcher = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                eprintln!("cannot run `fragmenta launch`: {e}");
+                std::process::exit(1);
+            }
+        };
+        // The initiator's lines are the figures; the other hosts' lines keep their prefix.
+        if let Some(out) = launcher.stdout.take() {
+            let stdout = std::io::stdout();
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut o = stdout.lock();
+                let _ = writeln!(o, "{}", line.strip_prefix("[host-0] ").unwrap_or(&line));
+                let _ = o.flush();
+            }
+        }
+        let code = launcher.wait().map(|s| s.code().unwrap_or(1)).unwrap_or(1);
+        if code != 0 {
+            status = code;
         }
     }
-    let status = launcher.wait().map(|s| s.code().unwrap_or(1)).unwrap_or(1);
     println!(
         "(whole run {:.0} s, `fragmenta launch` exit status {status})",
         start.elapsed().as_secs_f64()

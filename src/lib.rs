@@ -37,7 +37,7 @@ pub use fragmenta_job::{
 pub use fragmenta_runtime::{
     default_fastio_capacity, default_fastio_socket, Cluster, ClusterBuilder, ClusterConfig,
     HostEvent, HostEventKind, HostEvents, JobHandle, JoinError, RegisterError, Registry,
-    ServeError,
+    SameMachineStats, ServeError,
 };
 
 /// Transports a cluster's hosts can link over ([`ClusterBuilder::transport`]): the default is

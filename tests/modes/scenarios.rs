@@ -557,7 +557,9 @@ pub(crate) fn panic(cluster: &Cluster, _: Layout) -> Result<(), String> {
     check(report.failed().to_vec() == [1999], || {
         format!("failed: {:?}", report.failed())
     })?;
-    check(report.done().len() == n - 1, || format!("panic: {report:?}"))?;
+    check(report.done().len() == n - 1, || {
+        format!("panic: {report:?}")
+    })?;
     check(report.failures.len() == 1, || {
         format!("failures: {:?}", report.failures)
     })?;

@@ -221,6 +221,72 @@ impl Allocation {
     }
 }
 
+impl Allocation {
+    /// Maps the memory for reading and keeps the map with the handle: an owner of both that
+    /// can be moved to another thread and read in place for as long as it lives (dropping it
+    /// unmaps and releases the reference).
+    ///
+    /// Errors: those of [`Allocation::map_read`].
+    pub fn into_shared_read(self) -> Result<SharedRead> {
+        self.port.map(self.handle, MapMode::Read)?;
+        Ok(SharedRead { alloc: self })
+    }
+
+    /// Copies `data` to the start of the memory, under a write lock the caller's context
+    /// already granted this handle (`CreateMapped`).
+    pub(crate) fn fill_locked(&self, data: &[u8]) {
+        // Lock protocol: the context granted this handle the write lock with the handle itself,
+        // and nothing else in this process has borrowed its bytes (the handle was just made).
+        let bytes = self.mapping.bytes_mut();
+        bytes[..data.len()].copy_from_slice(data);
+    }
+
+    pub(crate) fn mapping(&self) -> &Arc<Mapping> {
+        &self.mapping
+    }
+
+    pub(crate) fn handle_id(&self) -> HandleId {
+        self.handle
+    }
+
+    /// Marks the handle as released by its context already (`PublishRelease`).
+    pub(crate) fn forget(mut self) {
+        self.released = true;
+    }
+}
+
+/// An [`Allocation`] mapped for reading, owning both the handle and the read map (see
+/// [`Allocation::into_shared_read`]).
+#[derive(Debug)]
+pub struct SharedRead {
+    alloc: Allocation,
+}
+
+impl SharedRead {
+    /// The bytes of the allocation.
+    pub fn as_bytes(&self) -> &[u8] {
+        // Lock protocol: this value holds a read lock granted by the context.
+        self.alloc.mapping.bytes()
+    }
+
+    /// The handle it reads.
+    pub fn allocation(&self) -> &Allocation {
+        &self.alloc
+    }
+}
+
+impl AsRef<[u8]> for SharedRead {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Drop for SharedRead {
+    fn drop(&mut self) {
+        self.alloc.port.unmap(self.alloc.handle, MapMode::Read);
+    }
+}
+
 impl Drop for Allocation {
     fn drop(&mut self) {
         if !self.released {

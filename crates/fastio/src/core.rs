@@ -37,6 +37,9 @@ struct Memory {
     readers: HashMap<HandleId, u32>,
     writer: Option<HandleId>,
     freed: bool,
+    /// What the memory came out of the pool with (the owning process's mapping of it), kept
+    /// while it lives so it goes back to the pool mapped even when a client took it.
+    keep: Option<Keep>,
 }
 
 #[derive(Debug)]
@@ -213,6 +216,9 @@ impl Core {
         self.pooled -= size;
         tracing::debug!(size, "reusing pooled memory");
         let mut granted = self.grant_new(owner, size, p.fd)?;
+        if let Some(mem) = self.mems.get_mut(&granted.mem) {
+            mem.keep.clone_from(&p.keep);
+        }
         granted.keep = p.keep;
         Ok(granted)
     }
@@ -259,6 +265,7 @@ impl Core {
                 readers: HashMap::new(),
                 writer: None,
                 freed: false,
+                keep: None,
             },
         );
         self.used += size;
@@ -327,6 +334,56 @@ impl Core {
         );
         tracing::debug!(owner = owner.0, mem = mem_id.0, name, "published");
         Ok(())
+    }
+
+    /// Withdraws the publication `name` (only that one), reclaiming its memory if nothing else
+    /// refers to it.
+    pub(crate) fn unpublish(&mut self, name: &str) -> Result<(), FastIoError> {
+        let Some(publication) = self.names.remove(name) else {
+            return Err(FastIoError::UnknownName(name.to_owned()));
+        };
+        if let Some(mem) = self.mems.get_mut(&publication.mem) {
+            mem.names.remove(name);
+        }
+        self.maybe_reclaim(publication.mem, None);
+        Ok(())
+    }
+
+    /// Withdraws every publication whose name starts with `prefix`; returns how many.
+    pub(crate) fn withdraw_prefix(&mut self, prefix: &str) -> usize {
+        let names: Vec<String> = self
+            .names
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        for name in &names {
+            // Cannot fail: the name was just listed.
+            let _ = self.unpublish(name);
+        }
+        names.len()
+    }
+
+    /// Publishes the memory of `handle` under `name`, after dropping any lock the handle holds,
+    /// and releases the handle: the publication is then the memory's only reference from this
+    /// owner. On error the handle is released all the same.
+    pub(crate) fn publish_release(
+        &mut self,
+        owner: OwnerId,
+        handle: HandleId,
+        name: &str,
+        meta: &Metadata,
+    ) -> Result<(), FastIoError> {
+        let mem_id = self.handle(owner, handle)?;
+        if let Some(mem) = self.mems.get_mut(&mem_id) {
+            mem.readers.remove(&handle);
+            if mem.writer == Some(handle) {
+                mem.writer = None;
+            }
+        }
+        let published = self.publish(owner, handle, name, meta);
+        self.release(owner, handle)?;
+        published
     }
 
     /// Takes a read or write lock on the memory of `handle`.
@@ -453,7 +510,7 @@ impl Core {
             if let Some(mem) = self.mems.remove(&mem_id) {
                 self.used -= mem.size;
                 tracing::debug!(mem = mem_id.0, size = mem.size, "reclaimed");
-                self.pool_reclaimed(mem.size, mem.fd, keep);
+                self.pool_reclaimed(mem.size, mem.fd, keep.or(mem.keep));
             }
         }
     }

@@ -79,6 +79,15 @@ pub enum FastIoError {
         /// Dimensions given.
         dims: Vec<u64>,
     },
+    /// Data handed over is longer than the memory asked for it
+    /// ([`RemoteContext::hand_over`](crate::RemoteContext::hand_over)).
+    #[error("{len} bytes do not fit in {size} bytes of memory")]
+    DataTooLarge {
+        /// Bytes of data.
+        len: u64,
+        /// Bytes of memory.
+        size: u64,
+    },
     /// More than [`crate::MAX_DIMS`] dimensions.
     #[error("more than {max} dimensions", max = crate::MAX_DIMS)]
     TooManyDimensions,

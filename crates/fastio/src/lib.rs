@@ -77,6 +77,16 @@
 //!   same size land in memory whose pages are already allocated (and, in the process that owns
 //!   the context, still mapped). `create` always gives zeroed memory and closes pooled
 //!   memory first when it needs the room.
+//! - **Handing memory over** from a client to the context's owner, in one copy:
+//!   [`RemoteContext::hand_over`] takes memory of a given size (pooled memory of that size
+//!   when there is some) with a write lock in one round trip, copies the bytes in, and
+//!   publishes and releases it in a second; the owner takes it out by name
+//!   ([`LocalContext::take`]: a handle, the name withdrawn) and reads it in place for as long
+//!   as it likes ([`Allocation::into_shared_read`], an owner of the handle and its read map).
+//!   When the owner lets go, the memory returns to the pool with the owner's mapping, and the
+//!   client keeps its own mapping of memory it handed over (bounded), so the next hand-over
+//!   of that size touches no fresh page on either side. [`LocalContext::withdraw_prefix`]
+//!   withdraws what a client handed over and never referenced (it died).
 //! - **Every request is a round trip**, including map/unmap, because locks are context-wide;
 //!   `map_read` of 1 GiB costs the same as of 4 KiB (the mapping already exists).
 //!
@@ -109,7 +119,7 @@ mod server;
 mod sys;
 mod types;
 
-pub use crate::alloc::{Allocation, ReadGuard, WriteGuard};
+pub use crate::alloc::{Allocation, ReadGuard, SharedRead, WriteGuard};
 pub use crate::error::{FastIoError, IoOp, Result};
 pub use crate::local::LocalContext;
 pub use crate::path::{default_socket_dir, default_socket_path, socket_file_name, MAX_SOCKET_PATH};

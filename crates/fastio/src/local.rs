@@ -84,6 +84,30 @@ impl LocalContext {
         self.prefaulted(granted)
     }
 
+    /// Takes the publication `name` out of the context: a new handle to its memory, with a
+    /// copy of its metadata, and the publication withdrawn (only that name; other
+    /// publications of the memory stay). What a receiver does with memory handed over to it
+    /// by another process ([`RemoteContext::hand_over`](crate::RemoteContext::hand_over)):
+    /// once the handle is dropped the memory returns to the context, and to its pool.
+    ///
+    /// Errors: [`FastIoError::UnknownName`].
+    pub fn take(&self, name: &str) -> Result<Allocation> {
+        let granted = {
+            let mut core = self.core.lock();
+            let granted = core.get(self.owner, name)?;
+            core.unpublish(name)?;
+            granted
+        };
+        Allocation::from_granted(Arc::clone(&self.port), granted)
+    }
+
+    /// Withdraws every publication whose name starts with `prefix` (memory nothing else refers
+    /// to returns to the context); returns how many were withdrawn. How a host reclaims what
+    /// a peer handed over and never referenced before it died.
+    pub fn withdraw_prefix(&self, prefix: &str) -> usize {
+        self.core.lock().withdraw_prefix(prefix)
+    }
+
     /// Wraps the grant of a `create`, its pages faulted in for the writer about to fill them.
     fn prefaulted(&self, granted: Granted) -> Result<Allocation> {
         let alloc = Allocation::from_granted(Arc::clone(&self.port), granted)?;

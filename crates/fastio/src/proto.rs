@@ -48,6 +48,16 @@ pub(crate) enum ToServer {
         handle: HandleId,
     },
     Stats,
+    /// `create_reusing` and a write lock on the new handle, in one round trip.
+    CreateMapped {
+        size: u64,
+    },
+    /// Drops the handle's locks, publishes it under `name` and releases it, in one round trip.
+    PublishRelease {
+        handle: HandleId,
+        name: String,
+        meta: Metadata,
+    },
 }
 
 /// Server → client.

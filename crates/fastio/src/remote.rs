@@ -22,7 +22,15 @@ struct Conn {
 #[derive(Debug)]
 struct RemotePort {
     conn: Mutex<Conn>,
+    /// Mappings of memory handed over through [`RemoteContext::hand_over`], newest last, kept
+    /// for when the server hands the same memory out again from its pool (its pages are then
+    /// mapped here already). At most [`KEPT_BYTES`].
+    kept: Mutex<std::collections::VecDeque<Arc<crate::sys::Mapping>>>,
 }
+
+/// Bytes of handed-over memory whose mappings a client keeps (see `RemotePort::kept`). Pages
+/// of memory the server has closed stay allocated while mapped here, so this is bounded.
+pub(crate) const KEPT_BYTES: usize = 256 << 20;
 
 impl RemotePort {
     /// One request, one reply. A transport or protocol error leaves the stream out of step,
@@ -113,9 +121,57 @@ impl RemoteContext {
                 stream,
                 broken: false,
             }),
+            kept: Mutex::new(std::collections::VecDeque::new()),
         });
         let dyn_port: Arc<dyn Port> = port.clone();
         Ok(RemoteContext { port, dyn_port })
+    }
+
+    /// Hands `data` over to the context in one copy: memory of `size` bytes (reused from the
+    /// server's pool when it has memory of that size, so its pages are allocated and, here,
+    /// usually still mapped), `data` copied to its start under a write lock granted with it,
+    /// then published as `name` and released, so the publication is its only reference. Two
+    /// round trips. The receiver takes it with [`LocalContext::take`](crate::LocalContext::take).
+    /// Bytes past `data.len()` are unspecified.
+    ///
+    /// Errors: [`FastIoError::DataTooLarge`] when `data` is longer than `size`;
+    /// [`FastIoError::CapacityExceeded`], [`FastIoError::NameTaken`],
+    /// [`FastIoError::InvalidName`], [`FastIoError::Disconnected`]. On error nothing is
+    /// published and the memory returns to the context.
+    pub fn hand_over(&self, name: &str, data: &[u8], size: u64) -> Result<()> {
+        crate::types::check_name(name)?;
+        if data.len() as u64 > size {
+            return Err(FastIoError::DataTooLarge {
+                len: data.len() as u64,
+                size,
+            });
+        }
+        let alloc = self.grant(&ToServer::CreateMapped { size })?;
+        {
+            let mut kept = self.port.kept.lock();
+            let mapping = alloc.mapping();
+            if !kept.iter().any(|m| Arc::ptr_eq(m, mapping)) {
+                kept.push_back(Arc::clone(mapping));
+                let mut total: usize = kept.iter().map(|m| m.len()).sum();
+                while total > KEPT_BYTES {
+                    match kept.pop_front() {
+                        Some(m) => total -= m.len(),
+                        None => break,
+                    }
+                }
+            }
+        }
+        alloc.mapping().populate();
+        alloc.fill_locked(data);
+        let handle = alloc.handle_id();
+        let meta = alloc.metadata().clone();
+        // Released by the request whatever its outcome.
+        alloc.forget();
+        self.port.call_done(&ToServer::PublishRelease {
+            handle,
+            name: name.to_owned(),
+            meta,
+        })
     }
 
     fn grant(&self, req: &ToServer) -> Result<Allocation> {

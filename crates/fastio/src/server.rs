@@ -19,7 +19,7 @@ use crate::error::{FastIoError, IoOp, Result};
 use crate::local::{LocalContext, SharedCore};
 use crate::proto::{self, FrameError, FromServer, ToServer};
 use crate::sys;
-use crate::types::{ContextStats, OwnerId};
+use crate::types::{ContextStats, MapMode, OwnerId};
 
 /// Bounds on what clients of a [`ContextServer`] may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +341,13 @@ fn handle(
         ToServer::Release { handle } => done(core.release(owner, handle)),
         ToServer::Free { handle } => done(core.free(owner, handle)),
         ToServer::Stats => Ok((FromServer::Stats(core.stats()), None)),
+        ToServer::CreateMapped { size } => core.create_reusing(owner, size).and_then(|g| {
+            core.map(owner, g.handle, MapMode::Write)?;
+            Ok(granted(g))
+        }),
+        ToServer::PublishRelease { handle, name, meta } => {
+            done(core.publish_release(owner, handle, &name, &meta))
+        }
     };
     match result {
         Ok(reply) => Ok(reply),

@@ -156,6 +156,11 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Faults every page of a fresh mapping in with one call, before the creator writes it: on
     /// virtual machines a page fault per 4 KiB page costs more than the memory bandwidth, and a
     /// new allocation is about to be filled anyway. Best effort: kernels without

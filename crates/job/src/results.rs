@@ -114,11 +114,50 @@ impl io::Write for ResultWriter<'_> {
     }
 }
 
+/// Bytes owned by something other than a `Vec`: the pages of a chunk handed over through
+/// shared memory, read in place. Dropping the owner lets go of them.
+pub type SharedBytes = Box<dyn AsRef<[u8]> + Send>;
+
+/// Where a reader's bytes live.
+enum Backing {
+    Vec(Vec<u8>),
+    /// `len` bytes at the start of an owner's bytes.
+    Shared {
+        owner: SharedBytes,
+        len: usize,
+    },
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Vec(v) => v,
+            Backing::Shared { owner, len } => {
+                let all = (**owner).as_ref();
+                &all[..(*len).min(all.len())]
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::Vec(v) => write!(f, "Vec({} bytes)", v.len()),
+            Backing::Shared { len, .. } => write!(f, "Shared({len} bytes)"),
+        }
+    }
+}
+
 /// One chunk of a remote fragment's result, as read on the initiator. Mirrors DiCE's
 /// `IDeserializer` as passed to `receive_remote_result`.
+///
+/// Its bytes are either its own (a `Vec`, from the network) or, for a chunk a process of the
+/// same machine handed over through shared memory, the shared pages themselves, read in place
+/// without a copy ([`ResultReader::shared`]); the two read the same.
 #[derive(Debug)]
 pub struct ResultReader {
-    data: Vec<u8>,
+    data: Backing,
     pos: usize,
     seq: u32,
 }
@@ -126,7 +165,21 @@ pub struct ResultReader {
 impl ResultReader {
     /// A reader over chunk `seq` holding `data`.
     pub fn new(seq: u32, data: Vec<u8>) -> Self {
-        ResultReader { data, pos: 0, seq }
+        ResultReader {
+            data: Backing::Vec(data),
+            pos: 0,
+            seq,
+        }
+    }
+
+    /// A reader over chunk `seq`: the first `len` bytes of `owner` (all of them if it holds
+    /// fewer), read in place; `owner` is dropped with the reader.
+    pub fn shared(seq: u32, owner: SharedBytes, len: usize) -> Self {
+        ResultReader {
+            data: Backing::Shared { owner, len },
+            pos: 0,
+            seq,
+        }
     }
 
     /// The chunk's sequence number within its fragment (0-based).
@@ -136,33 +189,36 @@ impl ResultReader {
 
     /// All bytes of the chunk.
     pub fn bytes(&self) -> &[u8] {
-        &self.data
+        self.data.bytes()
     }
 
     /// Bytes not yet read.
     pub fn remaining(&self) -> &[u8] {
-        &self.data[self.pos..]
+        &self.bytes()[self.pos..]
     }
 
     /// Total size of the chunk in bytes.
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.bytes().len()
     }
 
     /// Whether the chunk is empty (an empty flush).
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.bytes().is_empty()
     }
 
-    /// Takes the chunk's bytes.
+    /// Takes the chunk's bytes (a copy when they are shared pages).
     pub fn into_bytes(self) -> Vec<u8> {
-        self.data
+        match self.data {
+            Backing::Vec(v) => v,
+            shared @ Backing::Shared { .. } => shared.bytes().to_vec(),
+        }
     }
 
     /// Reads the next value written with [`ResultWriter::write_value`].
     pub fn read_value<T: DeserializeOwned>(&mut self) -> io::Result<T> {
         let (value, used) = bincode::serde::decode_from_slice::<T, _>(
-            &self.data[self.pos..],
+            &self.bytes()[self.pos..],
             bincode::config::standard().with_limit::<{ 1 << 30 }>(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
@@ -173,7 +229,7 @@ impl ResultReader {
 
 impl io::Read for ResultReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let rest = &self.data[self.pos..];
+        let rest = &self.data.bytes()[self.pos..];
         let n = rest.len().min(out.len());
         out[..n].copy_from_slice(&rest[..n]);
         self.pos += n;
@@ -205,6 +261,43 @@ mod tests {
         assert_eq!(r.read_value::<u64>().unwrap(), 42);
         assert_eq!(r.remaining(), &[9, 9]);
         assert!(sink[3].is_empty(), "finish() always sends the final chunk");
+    }
+
+    #[test]
+    fn a_shared_reader_reads_its_owner_in_place_and_drops_it_with_itself() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        struct Pages(Vec<u8>, Arc<AtomicBool>);
+        impl AsRef<[u8]> for Pages {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        impl Drop for Pages {
+            fn drop(&mut self) {
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut value = bincode::serde::encode_to_vec(7u32, bincode::config::standard()).unwrap();
+        let len = value.len() + 2;
+        value.extend_from_slice(&[5, 6, 0xAA, 0xAA]); // 2 bytes of the chunk, 2 past its end
+        let pages = Pages(value, dropped.clone());
+        let addr = pages.0.as_ptr() as usize;
+        let mut r = ResultReader::shared(3, Box::new(pages), len);
+        assert_eq!((r.seq(), r.len()), (3, len));
+        assert_eq!(
+            ResultReader::bytes(&r).as_ptr() as usize,
+            addr,
+            "read in place"
+        );
+        assert_eq!(r.read_value::<u32>().unwrap(), 7);
+        let mut two = [0u8; 4];
+        assert_eq!(r.read(&mut two).unwrap(), 2);
+        assert_eq!(&two[..2], &[5, 6]);
+        assert!(!dropped.load(Ordering::SeqCst));
+        assert_eq!(r.into_bytes().len(), len);
+        assert!(dropped.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub mod testing;
 pub use fragmenta_config::ClusterConfig;
 pub use fragmenta_net::{MemNetwork, MemTransport, Transport};
 pub use membership::{HostEvent, HostEventKind, HostEvents};
-pub use net::{JoinError, ServeError};
+pub use net::{JoinError, SameMachineStats, ServeError};
 pub use node::{default_fastio_capacity, default_fastio_socket, JobHandle, NodeConfig};
 pub use registry::{LinkedJob, RegisterError, Registry};
 pub use spmd::{spmd, BoxError, NestedJobs};
@@ -436,6 +436,17 @@ impl Cluster {
     pub fn fastio_socket(&self) -> Result<std::path::PathBuf, FastIoError> {
         self.node
             .fastio_socket(|| format!("embedded-{}", process_label()))
+    }
+
+    /// The same-machine path on this host: the peers proven to be processes of this machine
+    /// (their results come through this host's Fast I/O context, and results for them go
+    /// through theirs), and how many chunks went that way. Empty for the embedded cluster and
+    /// where `FRAGMENTA_SAME_MACHINE=0` forces QUIC.
+    pub fn same_machine(&self) -> SameMachineStats {
+        self.net
+            .as_ref()
+            .map(|n| n.same_machine_stats())
+            .unwrap_or_default()
     }
 
     /// This host's id.

@@ -7,7 +7,9 @@
 //! - [`results`]: result streams: writing a job's results back to its initiator, reading and
 //!   reassembling them there (with backpressure: a paused stream is not read);
 //! - [`replicas`]: replicas of other hosts' jobs and the runner of their fragments;
-//! - `fetch`: copying Fast I/O publications between hosts.
+//! - `fetch`: copying Fast I/O publications between hosts;
+//! - [`machine`]: the same-machine path (proven per link; result chunks handed over through
+//!   the initiator's Fast I/O context instead of sent as QUIC stream bytes).
 //!
 //! All of it runs on a small tokio runtime owned by the node. Nothing here runs user code on a
 //! reactor thread: deserializing a replica and calling its `cancel()` go to `spawn_blocking`,
@@ -17,11 +19,13 @@ mod control;
 mod error;
 mod fetch;
 mod links;
+mod machine;
 mod replicas;
 mod results;
 
 pub(crate) use error::bind_reason;
 pub use error::JoinError;
+pub use machine::SameMachineStats;
 
 use crate::membership::Membership;
 use crate::node::Node;
@@ -47,6 +51,8 @@ use tokio::sync::mpsc;
 const CLOSE_TIMEOUT: u32 = 3;
 /// Close code for a normal shutdown.
 const CLOSE_SHUTDOWN: u32 = 4;
+/// How long a join waits for its peers to answer its same-machine announcement.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 enum Outgoing {
     Msg(Control),
@@ -59,6 +65,8 @@ struct Link {
     /// Set once the protocol knows the host: only then does it count towards the minimum
     /// cluster size, so a job submitted right after joining sees every host.
     ready: std::sync::atomic::AtomicBool,
+    /// Whether the peer is a process of this machine, as proven on this link.
+    shm: Arc<machine::ShmLink>,
 }
 
 /// Shutdown signalling for `serve()`.
@@ -153,6 +161,12 @@ pub(crate) struct Net {
     retired: Mutex<BTreeSet<HostId>>,
     /// A peer that refused this host while it joined, and why.
     refused: Mutex<Option<(HostId, String)>>,
+    /// Whether the same-machine path is on (`FRAGMENTA_SAME_MACHINE`).
+    same_machine: bool,
+    /// This machine's boot id.
+    boot_id: Option<String>,
+    /// What the same-machine path did.
+    shm: machine::ShmCounters,
 }
 
 fn info_of(config: &ClusterConfig, host: HostId) -> HostInfo {
@@ -249,6 +263,9 @@ impl Net {
             membership: Membership::default(),
             retired: Mutex::new(BTreeSet::new()),
             refused: Mutex::new(None),
+            same_machine: machine::enabled(),
+            boot_id: machine::boot_id(),
+            shm: machine::ShmCounters::default(),
         });
         *node.remote.write() = Some(net.clone());
         *node.fetcher.write() = Some(Arc::new(fetch::NetFetch {
@@ -308,6 +325,35 @@ impl Net {
                 });
             }
         }
+        // Every link up now has its same-machine detection settled (the peer answered this
+        // host's announcement), so nothing of it is left in this host's context once joined.
+        // Bounded: a peer that never answers leaves its link on QUIC, which is what it is.
+        let settle_by = Instant::now() + SETTLE_TIMEOUT;
+        while links.values().any(|l| {
+            l.ready.load(std::sync::atomic::Ordering::Acquire)
+                && !l.shm.settled.load(std::sync::atomic::Ordering::Acquire)
+        }) {
+            if self
+                .links_changed
+                .wait_until(&mut links, settle_by)
+                .timed_out()
+            {
+                eprintln!(
+                    "DBG host {} settle timed out: {:?}",
+                    self.host,
+                    links
+                        .iter()
+                        .map(|(h, l)| (
+                            *h,
+                            l.ready.load(std::sync::atomic::Ordering::Acquire),
+                            l.shm.settled.load(std::sync::atomic::Ordering::Acquire)
+                        ))
+                        .collect::<Vec<_>>()
+                );
+                break;
+            }
+        }
+        drop(links);
         // Refused by one host while enough others accepted: still not a member.
         match self.refused.lock().clone() {
             Some((by, reason)) => Err(JoinError::Refused { by, reason }),
@@ -317,6 +363,25 @@ impl Net {
 
     pub(crate) fn is_primary(&self) -> bool {
         self.host == self.primary
+    }
+
+    /// What the same-machine path did on this host, and with which peers.
+    pub(crate) fn same_machine_stats(&self) -> SameMachineStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SameMachineStats {
+            peers: self
+                .links
+                .lock()
+                .iter()
+                .filter(|(_, l)| l.shm.same_machine())
+                .map(|(h, _)| *h)
+                .collect(),
+            chunks_received: self.shm.chunks_received.load(Relaxed),
+            bytes_received: self.shm.bytes_received.load(Relaxed),
+            chunks_sent: self.shm.chunks_sent.load(Relaxed),
+            bytes_sent: self.shm.bytes_sent.load(Relaxed),
+            reclaimed: self.shm.reclaimed.load(Relaxed),
+        }
     }
 
     pub(crate) fn peers(&self) -> Vec<HostId> {

@@ -39,6 +39,8 @@ pub(crate) enum Payload {
     Bytes(Vec<u8>),
     /// A whole result received into the initiator's RDMA buffer.
     Rdma(RdmaBuffer),
+    /// A chunk a process of this machine handed over through this host's Fast I/O context.
+    Shm(ShmChunk),
 }
 
 impl Weight for Payload {
@@ -46,6 +48,67 @@ impl Weight for Payload {
         match self {
             Payload::Bytes(b) => b.len(),
             Payload::Rdma(b) => b.len(),
+            // The memory it holds in the context, not only the chunk's bytes.
+            Payload::Shm(c) => c.size,
+        }
+    }
+}
+
+/// A chunk handed over through this host's Fast I/O context, mapped for reading: read in
+/// place by `receive_remote_result`. Dropping it (delivered, or discarded as a duplicate, or
+/// its job gone) returns the memory to the context and credits its sender.
+pub(crate) struct ShmChunk {
+    read: Option<fragmenta_fastio::SharedRead>,
+    len: usize,
+    size: usize,
+    on_drop: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl ShmChunk {
+    /// `len` bytes at the start of `read`, which is `size` bytes; `on_drop` runs after the
+    /// memory is let go of.
+    pub(crate) fn new(
+        read: fragmenta_fastio::SharedRead,
+        len: usize,
+        on_drop: Box<dyn FnOnce() + Send>,
+    ) -> ShmChunk {
+        let size = usize::try_from(read.allocation().size()).unwrap_or(usize::MAX);
+        ShmChunk {
+            read: Some(read),
+            len,
+            size,
+            on_drop: Some(on_drop),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl AsRef<[u8]> for ShmChunk {
+    fn as_ref(&self) -> &[u8] {
+        match &self.read {
+            Some(r) => {
+                let b = r.as_bytes();
+                &b[..self.len.min(b.len())]
+            }
+            None => &[],
+        }
+    }
+}
+
+impl std::fmt::Debug for ShmChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShmChunk({} of {} bytes)", self.len, self.size)
+    }
+}
+
+impl Drop for ShmChunk {
+    fn drop(&mut self) {
+        drop(self.read.take());
+        if let Some(f) = self.on_drop.take() {
+            f();
         }
     }
 }
@@ -213,6 +276,14 @@ impl Node {
             Some(f) => tx.with_fetch(Arc::clone(f)),
             None => tx,
         }
+    }
+
+    /// The socket serving the host's Fast I/O context to other processes, if it is served.
+    pub(crate) fn fastio_socket_path(&self) -> Option<PathBuf> {
+        self.fastio_server
+            .lock()
+            .as_ref()
+            .map(|s| s.socket_path().to_owned())
     }
 
     /// The socket serving the host's Fast I/O context to other processes, started on first use.

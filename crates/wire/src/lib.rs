@@ -30,4 +30,7 @@ pub use frame::{
 /// 3: `FailureReason` gained `CannotRun`, `RdmaTooLarge` and `InitiatorGone`;
 /// `FetchReply::Refused` carries the owner's `FastIoError` instead of its text.
 /// Also in 3: `Control::Reclaim` and `Control::Reclaimed` (work stealing across hosts).
+/// Also in 3: the same-machine path: `Control::Machine`, `Control::MachineProof`,
+/// `Control::MachineConfirmed`, `Control::MachineDeclined`, `Control::ShmCredit` and
+/// `ResultItem::Shm`.
 pub const PROTOCOL_VERSION: u32 = 3;

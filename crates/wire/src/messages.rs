@@ -88,6 +88,64 @@ pub enum Control {
         /// Fragment ranges, ascending.
         fragments: Vec<WireRange>,
     },
+    /// Where the sender's Fast I/O context is, sent once by each host when a link comes up: a
+    /// peer on the same machine (same boot id) may hand result bytes over through it. The
+    /// claim is proven, not trusted: the peer connects to `socket`, hands over an empty
+    /// allocation named after `nonce` (see [`shm_proof_name`]) and answers
+    /// [`Control::MachineProof`]; only when the sender finds that publication in its own
+    /// context does it answer [`Control::MachineConfirmed`].
+    Machine {
+        /// The sender's `/proc/sys/kernel/random/boot_id` (at most [`MAX_BOOT_ID`] bytes;
+        /// empty: the sender offers no same-machine path).
+        boot_id: String,
+        /// The Unix socket serving the sender's Fast I/O context (at most
+        /// `fragmenta_fastio::MAX_SOCKET_PATH` bytes).
+        socket: String,
+        /// A random value for this link only.
+        nonce: u128,
+    },
+    /// The answer to [`Control::Machine`] from a peer that handed the proof over.
+    MachineProof {
+        /// The nonce of the `Machine` message it answers.
+        nonce: u128,
+    },
+    /// The proof was found: the receiver may hand result chunks over to the sender's context.
+    MachineConfirmed,
+    /// The answer to [`Control::Machine`] from a peer that hands nothing over: another
+    /// machine, the path switched off there, or the socket could not be used. Results from it
+    /// to the announcing host stay on QUIC.
+    MachineDeclined,
+    /// The initiator of `job` let go of `bytes` of chunks handed over to it by the receiver
+    /// ([`ResultItem::Shm`]): the receiver may hand over that much more.
+    ShmCredit {
+        /// The job.
+        job: JobId,
+        /// Bytes (allocation sizes) returned.
+        bytes: u64,
+    },
+}
+
+/// Longest boot id a host accepts in [`Control::Machine`].
+pub const MAX_BOOT_ID: usize = 64;
+
+/// The name of the proof a peer hands over for [`Control::Machine`]'s `nonce`.
+pub fn shm_proof_name(peer: fragmenta_job::HostId, nonce: u128) -> String {
+    format!("fragmenta.shm-proof/{}/{nonce:032x}", peer.0)
+}
+
+/// The prefix of every name under which `sender` hands result chunks over.
+pub fn shm_sender_prefix(sender: fragmenta_job::HostId) -> String {
+    format!("fragmenta.shm/{}/", sender.0)
+}
+
+/// The name under which `sender` hands over chunk `id` of `job` ([`ResultItem::Shm`]).
+pub fn shm_chunk_name(sender: fragmenta_job::HostId, job: JobId, id: u64) -> String {
+    format!(
+        "{}{}.{}/{id}",
+        shm_sender_prefix(sender),
+        job.initiator.0,
+        job.seq
+    )
 }
 
 /// One entry of a [`Results`] batch.
@@ -132,6 +190,23 @@ pub enum ResultItem {
     NotStarted {
         /// Fragment ranges.
         ranges: Vec<WireRange>,
+    },
+    /// Chunk `seq` of `fragment`, whole, handed over through the initiator's Fast I/O context
+    /// (same machine, see [`Control::Machine`]): published there as
+    /// [`shm_chunk_name`]`(sender, job, id)` in memory of `size` bytes, the chunk its first
+    /// `len`. No payload bytes follow. A reference to a name that is missing, or to memory of
+    /// another size, is a protocol violation of the sender.
+    Shm {
+        /// Fragment index.
+        fragment: u64,
+        /// Chunk sequence number within the fragment.
+        seq: u32,
+        /// The sender's id of the hand-over.
+        id: u64,
+        /// Bytes of the chunk.
+        len: u64,
+        /// Bytes of the memory (`len` rounded up to the sender's size class).
+        size: u64,
     },
 }
 

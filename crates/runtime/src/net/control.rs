@@ -147,6 +147,30 @@ impl Net {
                     tracing::error!(host = %self.host, %peer, "shutdown requested by a host that is not the primary; ignored");
                     continue;
                 }
+                Control::Machine {
+                    boot_id,
+                    socket,
+                    nonce,
+                } => {
+                    self.on_machine(peer, boot_id, socket, nonce);
+                    continue;
+                }
+                Control::MachineProof { nonce } => {
+                    self.on_machine_proof(peer, nonce);
+                    continue;
+                }
+                Control::MachineConfirmed => {
+                    self.on_machine_confirmed(peer);
+                    continue;
+                }
+                Control::MachineDeclined => {
+                    self.on_machine_declined(peer);
+                    continue;
+                }
+                Control::ShmCredit { job, bytes } => {
+                    self.shm_credit(job, bytes);
+                    continue;
+                }
             };
             let Some(node) = self.node.upgrade() else {
                 return;

@@ -1,4 +1,5 @@
-//! Fast I/O fetch across hosts: `Transaction::fetch(host, name)` over the QUIC link.
+//! Fast I/O fetch across hosts: `Transaction::fetch(host, name)` over the QUIC link, or, from
+//! a host proven to be on the owner's machine, straight from the owner's context (one copy).
 //!
 //! The requester opens a bi stream and sends [`Request::Fetch`]; the owner of the publication
 //! `get`s it, maps it for reading (so a writer cannot change it under the copy: a conflicting
@@ -48,6 +49,11 @@ impl Fetch for NetFetch {
             return Err(FetchError::Cancelled);
         }
         let link = link.ok_or(FetchError::UnknownHost(host))?;
+        if let Some(theirs) = link.shm.sender() {
+            // The owner is a process of this machine whose context this host reaches (proven
+            // on the link): copy straight from its memory, once.
+            return fetch_same_machine(theirs, host, name, into, reuse);
+        }
         let limits = net.limits;
         // The transfer runs on the network runtime, next to the connection's driver; this
         // thread (a fragment's) only waits for its outcome.
@@ -65,6 +71,50 @@ impl Fetch for NetFetch {
             Err(e) => Err(transport(host, format!("fetch task failed: {e}"))),
         }
     }
+}
+
+/// A fetch from a process of this machine: the owner's publication, mapped for reading in its
+/// own context (so a writer cannot change it under the copy), copied once into an allocation
+/// of this host's context. The same outcome and errors as over QUIC.
+fn fetch_same_machine(
+    theirs: &fragmenta_fastio::RemoteContext,
+    host: HostId,
+    name: &str,
+    into: &LocalContext,
+    reuse: Option<Allocation>,
+) -> Result<Allocation, FetchError> {
+    let remote = |e: FastIoError| FetchError::Remote {
+        host,
+        name: name.to_owned(),
+        error: e,
+    };
+    let source = match theirs.get(name) {
+        Ok(a) => a,
+        Err(FastIoError::UnknownName(_)) => {
+            return Err(FetchError::UnknownName {
+                host,
+                name: name.to_owned(),
+            })
+        }
+        Err(e) => return Err(remote(e)),
+    };
+    let read = source.map_read().map_err(remote)?;
+    let size = source.size();
+    let mut alloc = match reuse {
+        Some(a) if a.size() == size && !a.is_published() => a,
+        _ => into.create_reusing(size).map_err(FetchError::Local)?,
+    };
+    if let Some(element_type) = source.element_type() {
+        alloc
+            .set_type_and_dimensions(element_type, source.dims())
+            .map_err(|e| transport(host, format!("metadata does not describe the bytes: {e}")))?;
+    }
+    alloc
+        .map_write()
+        .map_err(FetchError::Local)?
+        .as_mut_bytes()
+        .copy_from_slice(read.as_bytes());
+    Ok(alloc)
 }
 
 fn transport(host: HostId, reason: impl std::fmt::Display) -> FetchError {

@@ -127,6 +127,7 @@ impl Net {
                     conn: conn.clone(),
                     control: tx,
                     ready: std::sync::atomic::AtomicBool::new(false),
+                    shm: Arc::new(super::machine::ShmLink::new()),
                 }),
             );
         }
@@ -149,6 +150,7 @@ impl Net {
                 .instrument(span.clone()),
         );
         tokio::spawn(self.clone().request_acceptor(conn.clone()).instrument(span));
+        self.announce_machine(peer);
         let me = self.clone();
         tokio::spawn(async move {
             let reason = conn.closed().await;
@@ -201,6 +203,9 @@ impl Net {
             tracing::warn!(host = %self.host, %peer, %reason, "host down");
         }
         self.membership.emit(peer, HostEventKind::Down { reason });
+        // What it handed over to this host and never referenced (it died mid-transfer) goes
+        // back to the context; what was referenced is the protocol's to deliver or drop.
+        self.reclaim_handed_over(peer);
         self.gates.lock().retain(|(from, _), _| *from != peer);
         if peer == self.primary && !shutting_down {
             self.shutdown.set(Err(ServeError::PrimaryLost(peer)));

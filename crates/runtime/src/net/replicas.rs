@@ -54,6 +54,16 @@ pub(super) struct RemoteJob {
     drained: Condvar,
     /// Receiver buffer sizes of fragments whose result goes to an RDMA buffer.
     rdma: Mutex<HashMap<u64, u64>>,
+    /// This host (the names of what it hands over say so).
+    sender: HostId,
+    /// The network side (counters, the link to the initiator).
+    net: std::sync::Weak<Net>,
+    /// The same-machine state of the link to the initiator.
+    shm: Option<Arc<super::machine::ShmLink>>,
+    /// Bytes of memory handed over to the initiator and not yet credited back.
+    shm_out: Mutex<u64>,
+    /// Ids of hand-overs (the names they are published under).
+    shm_ids: std::sync::atomic::AtomicU64,
 }
 
 impl RemoteJob {
@@ -71,6 +81,71 @@ impl RemoteJob {
             *q += data.len();
         }
         self.out.send(out).is_ok()
+    }
+
+    /// Hands a chunk over through the initiator's Fast I/O context when the link to it is
+    /// proven same-machine and the chunk is large enough: the bytes are copied once into
+    /// memory of the initiator's context and only a reference goes on the result stream.
+    /// `Err(data)`: not handed over (too small, the link not proven, the window of memory
+    /// handed over and not credited back full, the initiator's context full), the chunk goes
+    /// on QUIC as before. `Ok(false)`: the stream is gone.
+    fn hand_over(&self, fragment: u64, seq: u32, data: Vec<u8>) -> Result<bool, Vec<u8>> {
+        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
+        use std::sync::atomic::Ordering::Relaxed;
+        if data.len() < SHM_THRESHOLD {
+            return Err(data);
+        }
+        let Some(ctx) = self.shm.as_ref().and_then(|l| l.sender()) else {
+            return Err(data);
+        };
+        let size = size_class(data.len() as u64);
+        {
+            // Beyond the window the chunk goes on QUIC rather than wait for credit: a chunk
+            // held back here could be the very one the initiator's ordered delivery waits for
+            // while the window is full of later ones; QUIC's own rules (the stream carrying
+            // the next chunk in order is never paused) then keep the job moving.
+            let mut out = self.shm_out.lock();
+            if *out > 0 && *out + size > SHM_WINDOW {
+                return Err(data);
+            }
+            *out += size;
+        }
+        let id = self.shm_ids.fetch_add(1, Relaxed);
+        let name = fragmenta_wire::messages::shm_chunk_name(self.sender, self.id, id);
+        if let Err(e) = ctx.hand_over(&name, &data, size) {
+            self.credit(size);
+            tracing::debug!(job = %self.id, fragment, seq, error = %e, "cannot hand the chunk over; it goes on QUIC");
+            return Err(data);
+        }
+        let len = data.len() as u64;
+        drop(data);
+        if let Some(net) = self.net.upgrade() {
+            net.shm.chunks_sent.fetch_add(1, Relaxed);
+            net.shm.bytes_sent.fetch_add(len, Relaxed);
+        }
+        let item = ResultItem::Shm {
+            fragment,
+            seq,
+            id,
+            len,
+            size,
+        };
+        if self.out.send(Out::Item(item)).is_ok() {
+            return Ok(true);
+        }
+        // Nobody will reference it: withdraw it (the initiator also does when this host is
+        // declared down).
+        if let Ok(a) = fragmenta_fastio::FastIo::get(ctx, &name) {
+            let _ = a.free();
+        }
+        self.credit(size);
+        Ok(false)
+    }
+
+    /// The initiator let go of `bytes` of handed-over memory.
+    pub(super) fn credit(&self, bytes: u64) {
+        let mut out = self.shm_out.lock();
+        *out = out.saturating_sub(bytes);
     }
 
     pub(super) fn written(&self, bytes: usize) {
@@ -137,6 +212,11 @@ impl Net {
             drained: Condvar::new(),
             rdma: Mutex::new(HashMap::new()),
             out: out_tx,
+            sender: self.host,
+            net: self.me.clone(),
+            shm: self.link(job.initiator).map(|l| Arc::clone(&l.shm)),
+            shm_out: Mutex::new(0),
+            shm_ids: std::sync::atomic::AtomicU64::new(0),
         });
         self.remote_jobs.lock().insert(job, rj.clone());
         let conn = self
@@ -168,6 +248,13 @@ impl Net {
             }
             node.with_proto(|p| p.replica_loaded(job, result));
         });
+    }
+
+    /// The initiator of `job` let go of `bytes` this host handed over.
+    pub(super) fn shm_credit(&self, job: JobId, bytes: u64) {
+        if let Some(rj) = self.remote_jobs.lock().get(&job) {
+            rj.credit(bytes);
+        }
     }
 
     /// Receiver buffer sizes for fragments of `job` whose result goes to RDMA buffers.
@@ -343,11 +430,15 @@ struct ChannelSink<'a> {
 
 impl ChunkSink for ChannelSink<'_> {
     fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
-        if self.job.send(Out::Chunk {
-            fragment: self.fragment,
-            seq,
-            data,
-        }) {
+        let sent = match self.job.hand_over(self.fragment, seq, data) {
+            Ok(sent) => sent,
+            Err(data) => self.job.send(Out::Chunk {
+                fragment: self.fragment,
+                seq,
+                data,
+            }),
+        };
+        if sent {
             Ok(())
         } else {
             Err(std::io::Error::new(

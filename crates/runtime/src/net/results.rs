@@ -2,16 +2,20 @@
 //! on one stream per job; the initiator reads them, reassembles chunk parts (bounded, off the
 //! protocol's lock) and feeds whole entries to the protocol. A stream the protocol paused is not
 //! read until it is resumed: QUIC flow control then holds the sender, whose fragments wait.
+//! Between processes of one machine a large chunk's bytes are handed over through the
+//! initiator's Fast I/O context and the stream carries a reference (`ResultItem::Shm`, see
+//! [`super::machine`]), resolved here into a chunk read in place.
 
+use super::machine::{check_reference, ShmViolation};
 use super::replicas::{Out, RemoteJob};
 use super::Net;
-use crate::node::Payload;
+use crate::node::{Payload, ShmChunk};
 use fragmenta_job::{HostId, JobId, RdmaBuffer};
 use fragmenta_net::handshake::close_on_frame_error;
 use fragmenta_net::rdma::RdmaPath;
 use fragmenta_net::{Connection, RecvStream, SendStream};
 use fragmenta_sched::protocol::{ResultEvent, ResultStream};
-use fragmenta_wire::messages::{ResultItem, Results, StreamHeader};
+use fragmenta_wire::messages::{Control, ResultItem, Results, StreamHeader};
 use fragmenta_wire::{read_header, write_frame};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -144,15 +148,59 @@ impl Net {
                 Ok(p) => p,
                 Err(e) => return close_on_frame_error(&conn, &e),
             };
-            let events = match split(results.items, payload, &mut parts) {
+            let mut resolve = |id, len, size| {
+                self.take_handed_over(peer, job, id, len, size)
+                    .map_err(|e| e.to_string())
+            };
+            let events = match split(results.items, payload, &mut parts, &mut resolve) {
                 Ok(events) => events,
-                Err(e) => return self.broke(&conn, job, e.to_string()),
+                Err(e) => return self.broke(&conn, job, e),
             };
             let Some(node) = self.node.upgrade() else {
                 return;
             };
             let _ = node.on_results(job, peer, events);
         }
+    }
+
+    /// Takes chunk `id` of `job` that `peer` handed over through this host's context: the
+    /// memory must be published under the name the reference implies, be `size` bytes, the
+    /// size class of `len`, and the link must be proven same-machine. Anything else is a
+    /// protocol violation of `peer`.
+    fn take_handed_over(
+        &self,
+        peer: HostId,
+        job: JobId,
+        id: u64,
+        len: u64,
+        size: u64,
+    ) -> Result<ShmChunk, ShmViolation> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let proven = self.link(peer).is_some_and(|l| l.shm.peer_proven());
+        check_reference(proven, len, size)?;
+        let node = self.node.upgrade().ok_or(ShmViolation::ShuttingDown)?;
+        let name = fragmenta_wire::messages::shm_chunk_name(peer, job, id);
+        let alloc = node
+            .fastio
+            .take(&name)
+            .map_err(|_| ShmViolation::Missing { name })?;
+        if alloc.size() != size {
+            return Err(ShmViolation::WrongSize {
+                found: alloc.size(),
+                announced: size,
+            });
+        }
+        let read = alloc.into_shared_read().map_err(ShmViolation::Unreadable)?;
+        let len = usize::try_from(len).map_err(|_| ShmViolation::WrongClass { len, size })?;
+        self.shm.chunks_received.fetch_add(1, Relaxed);
+        self.shm.bytes_received.fetch_add(len as u64, Relaxed);
+        let net = self.me.clone();
+        let credit = Box::new(move || {
+            if let Some(net) = net.upgrade() {
+                net.send_control(peer, Control::ShmCredit { job, bytes: size });
+            }
+        });
+        Ok(ShmChunk::new(read, len, credit))
     }
 
     /// Reads an RDMA result of `len` bytes straight from the stream into the initiator's
@@ -261,12 +309,17 @@ impl Net {
     }
 }
 
-/// Splits a batch's payload among its items and joins chunk parts into whole chunks.
+/// Takes a handed-over chunk `(id, len, size)` out of this host's context.
+type Resolve<'a> = dyn FnMut(u64, u64, u64) -> Result<ShmChunk, String> + 'a;
+
+/// Splits a batch's payload among its items and joins chunk parts into whole chunks; chunks
+/// handed over through shared memory are resolved by `resolve`.
 fn split(
     items: Vec<ResultItem>,
     mut payload: Vec<u8>,
     parts: &mut ResultStream,
-) -> Result<Vec<ResultEvent<Payload>>, fragmenta_sched::protocol::StreamViolation> {
+    resolve: &mut Resolve<'_>,
+) -> Result<Vec<ResultEvent<Payload>>, String> {
     let whole = payload.len();
     let single = items
         .iter()
@@ -293,7 +346,10 @@ fn split(
                         .unwrap_or_default()
                 };
                 offset += len;
-                if let Some(data) = parts.part(fragment, seq, data, last)? {
+                if let Some(data) = parts
+                    .part(fragment, seq, data, last)
+                    .map_err(|e| e.to_string())?
+                {
                     events.push(ResultEvent::Chunk {
                         fragment,
                         seq,
@@ -310,6 +366,26 @@ fn split(
             ResultItem::NotStarted { ranges } => events.push(ResultEvent::NotStarted { ranges }),
             // Read straight into its buffer (`receive_rdma`); never part of a batch.
             ResultItem::Rdma { .. } => {}
+            ResultItem::Shm {
+                fragment,
+                seq,
+                id,
+                len,
+                size,
+            } => {
+                // A whole chunk: not inside another's parts, and within the chunk bound.
+                if parts.is_mid_chunk() {
+                    return Err("a shared-memory chunk inside another chunk's parts".into());
+                }
+                parts
+                    .check_part(fragment, seq, len)
+                    .map_err(|e| e.to_string())?;
+                events.push(ResultEvent::Chunk {
+                    fragment,
+                    seq,
+                    payload: Payload::Shm(resolve(id, len, size)?),
+                });
+            }
         }
     }
     Ok(events)

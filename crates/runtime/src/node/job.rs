@@ -136,6 +136,11 @@ pub(super) fn drain_deliveries(node: &Node, ij: &Arc<InitiatedJob>) {
                         let mut reader = ResultReader::new(seq, bytes);
                         job.receive(&mut reader, &ij.tx, fragment, count);
                     }
+                    Payload::Shm(chunk) => {
+                        let len = chunk.len();
+                        let mut reader = ResultReader::shared(seq, Box::new(chunk), len);
+                        job.receive(&mut reader, &ij.tx, fragment, count);
+                    }
                     Payload::Rdma(buffer) => {
                         // Reception is confirmed: the runtime lets go of the buffer, which
                         // returns to its context once the job drops it too.
