@@ -189,12 +189,22 @@ fn a_slow_hosts_unstarted_fragments_are_taken_back_after_its_answer_and_run_once
     assert!(i.downs.is_empty(), "a valid answer: {:?}", i.downs);
     // What it gave back ran here, once; what it started is still the peer's.
     for f in &given {
-        assert!(i.ran_here.contains(*f), "fragment {f} given back did not run");
+        assert!(
+            i.ran_here.contains(*f),
+            "fragment {f} given back did not run"
+        );
     }
     for f in &started {
-        assert!(!i.ran_here.contains(*f), "fragment {f} started on the peer ran here too");
+        assert!(
+            !i.ran_here.contains(*f),
+            "fragment {f} started on the peer ran here too"
+        );
     }
-    assert!(i.report.is_none(), "fragment {} is still running", started[1]);
+    assert!(
+        i.report.is_none(),
+        "fragment {} is still running",
+        started[1]
+    );
     i.peer_results(vec![done(started[1])]);
     let report = i.report.take().expect("the job finished");
     assert_eq!(report.done.len(), 40);
@@ -266,7 +276,10 @@ fn an_answer_racing_with_the_hosts_failure_is_ignored_and_nothing_runs_twice() {
     i.p.link_down(PEER, "reset");
     i.settle();
     for f in held.iter() {
-        assert!(i.ran_here.contains(f), "fragment {f} of the failed host did not run");
+        assert!(
+            i.ran_here.contains(f),
+            "fragment {f} of the failed host did not run"
+        );
     }
     let report = i.report.take().expect("the job finished");
     assert_eq!(report.done.len(), 40);
@@ -353,9 +366,13 @@ fn a_host_gives_back_only_what_is_still_queued() {
         },
         T0,
     );
-    assert!(drain(&mut p)
-        .iter()
-        .any(|a| matches!(a, Action::HostDown { why: Down::Violation(_), .. })));
+    assert!(drain(&mut p).iter().any(|a| matches!(
+        a,
+        Action::HostDown {
+            why: Down::Violation(_),
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -445,7 +462,11 @@ fn a_host_still_loading_the_replica_gives_back_at_once_and_queues_the_rest() {
         },
         T0,
     );
-    assert!(drain(&mut p)
-        .iter()
-        .any(|a| matches!(a, Action::HostDown { why: Down::Violation(_), .. })));
+    assert!(drain(&mut p).iter().any(|a| matches!(
+        a,
+        Action::HostDown {
+            why: Down::Violation(_),
+            ..
+        }
+    )));
 }

@@ -248,10 +248,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Control::Cancel", "0303fb2c01"),
     ("Control::Release", "0403fb2c01"),
     ("Control::Shutdown", "05"),
-    (
-        "Control::Reclaim",
-        "0603fb2c0102000afb2c01fc70110100",
-    ),
+    ("Control::Reclaim", "0603fb2c0102000afb2c01fc70110100"),
     ("Control::Reclaimed", "0703fb2c0101fb2c01fc70110100"),
     ("Results", "0400010203010101030309fc0000100004010408"),
     ("Request::Fetch", "00016e"),

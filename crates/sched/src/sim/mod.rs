@@ -1396,8 +1396,7 @@ impl Sim {
                     }
                     if x.works.get(&key).is_some_and(|j| j.initiator == h) {
                         self.stats.reclaims += 1;
-                        self.stats.reclaimed +=
-                            ranges.iter().map(|r| r.len() as u64).sum::<u64>();
+                        self.stats.reclaimed += ranges.iter().map(|r| r.len() as u64).sum::<u64>();
                     }
                     x.proto.work_reclaimed(key, ranges);
                 }
@@ -1409,14 +1408,24 @@ impl Sim {
             } => {
                 self.note(|| format!("  {h}: reclaim {job} {fragments:?} from {host}"));
                 self.stats.reclaims += 1;
-                self.send(h, host, StreamKind::Control, Msg::Reclaim { job, fragments });
+                self.send(
+                    h,
+                    host,
+                    StreamKind::Control,
+                    Msg::Reclaim { job, fragments },
+                );
             }
             Action::SendReclaimed {
                 job,
                 host,
                 fragments,
             } => {
-                self.send(h, host, StreamKind::Control, Msg::Reclaimed { job, fragments });
+                self.send(
+                    h,
+                    host,
+                    StreamKind::Control,
+                    Msg::Reclaimed { job, fragments },
+                );
             }
             Action::RemoveWork { key } => {
                 if let Some(x) = self.hosts.get_mut(&h) {
