@@ -714,10 +714,21 @@ impl<P: Weight, R> Protocol<P, R> {
         };
         match &mut rj.state {
             Replica::Loading { pending, .. } => {
-                // Not queued yet: whatever of it was asked for comes back at once.
+                // Not queued yet: whatever of it was asked for comes back at once, except the
+                // lowest fragment held: it stays, so the outcome of the load reaches the
+                // initiator (a replica that cannot load answers it failed with the reason,
+                // and the initiator excludes this host from the job).
                 let mut asked = FragmentSet::new();
                 for r in &ranges {
                     asked.insert_range(r.clone());
+                }
+                if let Some(lowest) = pending
+                    .iter()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| r.start)
+                    .min()
+                {
+                    asked.remove_range(lowest..lowest + 1);
                 }
                 let mut kept = Vec::new();
                 let mut given = FragmentSet::new();

@@ -470,3 +470,65 @@ fn a_host_still_loading_the_replica_gives_back_at_once_and_queues_the_rest() {
         }
     )));
 }
+
+/// A host still loading a replica gives back everything asked for except the lowest fragment
+/// it holds: if the replica then cannot load, that fragment is answered failed with the reason,
+/// so the initiator still learns that this host cannot run the job (and excludes it).
+#[test]
+fn a_loading_host_asked_for_everything_keeps_one_fragment_to_report_its_load() {
+    let mut p = P::new(ME, info(), Limits::default(), T0);
+    p.link_up(PEER, info(), T0);
+    drain(&mut p);
+    let job = JobId {
+        initiator: PEER,
+        seq: 9,
+    };
+    p.on_message(
+        PEER,
+        Message::Replica {
+            job,
+            params: params(),
+            count: 10,
+            body: "bytes",
+        },
+        T0,
+    );
+    p.on_message(
+        PEER,
+        Message::Dispatch {
+            job,
+            fragments: vec![(3, 7)],
+        },
+        T0,
+    );
+    drain(&mut p);
+    p.on_message(
+        PEER,
+        Message::Reclaim {
+            job,
+            fragments: vec![(3, 7)],
+        },
+        T0,
+    );
+    assert_eq!(
+        drain(&mut p),
+        vec![Action::SendReclaimed {
+            job,
+            host: PEER,
+            fragments: vec![4..7]
+        }]
+    );
+    let reason = fragmenta_job::FailureReason::UnknownClass(fragmenta_job::ClassId::from_name("x"));
+    p.replica_loaded(job, Err(reason.clone()));
+    let failed: Vec<(usize, fragmenta_job::FailureReason)> = drain(&mut p)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::SendAnswer {
+                answer: fragmenta_sched::protocol::Answer::Failed { fragment, reason },
+                ..
+            } => Some((fragment, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec![(3, reason)]);
+}
