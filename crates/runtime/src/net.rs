@@ -338,18 +338,12 @@ impl Net {
                 .wait_until(&mut links, settle_by)
                 .timed_out()
             {
-                eprintln!(
-                    "DBG host {} settle timed out: {:?}",
-                    self.host,
-                    links
-                        .iter()
-                        .map(|(h, l)| (
-                            *h,
-                            l.ready.load(std::sync::atomic::Ordering::Acquire),
-                            l.shm.settled.load(std::sync::atomic::Ordering::Acquire)
-                        ))
-                        .collect::<Vec<_>>()
-                );
+                let unsettled: Vec<HostId> = links
+                    .iter()
+                    .filter(|(_, l)| !l.shm.settled.load(std::sync::atomic::Ordering::Acquire))
+                    .map(|(h, _)| *h)
+                    .collect();
+                tracing::debug!(host = %self.host, ?unsettled, "same-machine detection did not settle in time; those links stay on QUIC until it does");
                 break;
             }
         }
