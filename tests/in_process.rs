@@ -170,3 +170,49 @@ fn an_in_process_cluster_needs_a_host() {
     assert!(testing::config_of(&[]).is_err());
     assert!(matches!(testing::in_process(0), Err(JoinError::Config(_))));
 }
+
+/// A host that connects while another waits for `min_hosts`, then leaves before that host's
+/// deadline (its own join needed fewer hosts, or gave up first), came: the waiting host's
+/// error names as missing only the host that never connected. (Two hosts joined together
+/// with the same timeout give up within moments of each other; the first to give up closes
+/// its link, and the other must not report it as never having come.)
+#[test]
+fn a_join_that_times_out_does_not_name_a_host_that_came_and_left() {
+    let config = testing::config(3).unwrap();
+    let with = |min: i64, wait_ms: i64| {
+        let mut file = config.to_config_file();
+        file.cluster.min_hosts = Some(min);
+        file.cluster.min_hosts_timeout_ms = Some(wait_ms);
+        ClusterConfig::from_config_file(file, ".").unwrap()
+    };
+    // Host 1 waits for all three; host 2 needs only host 1, joins, and leaves at once. Host 0
+    // never comes.
+    let (waits, leaves) = (with(3, 3000), with(2, 3000));
+    let network = MemNetwork::new();
+    let (waited, left) = std::thread::scope(|s| {
+        let net = network.clone();
+        let waiter = s.spawn(move || {
+            Cluster::builder()
+                .transport(MemTransport::new(net))
+                .join_config(waits, HostId(1))
+        });
+        let net = network.clone();
+        let leaver = s.spawn(move || {
+            let cluster = Cluster::builder()
+                .transport(MemTransport::new(net))
+                .join_config(leaves, HostId(2))?;
+            let hosts = cluster.hosts();
+            cluster.shutdown();
+            Ok::<_, JoinError>(hosts)
+        });
+        (waiter.join().unwrap(), leaver.join().unwrap())
+    });
+    assert_eq!(left.unwrap(), ids(&[1, 2]), "host 2 joined with host 1");
+    match waited {
+        Err(JoinError::MinHosts { min, missing, .. }) => {
+            assert_eq!(min, 3);
+            assert_eq!(missing, ids(&[0]), "host 2 came; only host 0 never did");
+        }
+        other => panic!("host 1: expected MinHosts, got {other:?}"),
+    }
+}

@@ -161,6 +161,10 @@ pub(crate) struct Net {
     retired: Mutex<BTreeSet<HostId>>,
     /// A peer that refused this host while it joined, and why.
     refused: Mutex<Option<(HostId, String)>>,
+    /// Every host a link was registered with, kept when the link is lost: a join that times
+    /// out names as missing only the hosts that never connected, not one that came and left
+    /// (say a peer whose own join gave up first) before this host's deadline.
+    met: Mutex<BTreeSet<HostId>>,
     /// Whether the same-machine path is on (`FRAGMENTA_SAME_MACHINE`).
     same_machine: bool,
     /// This machine's boot id.
@@ -263,6 +267,7 @@ impl Net {
             membership: Membership::default(),
             retired: Mutex::new(BTreeSet::new()),
             refused: Mutex::new(None),
+            met: Mutex::new(BTreeSet::new()),
             same_machine: machine::enabled(),
             boot_id: machine::boot_id(),
             shm: machine::ShmCounters::default(),
@@ -313,10 +318,12 @@ impl Net {
                 if up(&links) >= min {
                     break;
                 }
+                // Hosts that connected and left since count as neither up nor missing.
+                let met = self.met.lock();
                 let missing = self
                     .config
                     .host_ids()
-                    .filter(|h| *h != self.host && !links.contains_key(h))
+                    .filter(|h| *h != self.host && !links.contains_key(h) && !met.contains(h))
                     .collect();
                 return Err(JoinError::MinHosts {
                     min,

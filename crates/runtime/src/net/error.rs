@@ -28,7 +28,9 @@ pub enum JoinError {
         min: usize,
         /// How long this host waited.
         waited: Duration,
-        /// Configured hosts that never connected.
+        /// Configured hosts that never connected while this host waited. A host that
+        /// connected and then left (its own join gave up first, or it failed) is not named:
+        /// it came, and is no longer up.
         missing: Vec<HostId>,
     },
     /// The async runtime could not start (its threads or its I/O driver could not be made).

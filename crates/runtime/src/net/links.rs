@@ -121,6 +121,7 @@ impl Net {
                 conn.close(fragmenta_net::handshake::CLOSE_REJECTED, reason.as_bytes());
                 return;
             }
+            self.met.lock().insert(peer);
             links.insert(
                 peer,
                 Arc::new(Link {
