@@ -276,7 +276,11 @@ pub(crate) fn gpus(cluster: &Cluster, layout: Layout) -> Result<(), String> {
             )
         })?;
     }
-    // Two CPU jobs at once: thread_limit 2, and cpu_load 1.5.
+    // Two CPU jobs at once: thread_limit 2, and cpu_load 1.5. Every host must run some of
+    // each, so that its peak is a real check of the limit: work stealing could take a busy
+    // host's whole queue away (that it runs elsewhere exactly once is tests/launch.rs's
+    // `work_stealing` and crates/sched/tests/stealing.rs), so it is off for these two jobs.
+    cluster.set_work_stealing(false);
     let limited = Arc::new(Probe {
         thread_limit: 2,
         sleep_ms: 10,
@@ -295,6 +299,7 @@ pub(crate) fn gpus(cluster: &Cluster, layout: Layout) -> Result<(), String> {
         let r = r.map_err(err_string)?;
         check(r.is_complete(), || format!("{name}: {r:?}"))?;
     }
+    cluster.set_work_stealing(true);
 
     let all = ledgers(cluster, &all_hosts(layout), true)?;
     for (h, l) in &all {
