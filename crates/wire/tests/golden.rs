@@ -176,6 +176,12 @@ fn samples() -> Vec<(String, String)> {
                         len: 1000,
                         size: 1 << 20,
                     },
+                    ResultItem::RdmaShm {
+                        fragment: 3,
+                        id: 78,
+                        len: 300_000,
+                        size: 1 << 20,
+                    },
                 ],
             }),
         ),
