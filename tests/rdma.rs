@@ -260,7 +260,10 @@ fn large(cluster: &Cluster, forced_quic: bool) -> Result<(), String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !forced_quic && cluster.same_machine().peers != vec![HostId(1), HostId(2)] {
         if std::time::Instant::now() > deadline {
-            return Err(format!("not proven same-machine: {:?}", cluster.same_machine()));
+            return Err(format!(
+                "not proven same-machine: {:?}",
+                cluster.same_machine()
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -273,8 +276,7 @@ fn large(cluster: &Cluster, forced_quic: bool) -> Result<(), String> {
             len: LARGE_RECV as u64 + 1,
             capacity: LARGE_RECV as u64,
         };
-        if report.failed().to_vec() != [LARGE_OVERSIZE] || report.failures[0].reason != too_large
-        {
+        if report.failed().to_vec() != [LARGE_OVERSIZE] || report.failures[0].reason != too_large {
             return Err(format!("only the oversized fragment fails: {report:?}"));
         }
         let received = job.received.lock().unwrap();
@@ -318,7 +320,9 @@ fn large(cluster: &Cluster, forced_quic: bool) -> Result<(), String> {
         }
         let s = cluster.fastio().stats().map_err(|e| e.to_string())?;
         if s.publications != 0 || s.handles != 0 {
-            return Err(format!("round {round}: the initiator's context is not empty: {s:?}"));
+            return Err(format!(
+                "round {round}: the initiator's context is not empty: {s:?}"
+            ));
         }
     }
     let path = if forced_quic { "quic" } else { "shm" };
@@ -509,7 +513,9 @@ fn main() {
                 common::harness::launched(launch("large", &[]), |out| {
                     let shm = digest(out, "shm")?;
                     if shm != quic {
-                        return Err(format!("digest {shm} through shared memory, {quic} on QUIC"));
+                        return Err(format!(
+                            "digest {shm} through shared memory, {quic} on QUIC"
+                        ));
                     }
                     Ok(())
                 })

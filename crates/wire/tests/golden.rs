@@ -372,7 +372,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Control::ShmCredit", "0c03fb2c01fc00002000"),
     (
         "Results",
-        "0500010203010101030309fc00001000040104080502054dfbe803fc00001000",
+        "0600010203010101030309fc00001000040104080502054dfbe803fc0000100006034efce0930400fc00001000",
     ),
     ("Request::Fetch", "00016e"),
     ("FetchReply::UnknownName", "01"),

@@ -131,12 +131,11 @@ impl Net {
                 }
                 continue;
             }
-            if results.items.iter().any(|i| {
-                matches!(
-                    i,
-                    ResultItem::Rdma { .. } | ResultItem::RdmaShm { .. }
-                )
-            }) {
+            if results
+                .items
+                .iter()
+                .any(|i| matches!(i, ResultItem::Rdma { .. } | ResultItem::RdmaShm { .. }))
+            {
                 return self.broke(&conn, job, "an RDMA result not alone in its frame".into());
             }
             // Checked before the bytes are read: a part that would grow a chunk beyond its
