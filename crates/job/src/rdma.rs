@@ -64,7 +64,8 @@ pub struct RdmaStats {
 /// Registering memory with an RDMA device is costly, so buffers are reused: a buffer returns to
 /// its context when its last [`RdmaBuffer`] handle is dropped, which the runtime does once
 /// reception is confirmed. Without RDMA hardware the same calls happen and the bytes travel over
-/// QUIC straight into the receiver's buffer.
+/// QUIC straight into the receiver's buffer; between processes of one machine a large result is
+/// handed over through shared memory instead and copied once into the receiver's buffer.
 #[derive(Clone)]
 pub struct RdmaContext {
     pool: Arc<Pool>,

@@ -381,6 +381,10 @@ impl Net {
             bytes_received: self.shm.bytes_received.load(Relaxed),
             chunks_sent: self.shm.chunks_sent.load(Relaxed),
             bytes_sent: self.shm.bytes_sent.load(Relaxed),
+            rdma_received: self.shm.rdma_received.load(Relaxed),
+            rdma_bytes_received: self.shm.rdma_bytes_received.load(Relaxed),
+            rdma_sent: self.shm.rdma_sent.load(Relaxed),
+            rdma_bytes_sent: self.shm.rdma_bytes_sent.load(Relaxed),
             reclaimed: self.shm.reclaimed.load(Relaxed),
         }
     }

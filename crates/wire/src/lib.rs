@@ -31,6 +31,6 @@ pub use frame::{
 /// `FetchReply::Refused` carries the owner's `FastIoError` instead of its text.
 /// Also in 3: `Control::Reclaim` and `Control::Reclaimed` (work stealing across hosts).
 /// Also in 3: the same-machine path: `Control::Machine`, `Control::MachineProof`,
-/// `Control::MachineConfirmed`, `Control::MachineDeclined`, `Control::ShmCredit` and
-/// `ResultItem::Shm`.
+/// `Control::MachineConfirmed`, `Control::MachineDeclined`, `Control::ShmCredit`,
+/// `ResultItem::Shm` and `ResultItem::RdmaShm`.
 pub const PROTOCOL_VERSION: u32 = 3;

@@ -208,6 +208,23 @@ pub enum ResultItem {
         /// Bytes of the memory (`len` rounded up to the sender's size class).
         size: u64,
     },
+    /// The whole result of `fragment` for its initiator's RDMA buffer, handed over through the
+    /// initiator's Fast I/O context like a [`ResultItem::Shm`] chunk (published as
+    /// [`shm_chunk_name`]`(sender, job, id)` in memory of `size` bytes, the result its first
+    /// `len`), in place of an [`ResultItem::Rdma`] frame's bytes. Travels alone in its frame,
+    /// without payload; counts as the fragment's chunk 0; its `Done` follows. A result longer
+    /// than the receiver's buffer, or a reference the receiver cannot resolve, is a protocol
+    /// violation of the sender.
+    RdmaShm {
+        /// Fragment index.
+        fragment: u64,
+        /// The sender's id of the hand-over.
+        id: u64,
+        /// Bytes of the result.
+        len: u64,
+        /// Bytes of the memory (`len` rounded up to the sender's size class).
+        size: u64,
+    },
 }
 
 /// A batch of results of one job; the frame payload is the concatenation of the chunk parts'

@@ -290,6 +290,14 @@ fn arb_item() -> impl Strategy<Value = ResultItem> {
             .prop_map(|(fragment, reason)| ResultItem::Failed { fragment, reason }),
         arb_ranges().prop_map(|ranges| ResultItem::NotStarted { ranges }),
         (any::<u64>(), 0..64u64).prop_map(|(fragment, len)| ResultItem::Rdma { fragment, len }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(fragment, id, len, size)| ResultItem::RdmaShm {
+                fragment,
+                id,
+                len,
+                size
+            }
+        ),
     ]
 }
 

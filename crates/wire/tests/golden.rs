@@ -176,6 +176,12 @@ fn samples() -> Vec<(String, String)> {
                         len: 1000,
                         size: 1 << 20,
                     },
+                    ResultItem::RdmaShm {
+                        fragment: 3,
+                        id: 78,
+                        len: 300_000,
+                        size: 1 << 20,
+                    },
                 ],
             }),
         ),
@@ -366,7 +372,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("Control::ShmCredit", "0c03fb2c01fc00002000"),
     (
         "Results",
-        "0500010203010101030309fc00001000040104080502054dfbe803fc00001000",
+        "0600010203010101030309fc00001000040104080502054dfbe803fc0000100006034efce0930400fc00001000",
     ),
     ("Request::Fetch", "00016e"),
     ("FetchReply::UnknownName", "01"),

@@ -152,6 +152,14 @@ pub(crate) enum ShmViolation {
         /// The name.
         name: String,
     },
+    /// An RDMA result longer than the buffer the receiver offered for its fragment.
+    #[error("an RDMA result of {len} bytes for a receive buffer of {capacity} bytes")]
+    RdmaTooLarge {
+        /// Bytes of the result.
+        len: u64,
+        /// Bytes of the receiver's buffer.
+        capacity: u64,
+    },
     /// The memory published there is of another size.
     #[error("a reference to memory of {found} bytes, announced {announced}")]
     WrongSize {
@@ -249,6 +257,10 @@ pub(crate) struct ShmCounters {
     pub(crate) bytes_received: AtomicU64,
     pub(crate) chunks_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
+    pub(crate) rdma_received: AtomicU64,
+    pub(crate) rdma_bytes_received: AtomicU64,
+    pub(crate) rdma_sent: AtomicU64,
+    pub(crate) rdma_bytes_sent: AtomicU64,
     pub(crate) reclaimed: AtomicU64,
 }
 
@@ -265,6 +277,15 @@ pub struct SameMachineStats {
     pub chunks_sent: u64,
     /// Their bytes.
     pub bytes_sent: u64,
+    /// Whole RDMA results received as shared memory handed over by a peer (copied into the
+    /// buffer the job offered); not counted in `chunks_received`.
+    pub rdma_received: u64,
+    /// Their bytes.
+    pub rdma_bytes_received: u64,
+    /// Whole RDMA results this host handed over to an initiator.
+    pub rdma_sent: u64,
+    /// Their bytes.
+    pub rdma_bytes_sent: u64,
     /// Publications withdrawn from this host's context because the host that handed them over
     /// was declared down before it referenced them.
     pub reclaimed: u64,

@@ -39,6 +39,14 @@ pub(super) enum Out {
     },
 }
 
+/// Memory handed over into the initiator's context and not yet referenced.
+struct HandedOver<'a> {
+    ctx: &'a fragmenta_fastio::RemoteContext,
+    name: String,
+    id: u64,
+    size: u64,
+}
+
 /// A job of another host, on this host: its replica and the stream back to its initiator.
 pub(super) struct RemoteJob {
     pub(super) id: JobId,
@@ -90,15 +98,67 @@ impl RemoteJob {
     /// handed over and not credited back full, the initiator's context full), the chunk goes
     /// on QUIC as before. `Ok(false)`: the stream is gone.
     fn hand_over(&self, fragment: u64, seq: u32, data: Vec<u8>) -> Result<bool, Vec<u8>> {
-        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
-        use std::sync::atomic::Ordering::Relaxed;
-        if data.len() < SHM_THRESHOLD {
-            return Err(data);
-        }
-        let Some(ctx) = self.shm.as_ref().and_then(|l| l.sender()) else {
+        let Some(handed) = self.hand_over_bytes(&data) else {
             return Err(data);
         };
-        let size = size_class(data.len() as u64);
+        let len = data.len() as u64;
+        drop(data);
+        if let Some(net) = self.net.upgrade() {
+            use std::sync::atomic::Ordering::Relaxed;
+            net.shm.chunks_sent.fetch_add(1, Relaxed);
+            net.shm.bytes_sent.fetch_add(len, Relaxed);
+        }
+        let item = ResultItem::Shm {
+            fragment,
+            seq,
+            id: handed.id,
+            len,
+            size: handed.size,
+        };
+        Ok(self.reference(handed, item))
+    }
+
+    /// Hands a fragment's whole RDMA result over through the initiator's Fast I/O context,
+    /// under the same conditions as a chunk ([`RemoteJob::hand_over`]); the initiator copies
+    /// it into the buffer it offered. `Err(buffer)`: not handed over, it goes on the RDMA path
+    /// (QUIC) as before. `Ok(false)`: the stream is gone.
+    fn hand_over_rdma(&self, fragment: u64, buffer: RdmaBuffer) -> Result<bool, RdmaBuffer> {
+        let handed = {
+            let bytes = buffer.read();
+            self.hand_over_bytes(&bytes)
+        };
+        let Some(handed) = handed else {
+            return Err(buffer);
+        };
+        let len = buffer.len() as u64;
+        // The bytes are in the initiator's context: this host's buffer may return to its
+        // context now.
+        drop(buffer);
+        if let Some(net) = self.net.upgrade() {
+            use std::sync::atomic::Ordering::Relaxed;
+            net.shm.rdma_sent.fetch_add(1, Relaxed);
+            net.shm.rdma_bytes_sent.fetch_add(len, Relaxed);
+        }
+        let item = ResultItem::RdmaShm {
+            fragment,
+            id: handed.id,
+            len,
+            size: handed.size,
+        };
+        Ok(self.reference(handed, item))
+    }
+
+    /// Copies `bytes` into memory of the initiator's context, published under a name of this
+    /// host, when the link is proven, `bytes` is at least [`super::machine::SHM_THRESHOLD`]
+    /// and the window has room. Runs on the worker thread that produced the bytes.
+    fn hand_over_bytes(&self, bytes: &[u8]) -> Option<HandedOver<'_>> {
+        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
+        use std::sync::atomic::Ordering::Relaxed;
+        if bytes.len() < SHM_THRESHOLD {
+            return None;
+        }
+        let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
+        let size = size_class(bytes.len() as u64);
         {
             // Beyond the window the chunk goes on QUIC rather than wait for credit: a chunk
             // held back here could be the very one the initiator's ordered delivery waits for
@@ -106,40 +166,38 @@ impl RemoteJob {
             // the next chunk in order is never paused) then keep the job moving.
             let mut out = self.shm_out.lock();
             if *out > 0 && *out + size > SHM_WINDOW {
-                return Err(data);
+                return None;
             }
             *out += size;
         }
         let id = self.shm_ids.fetch_add(1, Relaxed);
         let name = fragmenta_wire::messages::shm_chunk_name(self.sender, self.id, id);
-        if let Err(e) = ctx.hand_over(&name, &data, size) {
+        if let Err(e) = ctx.hand_over(&name, bytes, size) {
             self.credit(size);
-            tracing::debug!(job = %self.id, fragment, seq, error = %e, "cannot hand the chunk over; it goes on QUIC");
-            return Err(data);
+            tracing::debug!(job = %self.id, error = %e, "cannot hand the result over; it goes on QUIC");
+            return None;
         }
-        let len = data.len() as u64;
-        drop(data);
-        if let Some(net) = self.net.upgrade() {
-            net.shm.chunks_sent.fetch_add(1, Relaxed);
-            net.shm.bytes_sent.fetch_add(len, Relaxed);
-        }
-        let item = ResultItem::Shm {
-            fragment,
-            seq,
+        Some(HandedOver {
+            ctx,
+            name,
             id,
-            len,
             size,
-        };
+        })
+    }
+
+    /// Queues the reference `item` to what was handed over; false (and the publication
+    /// withdrawn) once the stream is gone.
+    fn reference(&self, handed: HandedOver<'_>, item: ResultItem) -> bool {
         if self.out.send(Out::Item(item)).is_ok() {
-            return Ok(true);
+            return true;
         }
         // Nobody will reference it: withdraw it (the initiator also does when this host is
         // declared down).
-        if let Ok(a) = fragmenta_fastio::FastIo::get(ctx, &name) {
+        if let Ok(a) = fragmenta_fastio::FastIo::get(handed.ctx, &handed.name) {
             let _ = a.free();
         }
-        self.credit(size);
-        Ok(false)
+        self.credit(handed.size);
+        false
     }
 
     /// The initiator let go of `bytes` of handed-over memory.
@@ -467,10 +525,14 @@ impl RemoteRunner {
                 capacity: size,
             }),
             Some(buffer) => {
-                if rj.send(Out::Rdma {
-                    fragment: f as u64,
-                    buffer,
-                }) {
+                let sent = match rj.hand_over_rdma(f as u64, buffer) {
+                    Ok(sent) => sent,
+                    Err(buffer) => rj.send(Out::Rdma {
+                        fragment: f as u64,
+                        buffer,
+                    }),
+                };
+                if sent {
                     Ok(1)
                 } else {
                     Err(FailureReason::InitiatorGone)

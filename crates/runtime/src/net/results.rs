@@ -118,10 +118,23 @@ impl Net {
                     }
                 }
             }
+            if let [ResultItem::RdmaShm {
+                fragment,
+                id,
+                len,
+                size,
+            }] = results.items.as_slice()
+            {
+                let handed = (*fragment, *id, *len, *size);
+                if let Err(e) = self.receive_rdma_shm(job, peer, handed).await {
+                    return self.broke(&conn, job, format!("bad RDMA result: {e}"));
+                }
+                continue;
+            }
             if results
                 .items
                 .iter()
-                .any(|i| matches!(i, ResultItem::Rdma { .. }))
+                .any(|i| matches!(i, ResultItem::Rdma { .. } | ResultItem::RdmaShm { .. }))
             {
                 return self.broke(&conn, job, "an RDMA result not alone in its frame".into());
             }
@@ -149,8 +162,13 @@ impl Net {
                 Err(e) => return close_on_frame_error(&conn, &e),
             };
             let mut resolve = |id, len, size| {
-                self.take_handed_over(peer, job, id, len, size)
-                    .map_err(|e| e.to_string())
+                use std::sync::atomic::Ordering::Relaxed;
+                let chunk = self
+                    .take_handed_over(peer, job, id, len, size)
+                    .map_err(|e| e.to_string())?;
+                self.shm.chunks_received.fetch_add(1, Relaxed);
+                self.shm.bytes_received.fetch_add(len, Relaxed);
+                Ok(chunk)
             };
             let events = match split(results.items, payload, &mut parts, &mut resolve) {
                 Ok(events) => events,
@@ -175,7 +193,6 @@ impl Net {
         len: u64,
         size: u64,
     ) -> Result<ShmChunk, ShmViolation> {
-        use std::sync::atomic::Ordering::Relaxed;
         let proven = self.link(peer).is_some_and(|l| l.shm.peer_proven());
         check_reference(proven, len, size)?;
         let node = self.node.upgrade().ok_or(ShmViolation::ShuttingDown)?;
@@ -192,8 +209,6 @@ impl Net {
         }
         let read = alloc.into_shared_read().map_err(ShmViolation::Unreadable)?;
         let len = usize::try_from(len).map_err(|_| ShmViolation::WrongClass { len, size })?;
-        self.shm.chunks_received.fetch_add(1, Relaxed);
-        self.shm.bytes_received.fetch_add(len as u64, Relaxed);
         let net = self.me.clone();
         let credit = Box::new(move || {
             if let Some(net) = net.upgrade() {
@@ -201,6 +216,57 @@ impl Net {
             }
         });
         Ok(ShmChunk::new(read, len, credit))
+    }
+
+    /// Takes the whole RDMA result of `fragment` that `peer` handed over through this host's
+    /// context (checked as a chunk's reference, [`Net::take_handed_over`], and against the
+    /// receiver's buffer: longer is [`ShmViolation::RdmaTooLarge`]), copies it from the shared
+    /// pages into the buffer the job offered, lets the memory go (crediting the sender) and
+    /// hands the buffer to the scheduler as the fragment's chunk 0. The buffer is the job's
+    /// own memory, writable and handed back to `receive_remote_result_rdma` as the very buffer
+    /// it offered, so the bytes land in it: one copy, on the blocking pool. A result for a
+    /// buffer that is no longer waiting (job finished, fragment reassigned) is let go of.
+    async fn receive_rdma_shm(
+        &self,
+        job: JobId,
+        peer: HostId,
+        (fragment, id, len, size): (u64, u64, u64, u64),
+    ) -> Result<(), ShmViolation> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let chunk = self.take_handed_over(peer, job, id, len, size)?;
+        let node = self.node.upgrade().ok_or(ShmViolation::ShuttingDown)?;
+        let target = usize::try_from(fragment)
+            .ok()
+            .and_then(|index| node.rdma_target(job, index, peer));
+        let Some(buffer) = target else {
+            return Ok(());
+        };
+        if chunk.len() > buffer.len() {
+            return Err(ShmViolation::RdmaTooLarge {
+                len,
+                capacity: buffer.len() as u64,
+            });
+        }
+        let copied = tokio::task::spawn_blocking(move || {
+            let n = chunk.len();
+            buffer.write()[..n].copy_from_slice(chunk.as_ref());
+            buffer.set_filled(n);
+            drop(chunk);
+            buffer
+        })
+        .await;
+        let Ok(buffer) = copied else {
+            return Err(ShmViolation::ShuttingDown);
+        };
+        self.shm.rdma_received.fetch_add(1, Relaxed);
+        self.shm.rdma_bytes_received.fetch_add(len, Relaxed);
+        let chunk = ResultEvent::Chunk {
+            fragment,
+            seq: 0,
+            payload: Payload::Rdma(buffer),
+        };
+        let _ = node.on_results(job, peer, vec![chunk]);
+        Ok(())
     }
 
     /// Reads an RDMA result of `len` bytes straight from the stream into the initiator's
@@ -364,8 +430,9 @@ fn split(
                 events.push(ResultEvent::Failed { fragment, reason })
             }
             ResultItem::NotStarted { ranges } => events.push(ResultEvent::NotStarted { ranges }),
-            // Read straight into its buffer (`receive_rdma`); never part of a batch.
-            ResultItem::Rdma { .. } => {}
+            // Read straight into its buffer (`receive_rdma`, `receive_rdma_shm`); never part
+            // of a batch.
+            ResultItem::Rdma { .. } | ResultItem::RdmaShm { .. } => {}
             ResultItem::Shm {
                 fragment,
                 seq,
@@ -402,6 +469,21 @@ async fn write_batch(
     let mut payload = Vec::new();
     for out in batch {
         match out {
+            Out::Item(i @ ResultItem::RdmaShm { .. }) => {
+                // Alone in its frame, like the bytes of an RDMA result.
+                if !items.is_empty() {
+                    write_frame(
+                        s,
+                        &Results {
+                            items: std::mem::take(&mut items),
+                        },
+                        &payload,
+                    )
+                    .await?;
+                    payload.clear();
+                }
+                write_frame(s, &Results { items: vec![i] }, &[]).await?;
+            }
             Out::Item(i) => items.push(i),
             Out::Rdma { fragment, buffer } => {
                 if !items.is_empty() {
