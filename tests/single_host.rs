@@ -380,3 +380,38 @@ fn many_concurrent_jobs_all_complete() {
         t.join().unwrap();
     }
 }
+
+/// Records the thread each fragment ran on.
+#[derive(Serialize, Deserialize, Default)]
+struct WhichThread {
+    #[serde(skip)]
+    threads: Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl FragmentedJob for WhichThread {
+    const CLASS_ID: ClassId = ClassId::from_name("test.which-thread");
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+    }
+}
+
+#[test]
+fn execute_runs_a_one_fragment_job_on_the_calling_thread() {
+    // The thread that waits for the job runs its first block itself: no hand-over to a worker.
+    let c = cluster(2.0);
+    let me = std::thread::current().id();
+    for _ in 0..20 {
+        let job = Arc::new(WhichThread::default());
+        assert!(c.execute(&job, 1).unwrap().is_complete());
+        assert_eq!(*job.threads.lock().unwrap(), vec![me]);
+    }
+    // A job started with `submit` and waited for later runs once as well.
+    let job = Arc::new(WhichThread::default());
+    let handle = c.submit(&job, 1).unwrap();
+    let report = handle.wait().unwrap();
+    assert!(report.is_complete());
+    assert_eq!(job.threads.lock().unwrap().len(), 1);
+}

@@ -33,8 +33,19 @@ struct State {
     idle: usize,
     /// Wake-ups sent to waiting workers and not yet taken up.
     wakes: usize,
-    /// Blocks taken for a waiting worker that was woken to run them.
+    /// Blocks taken for a waiting worker that was woken to run them, or for a spinning one.
     handoff: VecDeque<Task>,
+    /// Kept workers spinning for work before they wait (see [`SPIN`]).
+    spinning: usize,
+    /// Blocks in `handoff` taken for spinning workers and not yet taken up.
+    spin_claims: usize,
+    /// How long a kept worker spins before it waits ([`SPIN`]).
+    spin: Duration,
+    /// Blocks a spinning worker took up (no wake-up needed).
+    spin_takes: u64,
+    /// The first block of a work whose submitter is about to wait for it, taken for that
+    /// thread to run itself (see [`Executor::help`]).
+    reserved: HashMap<WorkKey, Block>,
     /// Indices of workers that exited, reused lowest first so indices stay `< max_workers`.
     free: BinaryHeap<Reverse<usize>>,
     next_index: usize,
@@ -51,6 +62,8 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     cv: Condvar,
+    /// Bumped when a block is handed to a spinning worker: what spinners watch, unlocked.
+    spin_signal: AtomicU64,
     host: HostId,
 }
 
@@ -65,6 +78,15 @@ type Task = (Block, Arc<dyn BlockRunner>);
 
 /// How long a worker beyond the kept ones stays without work before it exits.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a kept worker that has just run out of work spins, watching for a block handed to
+/// it, before it waits on the condition variable. A thread that sleeps costs a futex wake-up to
+/// start again, and on a virtual machine a woken thread can take hundreds of microseconds to
+/// run: a program that starts jobs back to back (a loop of `execute`) finds its workers still
+/// awake, as rayon's do. At most one fewer than the kept workers spin (the thread that starts
+/// the next job needs a core), only after running a block (a worker woken for nothing goes back
+/// to sleep), and workers beyond the kept ones never do.
+const SPIN: Duration = Duration::from_micros(50);
 
 thread_local! {
     /// The block this worker thread runs now, with the address of its pool's state.
@@ -102,6 +124,11 @@ impl Executor {
                     idle: 0,
                     wakes: 0,
                     handoff: VecDeque::new(),
+                    spinning: 0,
+                    spin_claims: 0,
+                    spin: SPIN,
+                    spin_takes: 0,
+                    reserved: HashMap::new(),
                     free: BinaryHeap::new(),
                     next_index: 0,
                     max_workers,
@@ -111,6 +138,7 @@ impl Executor {
                     shutdown: false,
                 }),
                 cv: Condvar::new(),
+                spin_signal: AtomicU64::new(0),
                 host,
             }),
             next_key: Arc::new(AtomicU64::new(1)),
@@ -135,6 +163,91 @@ impl Executor {
         st.runners.insert(key, runner);
         start_more(&self.inner, &mut st);
         Ok(())
+    }
+
+    /// [`submit`](Self::submit) for a work whose submitter waits for it next (a job started
+    /// with `execute`): its first block, if the host's rules would start it now, is kept for
+    /// the submitting thread's [`help`](Self::help) instead of waking a worker, so a job of a
+    /// few fragments costs no thread hand-over, and a large one starts on a core that is
+    /// already awake while the workers wake up for the rest.
+    pub(crate) fn submit_reserving(
+        &self,
+        key: WorkKey,
+        spec: WorkSpec,
+        runner: Arc<dyn BlockRunner>,
+        fragments: Vec<Range<usize>>,
+    ) -> Result<(), SubmitError> {
+        let mut st = self.inner.state.lock();
+        st.queue.submit(key, spec, fragments)?;
+        st.runners.insert(key, runner);
+        if let Some(block) = st.queue.next_block_if(key) {
+            st.reserved.insert(key, block);
+        }
+        start_more(&self.inner, &mut st);
+        Ok(())
+    }
+
+    /// Runs blocks of `key`'s work on the calling thread while the host's rules would start
+    /// them next (the block reserved for it by [`submit_reserving`](Self::submit_reserving)
+    /// first); returns whether it ran any. The calling thread is one more worker meanwhile,
+    /// with an index of its own, so every rule of the pool (loads, thread limits, priorities,
+    /// at most `max_workers` running) holds as for its own threads. Called by a thread that
+    /// waits for the work's job and would otherwise sleep.
+    pub(crate) fn help(&self, key: WorkKey) -> bool {
+        let mut st = self.inner.state.lock();
+        let mut reserved = st.reserved.remove(&key);
+        if reserved.is_none() && st.workers >= st.max_workers {
+            return false;
+        }
+        let index = match st.free.pop() {
+            Some(Reverse(i)) => i,
+            None if st.next_index < st.max_workers => {
+                st.next_index += 1;
+                st.next_index - 1
+            }
+            None => {
+                // Every index is a live worker's: give the block to them.
+                if let Some(block) = reserved.take() {
+                    st.queue.finish(&block);
+                    st.queue.requeue_front(block.work, block.range);
+                    start_more(&self.inner, &mut st);
+                }
+                return false;
+            }
+        };
+        st.workers += 1;
+        let pool = Arc::as_ptr(&self.inner) as usize;
+        let outer = CURRENT.with(|c| c.borrow_mut().take());
+        let mut ran = false;
+        loop {
+            let next = reserved
+                .take()
+                .or_else(|| st.queue.next_block_if(key))
+                .or_else(|| take_back(&mut st, key));
+            let Some(block) = next else {
+                break;
+            };
+            let Some(runner) = st.runners.get(&key).cloned() else {
+                st.queue.finish(&block); // work removed meanwhile
+                break;
+            };
+            // Other blocks that may start now go to the pool's threads.
+            start_more(&self.inner, &mut st);
+            drop(st);
+            CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
+            let leftover = runner.run(&block, index);
+            CURRENT.with(|c| *c.borrow_mut() = None);
+            ran = true;
+            st = self.inner.state.lock();
+            st.queue.finish(&block);
+            st.queue.requeue_front(block.work, leftover);
+        }
+        CURRENT.with(|c| *c.borrow_mut() = outer);
+        st.workers -= 1;
+        st.free.push(Reverse(index));
+        // What this thread leaves (blocks of other works, freed capacity) goes to the pool.
+        start_more(&self.inner, &mut st);
+        ran
     }
 
     /// Adds fragments to a submitted work; false if the key is unknown.
@@ -162,6 +275,10 @@ impl Executor {
     pub(crate) fn remove(&self, key: WorkKey) -> Vec<Range<usize>> {
         let mut st = self.inner.state.lock();
         st.runners.remove(&key);
+        if let Some(block) = st.reserved.remove(&key) {
+            st.queue.finish(&block);
+            st.queue.requeue_front(block.work, block.range);
+        }
         st.queue.remove(key)
     }
 
@@ -188,6 +305,7 @@ impl Executor {
     pub(crate) fn shutdown(&self) {
         let mut st = self.inner.state.lock();
         st.shutdown = true;
+        self.inner.spin_signal.fetch_add(1, Ordering::Release);
         self.inner.cv.notify_all();
     }
 }
@@ -202,6 +320,20 @@ impl Executor {
 
     fn set_idle_timeout(&self, timeout: Duration) {
         self.inner.state.lock().idle_timeout = timeout;
+    }
+
+    fn set_spin(&self, spin: Duration) {
+        self.inner.state.lock().spin = spin;
+    }
+
+    /// Blocks a spinning worker took up.
+    fn spin_takes(&self) -> u64 {
+        self.inner.state.lock().spin_takes
+    }
+
+    /// Whether a worker spins now.
+    fn spinning(&self) -> bool {
+        self.inner.state.lock().spinning > 0
     }
 }
 
@@ -219,12 +351,18 @@ pub(crate) fn refusal(host: HostId, e: &SubmitError) -> FailureReason {
 /// woken, so a pool grown by one job costs later jobs nothing.
 fn start_more(inner: &Arc<Inner>, st: &mut State) {
     loop {
+        let spinners = st.spinning.saturating_sub(st.spin_claims);
         let sleepers = st.idle.saturating_sub(st.wakes);
-        if sleepers == 0 && st.workers >= st.max_workers {
+        if spinners == 0 && sleepers == 0 && st.workers >= st.max_workers {
             return;
         }
         let Some(task) = take(st) else { return };
-        if sleepers > 0 {
+        if spinners > 0 {
+            // An awake worker takes it up without a wake-up.
+            st.handoff.push_back(task);
+            st.spin_claims += 1;
+            inner.spin_signal.fetch_add(1, Ordering::Release);
+        } else if sleepers > 0 {
             st.handoff.push_back(task);
             st.wakes += 1;
             inner.cv.notify_one();
@@ -232,6 +370,48 @@ fn start_more(inner: &Arc<Inner>, st: &mut State) {
             spawn_worker(inner, st, task);
         }
     }
+}
+
+/// A block of `key` handed to a worker that was woken for it and has not taken it up yet: the
+/// helping thread is awake now, while a woken thread may take a long while to run (on a
+/// virtual machine, an idle core can take hundreds of microseconds to be scheduled again).
+/// The woken worker then finds nothing and waits again.
+fn take_back(st: &mut State, key: WorkKey) -> Option<Block> {
+    let at = st.handoff.iter().rposition(|(b, _)| b.work == key)?;
+    st.handoff.remove(at).map(|(block, _)| block)
+}
+
+/// Spins (yielding the core to any thread that wants it) for up to [`SPIN`] with the lock
+/// released, watching for a block handed to a
+/// spinning worker; returns it, or `None` when the time is up (or the pool shuts down).
+fn spin(inner: &Inner, st: &mut parking_lot::MutexGuard<'_, State>) -> Option<Task> {
+    st.spinning += 1;
+    let deadline = std::time::Instant::now() + st.spin;
+    let task = loop {
+        let seen = inner.spin_signal.load(Ordering::Acquire);
+        let over = parking_lot::MutexGuard::unlocked(st, || loop {
+            if inner.spin_signal.load(Ordering::Acquire) != seen {
+                return false;
+            }
+            std::thread::yield_now();
+            if std::time::Instant::now() >= deadline {
+                return true;
+            }
+        });
+        // Any spinner may take any block claimed for spinners: the count is what matters.
+        if st.spin_claims > 0 {
+            st.spin_claims -= 1;
+            if let Some(task) = st.handoff.pop_front() {
+                st.spin_takes += 1;
+                break Some(task);
+            }
+        }
+        if over || st.shutdown {
+            break None;
+        }
+    };
+    st.spinning -= 1;
+    task
 }
 
 fn take(st: &mut State) -> Option<Task> {
@@ -275,6 +455,8 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
     // block (each was taken for one woken worker), so a busy worker never leaves the one woken
     // for it with nothing to do.
     let mut returned = false;
+    // Whether this worker ran a block since it last waited (only such a worker spins).
+    let mut ran = false;
     loop {
         let handed = if std::mem::take(&mut returned) {
             st.handoff.pop_front()
@@ -295,6 +477,7 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
                 st = inner.state.lock();
                 st.queue.finish(&block);
                 st.queue.requeue_front(block.work, leftover);
+                ran = true;
             }
             None => {
                 let beyond_kept = st.workers > st.keep;
@@ -302,6 +485,15 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
                     st.workers -= 1;
                     st.free.push(Reverse(index));
                     return;
+                }
+                if std::mem::take(&mut ran) && !beyond_kept && st.spinning + 1 < st.keep {
+                    if let Some(task) = spin(&inner, &mut st) {
+                        first = Some(task);
+                        continue;
+                    }
+                    if st.shutdown {
+                        continue;
+                    }
                 }
                 st.idle += 1;
                 let timeout = st.idle_timeout;
@@ -380,6 +572,104 @@ mod tests {
         });
         exec.remove(key);
         (exec, slow)
+    }
+
+    /// Records the threads that ran its blocks.
+    #[derive(Default)]
+    struct Threads(parking_lot::Mutex<Vec<std::thread::ThreadId>>);
+
+    impl BlockRunner for Threads {
+        fn run(&self, block: &Block, _: usize) -> Range<usize> {
+            self.0.lock().push(std::thread::current().id());
+            block.range.end..block.range.end
+        }
+    }
+
+    #[test]
+    fn a_reserved_block_runs_on_the_waiting_thread_without_a_worker() {
+        let exec = Executor::new(HostId(0), 2.0, 0, 8);
+        let seen = Arc::new(Threads::default());
+        let key = exec.new_key();
+        exec.submit_reserving(key, spec(1.0), seen.clone(), vec![0..1])
+            .unwrap();
+        assert!(exec.help(key), "the caller ran the reserved block");
+        assert_eq!(*seen.0.lock(), vec![std::thread::current().id()]);
+        assert_eq!(exec.pool_stats().0, 0, "no worker thread was started");
+        // Nothing is left to help with.
+        assert!(!exec.help(key));
+    }
+
+    #[test]
+    fn a_helping_thread_runs_only_what_the_host_would_start_next() {
+        let exec = Executor::new(HostId(0), 1.0, 0, 8);
+        // A running block of another work holds the only core.
+        let gate = Arc::new(Gate::default());
+        let other = exec.new_key();
+        exec.submit(other, spec(1.0), gate.clone(), vec![0..1])
+            .unwrap();
+        wait_for("the other block to start", || {
+            gate.started.load(Ordering::SeqCst)
+        });
+        let seen = Arc::new(Threads::default());
+        let key = exec.new_key();
+        exec.submit_reserving(key, spec(1.0), seen.clone(), vec![0..4])
+            .unwrap();
+        // The core is taken: nothing was reserved, and helping runs nothing.
+        assert!(!exec.help(key));
+        assert!(seen.0.lock().is_empty());
+        gate.open.store(true, Ordering::SeqCst);
+        wait_for("the work to run on the pool", || !seen.0.lock().is_empty());
+        exec.remove(other);
+    }
+
+    #[test]
+    fn removing_a_work_returns_its_reserved_block_unstarted() {
+        let exec = Executor::new(HostId(0), 2.0, 0, 8);
+        let seen = Arc::new(Threads::default());
+        let key = exec.new_key();
+        exec.submit_reserving(key, spec(1.0), seen.clone(), vec![0..1])
+            .unwrap();
+        assert_eq!(exec.remove(key), vec![0..1]);
+        assert!(!exec.help(key));
+        assert!(seen.0.lock().is_empty());
+    }
+
+    #[test]
+    fn a_worker_that_just_ran_takes_the_next_block_while_it_spins() {
+        let exec = Executor::new(HostId(0), 2.0, 0, 8);
+        exec.set_spin(Duration::from_secs(30));
+        let seen = Arc::new(Threads::default());
+        let first = exec.new_key();
+        exec.submit(first, spec(1.0), seen.clone(), vec![0..1])
+            .unwrap();
+        wait_for("the first block", || seen.0.lock().len() == 1);
+        wait_for("the worker to spin", || exec.spinning());
+        let second = exec.new_key();
+        exec.submit(second, spec(1.0), seen.clone(), vec![0..1])
+            .unwrap();
+        wait_for("the second block", || seen.0.lock().len() == 2);
+        let ran = seen.0.lock().clone();
+        assert_eq!(ran[0], ran[1], "the same worker ran both");
+        assert_eq!(exec.spin_takes(), 1, "taken up by the spinning worker");
+        assert_eq!(exec.pool_stats(), (1, 0), "one worker, no wasted wake-up");
+        exec.shutdown();
+    }
+
+    /// A block that runs until `open` is set.
+    #[derive(Default)]
+    struct Gate {
+        started: std::sync::atomic::AtomicBool,
+        open: std::sync::atomic::AtomicBool,
+    }
+
+    impl BlockRunner for Gate {
+        fn run(&self, block: &Block, _: usize) -> Range<usize> {
+            self.started.store(true, Ordering::SeqCst);
+            while !self.open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            block.range.end..block.range.end
+        }
     }
 
     #[test]

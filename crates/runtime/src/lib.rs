@@ -467,7 +467,7 @@ impl Cluster {
         job: &Arc<J>,
         count: usize,
     ) -> Result<JobReport, ExecuteError> {
-        self.submit(job, count)?.wait()
+        self.node.submit_and_wait(job, count)
     }
 
     /// Starts `job` and returns at once with a handle for progress, cancel and the report (DiCE

@@ -127,56 +127,52 @@ impl<J: FragmentedJob> ErasedJob for Erased<J> {
         // after almost every fragment; a block overruns its slice by about one pass at most.
         let mut step = 1usize;
         let mut last = started;
-        while i < end && !yielded {
-            let start = i;
-            // The index of the running fragment, stored before each call so a panic can name it.
-            let mut running = i;
-            let result = catch_unwind(AssertUnwindSafe(|| {
-                let mut j = start;
-                loop {
-                    // One bound per pass: the end of the pass is the end of the block or the
-                    // next clock check, whichever is first.
-                    let stop = end.min(j.saturating_add(step));
-                    while j < stop {
-                        if ctx.is_cancelled() {
-                            return (j, false);
-                        }
-                        running = j;
-                        job.execute_fragment(tx, j, count, ctx);
-                        j += 1;
-                    }
-                    if j >= end {
-                        return (j, false);
-                    }
-                    let now = std::time::Instant::now();
-                    if now >= deadline {
-                        return (j, true);
-                    }
-                    step = if now - last < CHECK_EVERY {
-                        (step * 2).min(MAX_STEP)
-                    } else {
-                        (step / 2).max(1)
-                    };
-                    last = now;
-                }
-            }));
-            match result {
-                Ok((j, y)) => {
-                    if start < j {
-                        out.done.push(start..j);
-                    }
-                    i = j;
-                    yielded = y;
-                    break;
-                }
-                Err(p) => {
-                    if start < running {
-                        out.done.push(start..running);
-                    }
-                    out.failed.push((running, panic_message(&*p)));
-                    i = running + 1;
-                }
+        // Where the fragments run without a failure since the last one began.
+        let mut done_from = i;
+        loop {
+            // Cancellation is read once per pass, like the clock: a pass of fast fragments
+            // takes about CHECK_EVERY, and slow fragments make a pass of one, so a cancel stops
+            // the block before its next fragment once fragments take longer than that, and
+            // within about CHECK_EVERY of fragments otherwise. A read per fragment would double
+            // the cost of a no-op fragment's loop.
+            if ctx.is_cancelled() {
+                break;
             }
+            // One bound per pass: the end of the pass is the end of the block or the next clock
+            // check, whichever is first.
+            let stop = end.min(i.saturating_add(step));
+            while i < stop {
+                // One `catch_unwind` per fragment costs nothing until a fragment panics (it is
+                // a landing pad, not a check), and the panicking index is the loop's own.
+                let j = i;
+                if let Err(p) =
+                    catch_unwind(AssertUnwindSafe(|| job.execute_fragment(tx, j, count, ctx)))
+                {
+                    if done_from < j {
+                        out.done.push(done_from..j);
+                    }
+                    out.failed.push((j, panic_message(&*p)));
+                    done_from = j + 1;
+                }
+                i += 1;
+            }
+            if i >= end {
+                break;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                yielded = true;
+                break;
+            }
+            step = if now - last < CHECK_EVERY {
+                (step * 2).min(MAX_STEP)
+            } else {
+                (step / 2).max(1)
+            };
+            last = now;
+        }
+        if done_from < i {
+            out.done.push(done_from..i);
         }
         if yielded && !tx.is_cancelled() {
             out.yielded = i..range.end;

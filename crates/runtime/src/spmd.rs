@@ -98,6 +98,19 @@ impl NestedJobs for Transaction {
         let ij = node.submit(job, count)?;
         Ok(JobHandle::new(node, ij))
     }
+
+    fn execute<J: FragmentedJob>(
+        &self,
+        job: &Arc<J>,
+        count: usize,
+    ) -> Result<JobReport, ExecuteError> {
+        let handle = self
+            .runtime()
+            .and_then(|r| r.downcast_ref::<RuntimeHandle>())
+            .ok_or(ExecuteError::NoRuntime)?;
+        let node = handle.0.upgrade().ok_or(ExecuteError::ShutDown)?;
+        node.submit_and_wait(job, count)
+    }
 }
 
 impl JobHandle {

@@ -254,6 +254,24 @@ impl HostQueue {
     /// Each block must be handed back with [`finish`](Self::finish).
     #[must_use = "a block taken from the queue and dropped is never run"]
     pub fn next_block(&mut self) -> Option<Block> {
+        let chosen = self.choose()?;
+        self.take_chosen(chosen)
+    }
+
+    /// [`next_block`](Self::next_block) if the block it would start now is `key`'s, else
+    /// `None` and nothing changes: a thread that waits for `key`'s job can run the job's next
+    /// block itself without jumping ahead of anything the host's rules would start first.
+    #[must_use = "a block taken from the queue and dropped is never run"]
+    pub fn next_block_if(&mut self, key: WorkKey) -> Option<Block> {
+        let chosen = self.choose()?;
+        if chosen.2 != key {
+            return None;
+        }
+        self.take_chosen(chosen)
+    }
+
+    /// The work whose block would start next, with the GPUs it would take.
+    fn choose(&self) -> Option<(i8, u64, WorkKey, Vec<u32>)> {
         if self.running >= self.max_running {
             return None;
         }
@@ -290,7 +308,11 @@ impl HostQueue {
                 }
             }
         }
-        let (prio, order, key, gpus) = chosen?;
+        chosen
+    }
+
+    fn take_chosen(&mut self, chosen: (i8, u64, WorkKey, Vec<u32>)) -> Option<Block> {
+        let (prio, order, key, gpus) = chosen;
         let parallelism = self.parallelism_of(key);
         let max_block = self.max_block;
         let w = self.works.get_mut(&key)?;
@@ -452,6 +474,23 @@ mod tests {
         assert_eq!(b.range, 25..44);
         q.finish(&a);
         assert!(q.next_block().is_some());
+    }
+
+    #[test]
+    fn next_block_if_takes_only_the_block_the_rules_would_start_next() {
+        let mut q = HostQueue::new(4.0, 0, 64);
+        // Lower value first: work 1 would start before work 2.
+        q.submit(WorkKey(1), spec(1, 1.0, 0.0, 1), [0..10]).unwrap();
+        q.submit(WorkKey(2), spec(5, 1.0, 0.0, 0), [0..10]).unwrap();
+        assert!(q.next_block_if(WorkKey(2)).is_none(), "work 1 goes first");
+        assert_eq!((q.running(), q.cpu_used()), (0, 0.0), "nothing changed");
+        let a = q.next_block_if(WorkKey(1)).expect("work 1's block");
+        assert_eq!(a.work, WorkKey(1));
+        // Work 1's thread limit of 1 is reached: work 2 is next.
+        assert!(q.next_block_if(WorkKey(1)).is_none());
+        let b = q.next_block_if(WorkKey(2)).expect("work 2's block");
+        assert_eq!(b.work, WorkKey(2));
+        assert_eq!((q.running(), q.cpu_used()), (2, 2.0));
     }
 
     #[test]

@@ -22,7 +22,49 @@ pub const FAST_LIVENESS: &str =
     "heartbeat_interval_ms = 200\nfailure_timeout_ms = 2000\nmin_hosts_timeout_ms = 20000\n";
 
 /// `n` free UDP ports on 127.0.0.1 (bound together, then released: they differ).
+///
+/// They are taken below the kernel's ephemeral range (`ip_local_port_range`), from a start
+/// that differs per process and a counter shared by the process's threads: every socket that
+/// binds port 0 (a QUIC client endpoint, another test's probe) gets its port from the
+/// ephemeral range, so a port handed out here and released stays free until its host binds
+/// it, even while other tests run. Where the range starts too low for that, ports come from
+/// the kernel as before.
 pub fn free_ports(n: usize) -> Vec<u16> {
+    const LOW: u32 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start < LOW + 1_000 {
+        return kernel_ports(n);
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let span = ephemeral_start - LOW;
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let mut sockets = Vec::with_capacity(n);
+    let mut tries = 0u32;
+    while sockets.len() < n {
+        tries += 1;
+        if tries > span {
+            return kernel_ports(n);
+        }
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = LOW + seed.wrapping_add(next) % span;
+        if let Ok(s) = std::net::UdpSocket::bind(("127.0.0.1", port as u16)) {
+            sockets.push(s);
+        }
+    }
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("local address").port())
+        .collect()
+}
+
+/// `n` ports the kernel picks (port 0), bound together then released.
+fn kernel_ports(n: usize) -> Vec<u16> {
     let sockets: Vec<std::net::UdpSocket> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port"))
         .collect();

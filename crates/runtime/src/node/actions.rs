@@ -22,9 +22,11 @@ impl Node {
                     spec,
                     fragments,
                 } => {
+                    let mut reserve = false;
                     let runner: Option<Arc<dyn BlockRunner>> = if job.initiator == self.host() {
                         self.job(job).map(|ij| {
                             *ij.work.lock() = Some(key);
+                            reserve = ij.reserve.load(std::sync::atomic::Ordering::Relaxed);
                             Arc::new(LocalRunner {
                                 node: self.weak.clone(),
                                 job: ij,
@@ -35,7 +37,12 @@ impl Node {
                     };
                     match runner {
                         Some(runner) => {
-                            if let Err(e) = self.exec.submit(key, spec, runner, fragments) {
+                            let submitted = if reserve {
+                                self.exec.submit_reserving(key, spec, runner, fragments)
+                            } else {
+                                self.exec.submit(key, spec, runner, fragments)
+                            };
+                            if let Err(e) = submitted {
                                 let reason = crate::executor::refusal(self.host(), &e);
                                 tracing::error!(%job, %reason, "the worker pool refused work");
                             }

@@ -54,6 +54,9 @@ pub(crate) struct InitiatedJob {
     pub(super) result: Mutex<Option<Result<JobReport, ExecuteError>>>,
     pub(super) finished: Condvar,
     pub(super) started: Instant,
+    /// Set only while the submitting thread, which waits for the job next, holds the protocol
+    /// lock in `submit`: the job's work submitted then keeps its first block for that thread.
+    pub(super) reserve: AtomicBool,
 }
 
 impl InitiatedJob {
@@ -174,6 +177,10 @@ pub struct JobHandle {
     job: Arc<InitiatedJob>,
 }
 
+/// How long a thread that ran blocks of the job it waits for watches for the job's end before
+/// it sleeps (see [`JobHandle::wait`]).
+const WAIT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 impl JobHandle {
     pub(crate) fn new(node: Arc<Node>, job: Arc<InitiatedJob>) -> Self {
         JobHandle { node, job }
@@ -221,9 +228,39 @@ impl JobHandle {
     pub fn wait(&self) -> Result<JobReport, ExecuteError> {
         let _lent = self.lend_if_fragment();
         let mut r = self.job.result.lock();
+        // Whether this thread ran blocks of the job: its end is then likely near.
+        let mut helped = false;
         loop {
             if let Some(result) = r.clone() {
                 return result;
+            }
+            // Rather than sleep while this host's part of the job waits for a worker to wake,
+            // run the job's next blocks here (as long as the host's rules would start them
+            // next): a small job needs no thread hand-over at all.
+            let work = *self.job.work.lock();
+            if let Some(key) = work {
+                drop(r);
+                let ran = self.node.exec.help(key);
+                r = self.job.result.lock();
+                if ran {
+                    helped = true;
+                    continue;
+                }
+                if r.is_some() {
+                    continue;
+                }
+            }
+            // After running blocks, the rest of the job is the last blocks of the workers:
+            // watch for its end a short while before sleeping, since a sleeping thread can
+            // take hundreds of microseconds to run again on a virtual machine.
+            if std::mem::take(&mut helped) {
+                let until = Instant::now() + WAIT_SPIN;
+                while r.is_none() && Instant::now() < until {
+                    drop(r);
+                    std::thread::yield_now();
+                    r = self.job.result.lock();
+                }
+                continue;
             }
             self.job.finished.wait(&mut r);
         }

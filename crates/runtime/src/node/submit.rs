@@ -33,6 +33,27 @@ impl Node {
         job: &Arc<J>,
         count: usize,
     ) -> Result<Arc<InitiatedJob>, ExecuteError> {
+        self.submit_with(job, count, false)
+    }
+
+    /// [`submit`](Self::submit) for a caller that waits for the job at once (`execute`): the
+    /// job's first block on this host, if it may start now, is kept for the caller to run
+    /// while it waits (see `Executor::submit_reserving`).
+    pub(crate) fn submit_and_wait<J: FragmentedJob>(
+        self: &Arc<Self>,
+        job: &Arc<J>,
+        count: usize,
+    ) -> Result<fragmenta_job::JobReport, ExecuteError> {
+        let ij = self.submit_with(job, count, true)?;
+        super::job::JobHandle::new(self.clone(), ij).wait()
+    }
+
+    fn submit_with<J: FragmentedJob>(
+        self: &Arc<Self>,
+        job: &Arc<J>,
+        count: usize,
+        reserve: bool,
+    ) -> Result<Arc<InitiatedJob>, ExecuteError> {
         if self.shut_down.load(Ordering::Acquire) {
             return Err(ExecuteError::ShutDown);
         }
@@ -91,10 +112,14 @@ impl Node {
             receive_failed: Mutex::default(),
             result: Mutex::new(None),
             finished: Condvar::new(),
+            reserve: AtomicBool::new(false),
             started: Instant::now(),
         });
         self.jobs.lock().insert(id, ij.clone());
         let mut proto = self.proto.lock();
+        // Read by `process` below, with the protocol locked: work the protocol submits for this
+        // job later, from another thread, is not reserved for a caller that may be asleep.
+        ij.reserve.store(reserve, Ordering::Relaxed);
         let spec = JobSpec {
             params,
             count,
@@ -109,6 +134,7 @@ impl Node {
             Ok(resolved) => {
                 ij.count.store(resolved, Ordering::Release);
                 self.process(&mut proto);
+                ij.reserve.store(false, Ordering::Relaxed);
                 Ok(ij)
             }
             Err(e) => {
