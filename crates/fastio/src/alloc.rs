@@ -104,14 +104,6 @@ impl Allocation {
         self.mapping.populate();
     }
 
-    /// Maps every page of the memory into this process now, with one call, instead of one
-    /// page fault per 4 KiB page on first touch: for a reader about to read all of it, such as
-    /// a copy out of memory another process filled. It changes nothing else; a handle whose
-    /// memory was freed maps nothing and its `map_*` fails as before.
-    pub fn prefault_for_reading(&self) {
-        self.mapping.populate_read();
-    }
-
     pub(crate) fn from_parts(
         port: Arc<dyn Port>,
         handle: HandleId,

@@ -22,9 +22,10 @@ struct Conn {
 #[derive(Debug)]
 struct RemotePort {
     conn: Mutex<Conn>,
-    /// Mappings of memory handed over through [`RemoteContext::hand_over`], newest last, kept
-    /// for when the server hands the same memory out again from its pool (its pages are then
-    /// mapped here already). At most [`KEPT_BYTES`].
+    /// Mappings of memory handed over through [`RemoteContext::hand_over`] or read through
+    /// [`RemoteContext::get_to_read`], newest last, kept for when the same memory comes back
+    /// (the server hands it out again from its pool, or publishes it again): its pages are
+    /// then mapped here already. At most [`KEPT_BYTES`].
     kept: Mutex<std::collections::VecDeque<Arc<crate::sys::Mapping>>>,
 }
 
@@ -147,20 +148,7 @@ impl RemoteContext {
             });
         }
         let alloc = self.grant(&ToServer::CreateMapped { size })?;
-        {
-            let mut kept = self.port.kept.lock();
-            let mapping = alloc.mapping();
-            if !kept.iter().any(|m| Arc::ptr_eq(m, mapping)) {
-                kept.push_back(Arc::clone(mapping));
-                let mut total: usize = kept.iter().map(|m| m.len()).sum();
-                while total > KEPT_BYTES {
-                    match kept.pop_front() {
-                        Some(m) => total -= m.len(),
-                        None => break,
-                    }
-                }
-            }
-        }
+        self.keep(alloc.mapping());
         alloc.mapping().populate();
         alloc.fill_locked(data);
         let handle = alloc.handle_id();
@@ -172,6 +160,43 @@ impl RemoteContext {
             name: name.to_owned(),
             meta,
         })
+    }
+
+    /// [`get`](FastIo::get) for a reader about to read all of the memory (a copy out of it,
+    /// such as a fetch by another host of this machine): the first time, the pages are mapped
+    /// with one call instead of a fault per 4 KiB page, and the mapping is kept (with those of
+    /// [`hand_over`](Self::hand_over), at most 256 MiB, newest kept), so getting the same
+    /// memory again, as a loop over a publication the owner refills does, maps nothing. The
+    /// pages of memory the owner freed stay allocated while their mapping is kept.
+    ///
+    /// Errors: as [`get`](FastIo::get).
+    pub fn get_to_read(&self, name: &str) -> Result<Allocation> {
+        let alloc = self.get(name)?;
+        if self.keep(alloc.mapping()) {
+            alloc.mapping().populate_read();
+        }
+        Ok(alloc)
+    }
+
+    /// Keeps `mapping` (newest last, at most [`KEPT_BYTES`]); whether it was not kept yet.
+    fn keep(&self, mapping: &Arc<crate::sys::Mapping>) -> bool {
+        let mut kept = self.port.kept.lock();
+        if let Some(at) = kept.iter().position(|m| Arc::ptr_eq(m, mapping)) {
+            // Used again: newest now.
+            if let Some(m) = kept.remove(at) {
+                kept.push_back(m);
+            }
+            return false;
+        }
+        kept.push_back(Arc::clone(mapping));
+        let mut total: usize = kept.iter().map(|m| m.len()).sum();
+        while total > KEPT_BYTES {
+            match kept.pop_front() {
+                Some(m) => total -= m.len(),
+                None => break,
+            }
+        }
+        true
     }
 
     fn grant(&self, req: &ToServer) -> Result<Allocation> {

@@ -77,3 +77,43 @@ fn hand_over_errors_leave_nothing_and_a_prefix_is_withdrawn_at_once() {
     let s = server.stats();
     assert_eq!((s.used, s.publications, s.handles), (0, 0, 0));
 }
+
+#[test]
+fn get_to_read_keeps_the_mapping_for_the_next_get_of_the_same_memory() {
+    let (_dir, server) = server();
+    let local = server.context();
+    let client = RemoteContext::connect(server.socket_path()).unwrap();
+    let a = local.create(2 * MIB).unwrap();
+    a.map_write().unwrap().fill(7);
+    local.publish(&a, "p").unwrap();
+    drop(a);
+    let first = client.get_to_read("p").unwrap();
+    let addr = {
+        let read = first.map_read().unwrap();
+        assert!(read.as_bytes().iter().all(|&b| b == 7));
+        read.as_bytes().as_ptr() as usize
+    };
+    drop(first);
+    // The handle is gone, its mapping is not.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        maps.lines().any(|l| l.starts_with(&format!("{addr:x}-"))),
+        "the memory is still mapped at {addr:x}"
+    );
+    // No handle is left on the owner's side; the publication stays.
+    let s = server.stats();
+    assert_eq!((s.handles, s.publications), (0, 1));
+    // The owner refills the memory; the next get finds it mapped where it was, new bytes in it.
+    local.get("p").unwrap().map_write().unwrap().fill(9);
+    let again = client.get_to_read("p").unwrap();
+    let read = again.map_read().unwrap();
+    assert_eq!(read.as_bytes().as_ptr() as usize, addr);
+    assert!(read.as_bytes().iter().all(|&b| b == 9));
+    drop(read);
+    drop(again);
+    // A name never published is the same typed error as `get`'s.
+    assert!(matches!(
+        client.get_to_read("nope"),
+        Err(FastIoError::UnknownName(_))
+    ));
+}

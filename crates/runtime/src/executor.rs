@@ -235,12 +235,13 @@ impl Executor {
             start_more(&self.inner, &mut st);
             drop(st);
             CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
+            let started = std::time::Instant::now();
             let leftover = runner.run(&block, index);
+            let elapsed = started.elapsed();
             CURRENT.with(|c| *c.borrow_mut() = None);
             ran = true;
             st = self.inner.state.lock();
-            st.queue.finish(&block);
-            st.queue.requeue_front(block.work, leftover);
+            finish(&mut st, &block, leftover, elapsed);
         }
         CURRENT.with(|c| *c.borrow_mut() = outer);
         st.workers -= 1;
@@ -414,6 +415,15 @@ fn spin(inner: &Inner, st: &mut parking_lot::MutexGuard<'_, State>) -> Option<Ta
     task
 }
 
+/// Returns a run block's resources, its unstarted rest to the front of its work's queue, and
+/// the speed of its fragments to the queue's block sizing.
+fn finish(st: &mut State, block: &Block, leftover: Range<usize>, elapsed: Duration) {
+    st.queue.finish(block);
+    let ran = leftover.start.saturating_sub(block.range.start);
+    st.queue.record_speed(block.work, ran, elapsed);
+    st.queue.requeue_front(block.work, leftover);
+}
+
 fn take(st: &mut State) -> Option<Task> {
     loop {
         let block = st.queue.next_block()?;
@@ -472,11 +482,12 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
                 drop(st);
                 let pool = Arc::as_ptr(&inner) as usize;
                 CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
+                let started = std::time::Instant::now();
                 let leftover = runner.run(&block, index);
+                let elapsed = started.elapsed();
                 CURRENT.with(|c| *c.borrow_mut() = None);
                 st = inner.state.lock();
-                st.queue.finish(&block);
-                st.queue.requeue_front(block.work, leftover);
+                finish(&mut st, &block, leftover, elapsed);
                 ran = true;
             }
             None => {

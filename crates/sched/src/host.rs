@@ -66,7 +66,15 @@ struct Work {
     pending: VecDeque<Range<usize>>,
     pending_len: usize,
     running: usize,
+    /// Nanoseconds per fragment its finished blocks took (0: none finished yet).
+    ns_per_fragment: f64,
 }
+
+/// Least run time of a block, once a work's fragment speed is known: guided sizing alone ends
+/// a job with dozens of blocks of a few fragments, each a round trip through the host's lock,
+/// which for fast fragments costs more than running them. A block's fragments are kept to
+/// about this long at least, so the tail of a job is balanced to within about this much.
+const MIN_BLOCK_NANOS: f64 = 5_000.0;
 
 /// The admission state machine of one host. See the module docs for the rules.
 #[derive(Debug)]
@@ -134,6 +142,7 @@ impl HostQueue {
                 pending: VecDeque::new(),
                 pending_len: 0,
                 running: 0,
+                ns_per_fragment: 0.0,
             },
         );
         self.add(key, fragments);
@@ -155,6 +164,25 @@ impl HostQueue {
             self.waiting.insert((w.spec.priority, w.order, key));
         }
         true
+    }
+
+    /// Records that a block of `key` ran `fragments` fragments in `elapsed`: blocks taken later
+    /// hold at least about 5 µs of fragments at that speed (see [`MIN_BLOCK_NANOS`]).
+    pub fn record_speed(&mut self, key: WorkKey, fragments: usize, elapsed: std::time::Duration) {
+        let Some(w) = self.works.get_mut(&key) else {
+            return;
+        };
+        if fragments == 0 {
+            return;
+        }
+        let ns = elapsed.as_nanos() as f64 / fragments as f64;
+        // The mean of the last estimate and this block: fragments that slow down are seen
+        // within a block or two.
+        w.ns_per_fragment = if w.ns_per_fragment > 0.0 {
+            (w.ns_per_fragment + ns) / 2.0
+        } else {
+            ns
+        };
     }
 
     /// Puts fragments of a block that stopped early (without being cancelled) back at the front
@@ -316,7 +344,13 @@ impl HostQueue {
         let parallelism = self.parallelism_of(key);
         let max_block = self.max_block;
         let w = self.works.get_mut(&key)?;
-        let want = w.pending_len.div_ceil(2 * parallelism).clamp(1, max_block);
+        let guided = w.pending_len.div_ceil(2 * parallelism);
+        let floor = if w.ns_per_fragment > 0.0 {
+            (MIN_BLOCK_NANOS / w.ns_per_fragment) as usize
+        } else {
+            1
+        };
+        let want = guided.max(floor).clamp(1, max_block);
         let front = w.pending.front_mut()?;
         let len = want.min(front.end - front.start);
         let range = front.start..front.start + len;
@@ -474,6 +508,45 @@ mod tests {
         assert_eq!(b.range, 25..44);
         q.finish(&a);
         assert!(q.next_block().is_some());
+    }
+
+    #[test]
+    fn blocks_of_fast_fragments_hold_at_least_five_microseconds_of_them() {
+        let mut q = HostQueue::new(2.0, 0, 64);
+        q.set_max_block(1 << 22);
+        q.submit(WorkKey(1), spec(0, 1.0, 0.0, 0), [0..1_000_000])
+            .unwrap();
+        let a = q.next_block().unwrap();
+        assert_eq!(a.range.len(), 250_000, "guided while the speed is unknown");
+        q.finish(&a);
+        // 1 ns per fragment: at least 5,000 fragments a block from now on, however few remain.
+        q.record_speed(WorkKey(1), 250_000, std::time::Duration::from_micros(250));
+        let mut sizes = Vec::new();
+        while let Some(b) = q.next_block() {
+            sizes.push(b.range.len());
+            q.finish(&b);
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 750_000);
+        let (last, rest) = sizes.split_last().unwrap();
+        assert!(rest.iter().all(|&n| n >= 5_000), "{sizes:?}");
+        assert!(*last <= 5_000);
+        // Guided alone would have ended with dozens of tiny blocks.
+        assert!(sizes.len() < 40, "{} blocks", sizes.len());
+        // Slow fragments (1 ms each): blocks stay guided, down to one fragment.
+        q.submit(WorkKey(2), spec(0, 1.0, 0.0, 0), [0..8]).unwrap();
+        let b = q.next_block().unwrap();
+        q.finish(&b);
+        q.record_speed(
+            WorkKey(2),
+            b.range.len(),
+            std::time::Duration::from_millis(2),
+        );
+        let mut slow = Vec::new();
+        while let Some(b) = q.next_block() {
+            slow.push(b.range.len());
+            q.finish(&b);
+        }
+        assert_eq!(slow, [2, 1, 1, 1, 1]);
     }
 
     #[test]

@@ -88,7 +88,10 @@ fn fetch_same_machine(
         name: name.to_owned(),
         error: e,
     };
-    let source = match theirs.get(name) {
+    // The whole publication is read next: its pages are mapped in one call rather than
+    // faulted in one by one (a fault per 4 KiB costs more than copying it on a virtual
+    // machine), and the mapping is kept for the next fetch of the same memory.
+    let source = match theirs.get_to_read(name) {
         Ok(a) => a,
         Err(FastIoError::UnknownName(_)) => {
             return Err(FetchError::UnknownName {
@@ -99,9 +102,6 @@ fn fetch_same_machine(
         Err(e) => return Err(remote(e)),
     };
     let read = source.map_read().map_err(remote)?;
-    // The whole publication is read next: map its pages in one call rather than fault them
-    // in one by one (a fault per 4 KiB costs more than copying it on a virtual machine).
-    source.prefault_for_reading();
     let size = source.size();
     let mut alloc = match reuse {
         Some(a) if a.size() == size && !a.is_published() => a,
