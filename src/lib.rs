@@ -29,7 +29,7 @@
 
 pub use fragmenta_job::{share, Fragment, TypedJob};
 pub use fragmenta_job::{
-    Cancellation, ClassId, ExecuteError, ExecutionContext, FailureReason, FetchError,
+    Cancellation, ChunkBuffer, ClassId, ExecuteError, ExecutionContext, FailureReason, FetchError,
     FragmentFailure, FragmentSet, FragmentedJob, HostId, InvalidArgument, JobId, JobReport,
     RdmaBuffer, RdmaContext, RdmaError, RdmaRead, RdmaStats, RdmaWrite, ResultReader, ResultWriter,
     SchedulingMode, Transaction,

@@ -4,7 +4,11 @@
 //! in order and byte for byte; with `FRAGMENTA_SAME_MACHINE=0` the same job gives the same
 //! results over QUIC; a sender SIGKILLed in the middle of its chunks has its fragments
 //! reassigned, every chunk is still delivered once, and the initiator's context is empty
-//! afterwards (nothing the dead sender handed over is left).
+//! afterwards (nothing the dead sender handed over is left). Chunks are written every way a
+//! fragment can: a `Vec` of its own, in place into memory the runtime lends
+//! (`ResultWriter::chunk_buffer`, shared memory of the initiator's context for a large chunk),
+//! and partly pending with the rest in such a buffer; lent buffers dropped unsent give their
+//! memory back.
 //!
 //! A custom harness (no libtest): `main` is either the runner or a host program.
 
@@ -74,7 +78,31 @@ impl FragmentedJob for Big {
         // Remote fragments take a moment, so every host gets some before the job is over.
         std::thread::sleep(Duration::from_millis(20));
         for seq in 0..CHUNKS {
-            out.write_chunk(chunk(i, seq))?;
+            let data = chunk(i, seq);
+            match (i + seq as usize) % 3 {
+                // A `Vec` of its own.
+                0 => out.write_chunk(data)?,
+                // Written in place into memory the runtime lends (shared memory of the
+                // initiator's context for a large chunk), after lent buffers of 40 MiB in all
+                // (beyond the 32 MiB window) dropped unsent: their memory and window credit
+                // must come back, or this chunk would find the window full and go on QUIC.
+                1 => {
+                    for _ in 0..10 {
+                        drop(out.chunk_buffer(4 << 20));
+                    }
+                    let mut buf = out.chunk_buffer(data.len());
+                    buf.copy_from_slice(&data);
+                    out.write_buffer(buf)?;
+                }
+                // Partly pending, the rest in a buffer: one chunk of both.
+                _ => {
+                    let split = data.len().min(100);
+                    out.write_all(&data[..split])?;
+                    let mut buf = out.chunk_buffer(data.len() - split);
+                    buf.copy_from_slice(&data[split..]);
+                    out.write_buffer(buf)?;
+                }
+            }
             if self.kill_host == Some(ctx.host().0) && seq + 1 == self.kill_after {
                 // Mid-transfer, at once: the chunk just handed over is perhaps not yet
                 // referenced on the result stream; and one surely is not: handed over the way

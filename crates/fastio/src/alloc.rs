@@ -232,15 +232,6 @@ impl Allocation {
         Ok(SharedRead { alloc: self })
     }
 
-    /// Copies `data` to the start of the memory, under a write lock the caller's context
-    /// already granted this handle (`CreateMapped`).
-    pub(crate) fn fill_locked(&self, data: &[u8]) {
-        // Lock protocol: the context granted this handle the write lock with the handle itself,
-        // and nothing else in this process has borrowed its bytes (the handle was just made).
-        let bytes = self.mapping.bytes_mut();
-        bytes[..data.len()].copy_from_slice(data);
-    }
-
     pub(crate) fn mapping(&self) -> &Arc<Mapping> {
         &self.mapping
     }

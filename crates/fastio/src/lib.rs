@@ -123,7 +123,7 @@ pub use crate::alloc::{Allocation, ReadGuard, SharedRead, WriteGuard};
 pub use crate::error::{FastIoError, IoOp, Result};
 pub use crate::local::LocalContext;
 pub use crate::path::{default_socket_dir, default_socket_path, socket_file_name, MAX_SOCKET_PATH};
-pub use crate::remote::RemoteContext;
+pub use crate::remote::{HandOver, RemoteContext};
 pub use crate::server::{ContextServer, ServerLimits};
 pub use crate::sys::shmem_huge_pages;
 pub use crate::types::{

@@ -147,18 +147,26 @@ impl RemoteContext {
                 size,
             });
         }
+        let mut h = self.begin_hand_over(size)?;
+        h.bytes_mut()[..data.len()].copy_from_slice(data);
+        h.finish(name)
+    }
+
+    /// The first half of a [`hand_over`](Self::hand_over) that copies nothing: memory of
+    /// `size` bytes of the context (reused from its pool when it has memory of that size, its
+    /// pages mapped here), write-locked for this client, for the caller to fill in place with
+    /// [`HandOver::bytes_mut`]; [`HandOver::finish`] then publishes it under a name and lets
+    /// go of it, and dropping it unfinished returns the memory to the context. One round trip
+    /// each.
+    ///
+    /// Errors: [`FastIoError::CapacityExceeded`], [`FastIoError::Disconnected`].
+    pub fn begin_hand_over(&self, size: u64) -> Result<HandOver> {
         let alloc = self.grant(&ToServer::CreateMapped { size })?;
         self.keep(alloc.mapping());
         alloc.mapping().populate();
-        alloc.fill_locked(data);
-        let handle = alloc.handle_id();
-        let meta = alloc.metadata().clone();
-        // Released by the request whatever its outcome.
-        alloc.forget();
-        self.port.call_done(&ToServer::PublishRelease {
-            handle,
-            name: name.to_owned(),
-            meta,
+        Ok(HandOver {
+            port: Arc::clone(&self.port),
+            alloc: Some(alloc),
         })
     }
 
@@ -222,6 +230,66 @@ impl RemoteContext {
             (FromServer::Failed(e), fds) if fds.is_empty() => Err(e),
             _ => Err(self.port.out_of_step()),
         }
+    }
+}
+
+/// Memory of another process's context being filled in place before it is handed over (see
+/// [`RemoteContext::begin_hand_over`]). Holds the memory's only reference and its write lock.
+#[derive(Debug)]
+pub struct HandOver {
+    port: Arc<RemotePort>,
+    /// `None` once finished.
+    alloc: Option<Allocation>,
+}
+
+impl HandOver {
+    /// The memory's bytes, to fill. Memory reused from the context's pool still holds what
+    /// was written to it before: write every byte the receiver will read.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match &self.alloc {
+            // Lock protocol: the context granted this handle the write lock with the handle
+            // itself (`CreateMapped`), and `&mut self` makes this the only slice of its bytes
+            // in this process.
+            Some(alloc) => alloc.mapping().bytes_mut(),
+            None => &mut [],
+        }
+    }
+
+    /// The memory's bytes, as filled so far.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.alloc {
+            // Lock protocol: this handle holds the write lock, so no other process touches the
+            // bytes, and the borrow of `self` excludes `bytes_mut` meanwhile.
+            Some(alloc) => alloc.mapping().bytes(),
+            None => &[],
+        }
+    }
+
+    /// The memory's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.alloc.as_ref().map_or(0, Allocation::size)
+    }
+
+    /// Publishes the memory as `name` and lets go of it: the publication is then its only
+    /// reference, for the receiver to take. On error nothing is published and the memory
+    /// returns to the context.
+    ///
+    /// Errors: [`FastIoError::NameTaken`], [`FastIoError::InvalidName`],
+    /// [`FastIoError::Disconnected`].
+    pub fn finish(mut self, name: &str) -> Result<()> {
+        crate::types::check_name(name)?;
+        let Some(alloc) = self.alloc.take() else {
+            return Ok(());
+        };
+        let handle = alloc.handle_id();
+        let meta = alloc.metadata().clone();
+        // Released by the request whatever its outcome.
+        alloc.forget();
+        self.port.call_done(&ToServer::PublishRelease {
+            handle,
+            name: name.to_owned(),
+            meta,
+        })
     }
 }
 

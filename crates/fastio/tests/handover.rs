@@ -117,3 +117,39 @@ fn get_to_read_keeps_the_mapping_for_the_next_get_of_the_same_memory() {
         Err(FastIoError::UnknownName(_))
     ));
 }
+
+#[test]
+fn a_hand_over_filled_in_place_is_taken_whole_and_one_dropped_unfinished_returns() {
+    let (_dir, server) = server();
+    let local = server.context();
+    let client = RemoteContext::connect(server.socket_path()).unwrap();
+    let mut h = client.begin_hand_over(2 * MIB).unwrap();
+    assert_eq!(h.size(), 2 * MIB);
+    h.bytes_mut()[..4].copy_from_slice(b"abcd");
+    assert_eq!(&h.bytes()[..4], b"abcd");
+    // Not published yet: only the client's handle holds it, write-locked.
+    let s = server.stats();
+    assert_eq!((s.used, s.publications, s.handles), (2 * MIB, 0, 1));
+    assert!(matches!(
+        local.get("in-place"),
+        Err(FastIoError::UnknownName(_))
+    ));
+    h.finish("in-place").unwrap();
+    let s = server.stats();
+    assert_eq!((s.publications, s.handles), (1, 0));
+    let taken = local.take("in-place").unwrap().into_shared_read().unwrap();
+    assert_eq!(&taken.as_bytes()[..4], b"abcd");
+    drop(taken);
+    // Dropped unfinished: nothing published, the memory back in the pool.
+    let h = client.begin_hand_over(2 * MIB).unwrap();
+    drop(h);
+    let s = server.stats();
+    assert_eq!(
+        (s.used, s.publications, s.handles, s.pooled),
+        (0, 0, 0, 2 * MIB)
+    );
+    // An invalid name publishes nothing and gives the memory back as well.
+    let h = client.begin_hand_over(MIB).unwrap();
+    assert!(matches!(h.finish(""), Err(FastIoError::InvalidName)));
+    assert_eq!(server.stats().used, 0);
+}

@@ -68,7 +68,7 @@ pub use report::{
     plumbing as report_plumbing, ExecuteError, FailureReason, FragmentFailure, InvalidArgument,
     JobReport,
 };
-pub use results::{ChunkSink, ResultReader, ResultWriter, SharedBytes};
+pub use results::{ChunkBuffer, ChunkSink, LentBuffer, ResultReader, ResultWriter, SharedBytes};
 pub use typed::{share, Fragment, TypedJob};
 
 use serde::{de::DeserializeOwned, Serialize};

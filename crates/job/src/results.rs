@@ -8,6 +8,123 @@ use std::io;
 pub trait ChunkSink {
     /// Sends chunk `seq` (0, 1, 2, … per fragment attempt) with its bytes.
     fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> io::Result<()>;
+
+    /// Memory for a chunk of `len` bytes, to be filled and given to
+    /// [`send_buffer`](Self::send_buffer). Default: a zeroed `Vec`. The runtime lends shared
+    /// memory of the initiator's context here when the initiator runs on this machine, so the
+    /// chunk is written once, in place, and never copied.
+    fn chunk_buffer(&mut self, len: usize) -> ChunkBuffer {
+        ChunkBuffer::heap(len)
+    }
+
+    /// Sends chunk `seq` written into `buf` (from [`chunk_buffer`](Self::chunk_buffer)).
+    /// Default: its bytes as a `Vec` through [`send_chunk`](Self::send_chunk).
+    fn send_buffer(&mut self, seq: u32, buf: ChunkBuffer) -> io::Result<()> {
+        self.send_chunk(seq, buf.into_vec())
+    }
+}
+
+/// Memory a [`ChunkSink`] lends for one chunk (see [`ChunkSink::chunk_buffer`]): pages of
+/// shared memory the receiver reads in place.
+pub trait LentBuffer: Send + 'static {
+    /// All of the lent bytes (at least the chunk's length).
+    fn bytes(&self) -> &[u8];
+    /// All of the lent bytes, to fill.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// The buffer as `Any`, to tell what it is.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The buffer as `Any`, for the sink that lent it to take it back as what it is.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send>;
+}
+
+/// Memory for one result chunk, written in place and then sent whole with
+/// [`ResultWriter::write_buffer`]: it dereferences to exactly the `len` bytes asked for. From
+/// [`ResultWriter::chunk_buffer`]. Its bytes start zeroed, or, when it is shared memory reused
+/// from an earlier chunk, as that chunk left them: write every byte the receiver is to read.
+pub struct ChunkBuffer {
+    kind: BufferKind,
+    len: usize,
+}
+
+enum BufferKind {
+    Heap(Vec<u8>),
+    Lent(Box<dyn LentBuffer>),
+}
+
+impl ChunkBuffer {
+    /// A zeroed buffer of `len` bytes on the heap.
+    pub fn heap(len: usize) -> Self {
+        ChunkBuffer {
+            kind: BufferKind::Heap(vec![0; len]),
+            len,
+        }
+    }
+
+    /// `len` bytes of memory a sink lends; `None` if it holds fewer.
+    pub fn lent(buffer: Box<dyn LentBuffer>, len: usize) -> Option<Self> {
+        (buffer.bytes().len() >= len).then_some(ChunkBuffer {
+            kind: BufferKind::Lent(buffer),
+            len,
+        })
+    }
+
+    /// Whether the bytes are memory a sink lent (shared memory, sent without a copy).
+    pub fn is_lent(&self) -> bool {
+        matches!(self.kind, BufferKind::Lent(_))
+    }
+
+    /// The chunk's bytes as a `Vec` (a copy when they are lent memory).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.kind {
+            BufferKind::Heap(mut v) => {
+                v.truncate(self.len);
+                v
+            }
+            BufferKind::Lent(b) => b.bytes()[..self.len].to_vec(),
+        }
+    }
+
+    /// The lent memory, as the `T` that lent it, and the chunk's length; the buffer itself back
+    /// when it is on the heap or memory of another kind.
+    pub fn take_lent<T: LentBuffer>(self) -> Result<(Box<T>, usize), ChunkBuffer> {
+        let len = self.len;
+        match self.kind {
+            BufferKind::Lent(b) if b.as_any().is::<T>() => match b.into_any().downcast::<T>() {
+                Ok(t) => Ok((t, len)),
+                // `is` said it is a `T`.
+                Err(_) => Err(ChunkBuffer::heap(0)),
+            },
+            kind => Err(ChunkBuffer { kind, len }),
+        }
+    }
+}
+
+impl std::ops::Deref for ChunkBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.kind {
+            BufferKind::Heap(v) => &v[..self.len],
+            BufferKind::Lent(b) => &b.bytes()[..self.len],
+        }
+    }
+}
+
+impl std::ops::DerefMut for ChunkBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.kind {
+            BufferKind::Heap(v) => &mut v[..self.len],
+            BufferKind::Lent(b) => &mut b.bytes_mut()[..self.len],
+        }
+    }
+}
+
+impl std::fmt::Debug for ChunkBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkBuffer")
+            .field("len", &self.len)
+            .field("lent", &self.is_lent())
+            .finish()
+    }
 }
 
 impl ChunkSink for Vec<Vec<u8>> {
@@ -61,6 +178,29 @@ impl<'a> ResultWriter<'a> {
             self.buf.extend_from_slice(&data);
         }
         self.flush()
+    }
+
+    /// Memory for a chunk of `len` bytes, to fill in place and send with
+    /// [`write_buffer`](Self::write_buffer). When the initiator runs on this machine and the
+    /// chunk is large (256 KiB and more), this is shared memory of the initiator's context: the
+    /// bytes are written once, here, and the initiator reads those very pages, so a large
+    /// result costs no copy at all between the processes. Otherwise a zeroed `Vec`, sent like
+    /// [`write_chunk`](Self::write_chunk).
+    pub fn chunk_buffer(&mut self, len: usize) -> ChunkBuffer {
+        self.sink.chunk_buffer(len)
+    }
+
+    /// Ends the current chunk with the bytes of `buf` appended, like
+    /// [`write_chunk`](Self::write_chunk); with nothing pending, `buf`'s memory itself is the
+    /// chunk.
+    pub fn write_buffer(&mut self, buf: ChunkBuffer) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.buf.extend_from_slice(&buf);
+            return self.flush();
+        }
+        self.sink.send_buffer(self.seq, buf)?;
+        self.seq += 1;
+        Ok(())
     }
 
     /// Ends the current chunk (possibly empty) and sends it: one
@@ -261,6 +401,107 @@ mod tests {
         assert_eq!(r.read_value::<u64>().unwrap(), 42);
         assert_eq!(r.remaining(), &[9, 9]);
         assert!(sink[3].is_empty(), "finish() always sends the final chunk");
+    }
+
+    /// Memory a test sink lends: 1 KiB, whatever the length asked for (up to that).
+    struct Lent(Vec<u8>);
+
+    impl LentBuffer for Lent {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+            self
+        }
+    }
+
+    /// Lends memory for chunks up to 1 KiB and records what it got back.
+    #[derive(Default)]
+    struct Lending {
+        lent_back: Vec<(u32, Vec<u8>)>,
+        copied: Vec<(u32, Vec<u8>)>,
+    }
+
+    impl ChunkSink for Lending {
+        fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> io::Result<()> {
+            self.copied.push((seq, data));
+            Ok(())
+        }
+        fn chunk_buffer(&mut self, len: usize) -> ChunkBuffer {
+            ChunkBuffer::lent(Box::new(Lent(vec![0xEE; 1024])), len)
+                .unwrap_or_else(|| ChunkBuffer::heap(len))
+        }
+        fn send_buffer(&mut self, seq: u32, buf: ChunkBuffer) -> io::Result<()> {
+            match buf.take_lent::<Lent>() {
+                Ok((lent, len)) => self.lent_back.push((seq, lent.0[..len].to_vec())),
+                Err(buf) => self.copied.push((seq, buf.into_vec())),
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn chunk_buffers_are_the_chunk_in_place_or_join_what_is_pending() {
+        let mut sink = Lending::default();
+        let mut w = ResultWriter::new(&mut sink);
+        let mut a = w.chunk_buffer(3);
+        assert!(a.is_lent());
+        assert_eq!(a.len(), 3, "exactly the length asked for");
+        a.copy_from_slice(b"abc");
+        w.write_buffer(a).unwrap();
+        // Too large for the sink: a zeroed heap buffer, sent as a `Vec`.
+        let big = w.chunk_buffer(2000);
+        assert!(!big.is_lent());
+        assert!(big.iter().all(|&b| b == 0));
+        w.write_buffer(big).unwrap();
+        // Pending bytes and a buffer make one chunk.
+        w.write_all(b"xy").unwrap();
+        let mut c = w.chunk_buffer(2);
+        c.copy_from_slice(b"zz");
+        w.write_buffer(c).unwrap();
+        // Dropped unsent: nothing is sent, the numbering goes on.
+        drop(w.chunk_buffer(5));
+        assert_eq!(w.finish().unwrap(), 4);
+        assert_eq!(sink.lent_back, vec![(0, b"abc".to_vec())]);
+        assert_eq!(
+            sink.copied,
+            vec![(1, vec![0; 2000]), (2, b"xyzz".to_vec()), (3, Vec::new())]
+        );
+        // The default sink copies a buffer into a `Vec` chunk.
+        let mut plain: Vec<Vec<u8>> = Vec::new();
+        let mut w = ResultWriter::new(&mut plain);
+        let mut b = w.chunk_buffer(4);
+        b.copy_from_slice(b"1234");
+        w.write_buffer(b).unwrap();
+        assert_eq!(plain, vec![b"1234".to_vec()]);
+        // A lent buffer of another kind is given back whole.
+        let other = ChunkBuffer::lent(Box::new(Lent(vec![1; 8])), 8).unwrap();
+        struct Elsewhere;
+        impl LentBuffer for Elsewhere {
+            fn bytes(&self) -> &[u8] {
+                &[]
+            }
+            fn bytes_mut(&mut self) -> &mut [u8] {
+                &mut []
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+                self
+            }
+        }
+        let Err(back) = other.take_lent::<Elsewhere>() else {
+            panic!("taken back as another kind");
+        };
+        assert_eq!(back.into_vec(), vec![1; 8]);
+        assert!(ChunkBuffer::lent(Box::new(Lent(vec![0; 2])), 3).is_none());
     }
 
     #[test]

@@ -86,6 +86,16 @@ impl ChunkSink for Watched<'_> {
         self.gone |= sent.is_err();
         sent
     }
+
+    fn chunk_buffer(&mut self, len: usize) -> fragmenta_job::ChunkBuffer {
+        self.sink.chunk_buffer(len)
+    }
+
+    fn send_buffer(&mut self, seq: u32, buf: fragmenta_job::ChunkBuffer) -> std::io::Result<()> {
+        let sent = self.sink.send_buffer(seq, buf);
+        self.gone |= sent.is_err();
+        sent
+    }
 }
 
 pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

@@ -148,6 +148,82 @@ impl RemoteJob {
         Ok(self.reference(handed, item))
     }
 
+    /// Memory of the initiator's context for a chunk of `len` bytes the fragment writes in
+    /// place (see [`ChunkSink::chunk_buffer`]), under the same conditions as a hand-over: the
+    /// link proven, `len` at least [`super::machine::SHM_THRESHOLD`], room in the window (the
+    /// memory counts against it from now, and goes back if the buffer is dropped unsent).
+    fn lend(self: &Arc<Self>, len: usize) -> Option<LentShm> {
+        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
+        if len < SHM_THRESHOLD {
+            return None;
+        }
+        let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
+        let size = size_class(len as u64);
+        {
+            let mut out = self.shm_out.lock();
+            if *out > 0 && *out + size > SHM_WINDOW {
+                return None;
+            }
+            *out += size;
+        }
+        match ctx.begin_hand_over(size) {
+            Ok(memory) => Some(LentShm {
+                memory: Some(memory),
+                job: Arc::clone(self),
+                size,
+            }),
+            Err(e) => {
+                self.credit(size);
+                tracing::debug!(job = %self.id, error = %e, "cannot lend shared memory for a chunk; it is written to the heap");
+                None
+            }
+        }
+    }
+
+    /// Publishes a chunk written into lent memory and queues its reference; false once the
+    /// stream is gone. A hand-over that cannot be published (the initiator's context went
+    /// away: its process is exiting or gone) counts as the stream gone, since the bytes went
+    /// with the memory.
+    fn send_lent(&self, fragment: u64, seq: u32, mut lent: Box<LentShm>, len: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (Some(memory), Some(ctx)) = (
+            lent.memory.take(),
+            self.shm.as_ref().and_then(|l| l.sender()),
+        ) else {
+            return false;
+        };
+        // From here the window credit belongs to the reference (returned when the initiator
+        // lets go of the memory), not to the buffer.
+        let size = std::mem::take(&mut lent.size);
+        let id = self.shm_ids.fetch_add(1, Relaxed);
+        let name = fragmenta_wire::messages::shm_chunk_name(self.sender, self.id, id);
+        if let Err(e) = memory.finish(&name) {
+            self.credit(size);
+            tracing::debug!(job = %self.id, error = %e, "cannot publish a chunk written in place");
+            return false;
+        }
+        if let Some(net) = self.net.upgrade() {
+            net.shm.chunks_sent.fetch_add(1, Relaxed);
+            net.shm.bytes_sent.fetch_add(len as u64, Relaxed);
+        }
+        let item = ResultItem::Shm {
+            fragment,
+            seq,
+            id,
+            len: len as u64,
+            size,
+        };
+        self.reference(
+            HandedOver {
+                ctx,
+                name,
+                id,
+                size,
+            },
+            item,
+        )
+    }
+
     /// Copies `bytes` into memory of the initiator's context, published under a name of this
     /// host, when the link is proven, `bytes` is at least [`super::machine::SHM_THRESHOLD`]
     /// and the window has room. Runs on the worker thread that produced the bytes.
@@ -482,11 +558,73 @@ struct RemoteRunner {
 }
 
 struct ChannelSink<'a> {
-    job: &'a RemoteJob,
+    job: &'a Arc<RemoteJob>,
     fragment: u64,
 }
 
+/// Memory of the initiator's context lent to a fragment for one chunk (see
+/// [`RemoteJob::lend`]): dropped unsent, it returns to that context and its window credit to
+/// the job.
+struct LentShm {
+    /// `None` once published.
+    memory: Option<fragmenta_fastio::HandOver>,
+    job: Arc<RemoteJob>,
+    /// Window credit held (0 once it passed to the reference).
+    size: u64,
+}
+
+impl fragmenta_job::LentBuffer for LentShm {
+    fn bytes(&self) -> &[u8] {
+        self.memory.as_ref().map_or(&[], |m| m.bytes())
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.memory {
+            Some(m) => m.bytes_mut(),
+            None => &mut [],
+        }
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
+}
+
+impl Drop for LentShm {
+    fn drop(&mut self) {
+        // The memory goes back to the initiator's context as the handle drops.
+        drop(self.memory.take());
+        if self.size > 0 {
+            self.job.credit(self.size);
+        }
+    }
+}
+
 impl ChunkSink for ChannelSink<'_> {
+    fn chunk_buffer(&mut self, len: usize) -> fragmenta_job::ChunkBuffer {
+        use fragmenta_job::ChunkBuffer;
+        self.job
+            .lend(len)
+            .and_then(|lent| ChunkBuffer::lent(Box::new(lent), len))
+            .unwrap_or_else(|| ChunkBuffer::heap(len))
+    }
+
+    fn send_buffer(&mut self, seq: u32, buf: fragmenta_job::ChunkBuffer) -> std::io::Result<()> {
+        let sent = match buf.take_lent::<LentShm>() {
+            Ok((lent, len)) => self.job.send_lent(self.fragment, seq, lent, len),
+            Err(other) => return self.send_chunk(seq, other.into_vec()),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the job was released or its initiator is gone",
+            ))
+        }
+    }
+
     fn send_chunk(&mut self, seq: u32, data: Vec<u8>) -> std::io::Result<()> {
         let sent = match self.job.hand_over(self.fragment, seq, data) {
             Ok(sent) => sent,
