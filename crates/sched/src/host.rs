@@ -167,7 +167,7 @@ impl HostQueue {
     }
 
     /// Records that a block of `key` ran `fragments` fragments in `elapsed`: blocks taken later
-    /// hold at least about 5 µs of fragments at that speed (see [`MIN_BLOCK_NANOS`]).
+    /// hold at least about 5 µs of fragments at that speed.
     pub fn record_speed(&mut self, key: WorkKey, fragments: usize, elapsed: std::time::Duration) {
         let Some(w) = self.works.get_mut(&key) else {
             return;

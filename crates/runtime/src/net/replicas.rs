@@ -184,7 +184,7 @@ impl RemoteJob {
     /// stream is gone. A hand-over that cannot be published (the initiator's context went
     /// away: its process is exiting or gone) counts as the stream gone, since the bytes went
     /// with the memory.
-    fn send_lent(&self, fragment: u64, seq: u32, mut lent: Box<LentShm>, len: usize) -> bool {
+    fn send_lent(&self, fragment: u64, seq: u32, mut lent: LentShm, len: usize) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let (Some(memory), Some(ctx)) = (
             lent.memory.take(),
@@ -612,7 +612,7 @@ impl ChunkSink for ChannelSink<'_> {
 
     fn send_buffer(&mut self, seq: u32, buf: fragmenta_job::ChunkBuffer) -> std::io::Result<()> {
         let sent = match buf.take_lent::<LentShm>() {
-            Ok((lent, len)) => self.job.send_lent(self.fragment, seq, lent, len),
+            Ok((lent, len)) => self.job.send_lent(self.fragment, seq, *lent, len),
             Err(other) => return self.send_chunk(seq, other.into_vec()),
         };
         if sent {
