@@ -216,3 +216,67 @@ fn a_join_that_times_out_does_not_name_a_host_that_came_and_left() {
         other => panic!("host 1: expected MinHosts, got {other:?}"),
     }
 }
+
+/// Every fragment, on host 1, sends one 512 KiB chunk written in place.
+#[derive(Serialize, Deserialize, Default)]
+struct Large {
+    #[serde(skip)]
+    got: Mutex<Vec<(usize, bool)>>,
+}
+
+#[fragmenta::job]
+impl FragmentedJob for Large {
+    fn execute_fragment(&self, _: &Transaction, _: usize, _: usize, _: &ExecutionContext) {}
+    fn execute_fragment_remote(
+        &self,
+        out: &mut ResultWriter<'_>,
+        _: &Transaction,
+        i: usize,
+        _: usize,
+        _: &ExecutionContext,
+    ) -> std::io::Result<()> {
+        let mut buf = out.chunk_buffer(512 << 10);
+        buf.fill(i as u8);
+        out.write_buffer(buf)
+    }
+    fn receive_remote_result(&self, r: &mut ResultReader, _: &Transaction, i: usize, _: usize) {
+        if r.seq() == 0 {
+            let right = r.len() == 512 << 10 && r.bytes().iter().all(|&b| b == i as u8);
+            self.got.lock().unwrap().push((i, right));
+        }
+    }
+    fn assign_fragments_to_hosts(&self, slots: &mut [HostId]) {
+        slots.fill(HostId(1));
+    }
+    fn scheduling_mode(&self) -> SchedulingMode {
+        SchedulingMode::UserDefined
+    }
+}
+
+#[test]
+fn same_machine_false_in_the_configuration_keeps_results_on_the_transport() {
+    for shared in [true, false] {
+        let mut file = testing::config(2).unwrap().to_config_file();
+        file.cluster.same_machine = Some(shared);
+        let config = ClusterConfig::from_config_file(file, ".").unwrap();
+        assert_eq!(config.same_machine(), shared);
+        let hosts = Cluster::builder().in_process(&config).unwrap();
+        let job = Arc::new(Large::default());
+        assert!(hosts[0].execute(&job, 6).unwrap().is_complete());
+        let mut got = job.got.lock().unwrap().clone();
+        got.sort_unstable();
+        assert_eq!(got, (0..6).map(|i| (i, true)).collect::<Vec<_>>());
+        let stats = hosts[0].same_machine();
+        if shared {
+            assert_eq!(stats.peers, ids(&[1]), "{stats:?}");
+            assert_eq!(stats.chunks_received, 6, "{stats:?}");
+        } else {
+            assert_eq!(
+                stats,
+                SameMachineStats::default(),
+                "nothing shared: {stats:?}"
+            );
+        }
+        testing::shutdown_all(hosts);
+    }
+}

@@ -36,6 +36,7 @@ pub struct ClusterConfig {
     heartbeat_interval: Duration,
     failure_timeout: Duration,
     max_frame_bytes: Option<u64>,
+    same_machine: bool,
     hosts: Vec<HostConfig>,
 }
 
@@ -185,6 +186,7 @@ impl ClusterConfig {
                 max_frame_bytes: self
                     .max_frame_bytes
                     .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+                same_machine: Some(self.same_machine),
             },
             hosts: self
                 .hosts
@@ -270,6 +272,12 @@ impl ClusterConfig {
     /// Largest message frame accepted, if the configuration sets one.
     pub fn max_frame_bytes(&self) -> Option<u64> {
         self.max_frame_bytes
+    }
+
+    /// Whether hosts of one machine pass result bytes and fetches through shared memory
+    /// (`same_machine`, default true; a host's `FRAGMENTA_SAME_MACHINE=0` also turns it off).
+    pub fn same_machine(&self) -> bool {
+        self.same_machine
     }
 
     /// The hosts, in file order (at least one).
@@ -555,6 +563,7 @@ fn validate(file: ConfigFile, base_dir: &Path) -> Result<ClusterConfig, ConfigEr
         heartbeat_interval,
         failure_timeout,
         max_frame_bytes,
+        same_machine: c.same_machine.unwrap_or(true),
         hosts,
     })
 }

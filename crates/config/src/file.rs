@@ -41,6 +41,10 @@ pub struct ClusterSection {
     /// Largest message frame accepted, in bytes; default: the transport's own limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_frame_bytes: Option<i64>,
+    /// Whether hosts of one machine pass results and fetches through shared memory; default
+    /// true. `false` keeps every byte on QUIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_machine: Option<bool>,
 }
 
 /// One `[[host]]` table.

@@ -15,6 +15,7 @@
 //! heartbeat_interval_ms = 500          # default 500
 //! failure_timeout_ms = 2500            # default 2500; must exceed heartbeat_interval_ms
 //! max_frame_bytes = 268435456          # optional
+//! same_machine = true                  # default true: shared memory between hosts of a machine
 //!
 //! [[host]]
 //! id = 0                               # unique, never reused

@@ -67,6 +67,10 @@ fn valid_config_loads_with_typed_values_and_defaults() {
     assert_eq!(c.heartbeat_interval(), Duration::from_millis(100));
     assert_eq!(c.failure_timeout(), Duration::from_secs(1));
     assert_eq!(c.max_frame_bytes(), None);
+    assert!(
+        c.same_machine(),
+        "shared memory between hosts of a machine by default"
+    );
     let ids: Vec<HostId> = c.host_ids().collect();
     assert_eq!(ids, [HostId(0), HostId(1), HostId(5)]);
     let h1 = c.host(HostId(1)).expect("host 1");
@@ -95,9 +99,10 @@ fn cores_default_to_available_parallelism() {
 fn round_trips_through_toml() {
     let c = load(&with(
         "failure_timeout_ms = 1000",
-        "failure_timeout_ms = 1000\nmax_frame_bytes = 4096\nmin_hosts = 2",
+        "failure_timeout_ms = 1000\nmax_frame_bytes = 4096\nmin_hosts = 2\nsame_machine = false",
     ))
     .expect("valid");
+    assert!(!c.same_machine());
     let text = c.to_toml_string();
     assert!(
         text.contains("ca_cert = \"certs/ca.pem\""),
@@ -389,6 +394,15 @@ fn wrong_types_are_named_with_their_line() {
             line: 18,
             message: "invalid type: string \"four\", expected i64".into(),
         })
+    );
+    let err = load(&with(
+        "failure_timeout_ms = 1000",
+        "failure_timeout_ms = 1000\nsame_machine = \"yes\"",
+    ))
+    .expect_err("not a bool");
+    assert!(
+        matches!(&err, ConfigError::WrongType { field, .. } if field == "cluster.same_machine"),
+        "{err:?}"
     );
     let err = load(&with("id = 5", "id = 99999999999999999999")).expect_err("too large");
     assert!(

@@ -165,7 +165,8 @@ pub(crate) struct Net {
     /// out names as missing only the hosts that never connected, not one that came and left
     /// (say a peer whose own join gave up first) before this host's deadline.
     met: Mutex<BTreeSet<HostId>>,
-    /// Whether the same-machine path is on (`FRAGMENTA_SAME_MACHINE`).
+    /// Whether the same-machine path is on (the configuration's `same_machine`, and
+    /// `FRAGMENTA_SAME_MACHINE` not off).
     same_machine: bool,
     /// This machine's boot id.
     boot_id: Option<String>,
@@ -247,6 +248,7 @@ impl Net {
             ..Limits::default()
         };
         node.with_proto(|p| p.set_limits(proto_limits.clone()));
+        let same_machine = machine::enabled() && config.same_machine();
         let net = Arc::new_cyclic(|me| Net {
             node: Arc::downgrade(node),
             host,
@@ -268,7 +270,7 @@ impl Net {
             retired: Mutex::new(BTreeSet::new()),
             refused: Mutex::new(None),
             met: Mutex::new(BTreeSet::new()),
-            same_machine: machine::enabled(),
+            same_machine,
             boot_id: machine::boot_id(),
             shm: machine::ShmCounters::default(),
         });
