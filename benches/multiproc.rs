@@ -764,9 +764,10 @@ fn fetch_figures(cluster: &Cluster, sizes: &Sizes, path: &str) -> Result<(), Str
     });
     check(&cluster.execute(&publish, 1).map_err(|e| e.to_string())?)?;
     let rounds = sizes.fetch_rounds;
-    let fetch_rate = |reuse: bool| -> Result<f64, String> {
+    // `rounds` fetches of `name` in one fragment on the initiator, in MB/s.
+    let timed = |name: &str, rounds: usize, reuse: bool| -> Result<f64, String> {
         let job = Arc::new(FetchBench {
-            name: "bench.multiproc".into(),
+            name: name.into(),
             rounds,
             reuse,
             ..FetchBench::default()
@@ -783,6 +784,7 @@ fn fetch_figures(cluster: &Cluster, sizes: &Sizes, path: &str) -> Result<(), Str
         }
         Ok((rounds * size) as f64 / secs / 1e6)
     };
+    let fetch_rate = |reuse: bool| timed("bench.multiproc", rounds, reuse);
     // The first fetch of memory never read here before: a new publication each time.
     let first_rate = || -> Result<f64, String> {
         let name = "bench.multiproc.new";
@@ -791,19 +793,7 @@ fn fetch_figures(cluster: &Cluster, sizes: &Sizes, path: &str) -> Result<(), Str
             size,
         });
         check(&cluster.execute(&publish, 1).map_err(|e| e.to_string())?)?;
-        let job = Arc::new(FetchBench {
-            name: name.into(),
-            rounds: 1,
-            ..FetchBench::default()
-        });
-        let t = Instant::now();
-        let report = cluster.execute(&job, 1).map_err(|e| e.to_string())?;
-        let secs = t.elapsed().as_secs_f64();
-        check(&report)?;
-        if let Some(e) = lock(&job.error).take() {
-            return Err(format!("fetch failed: {e}"));
-        }
-        Ok(size as f64 / secs / 1e6)
+        timed(name, 1, false)
     };
     let (mut fresh, mut reusing, mut raw, mut first) = (0f64, 0f64, 0f64, 0f64);
     for _ in 0..sizes.fetch_repeats {

@@ -158,11 +158,7 @@ impl Executor {
         runner: Arc<dyn BlockRunner>,
         fragments: Vec<Range<usize>>,
     ) -> Result<(), SubmitError> {
-        let mut st = self.inner.state.lock();
-        st.queue.submit(key, spec, fragments)?;
-        st.runners.insert(key, runner);
-        start_more(&self.inner, &mut st);
-        Ok(())
+        self.submit_with(key, spec, runner, fragments, false)
     }
 
     /// [`submit`](Self::submit) for a work whose submitter waits for it next (a job started
@@ -177,11 +173,24 @@ impl Executor {
         runner: Arc<dyn BlockRunner>,
         fragments: Vec<Range<usize>>,
     ) -> Result<(), SubmitError> {
+        self.submit_with(key, spec, runner, fragments, true)
+    }
+
+    fn submit_with(
+        &self,
+        key: WorkKey,
+        spec: WorkSpec,
+        runner: Arc<dyn BlockRunner>,
+        fragments: Vec<Range<usize>>,
+        reserve: bool,
+    ) -> Result<(), SubmitError> {
         let mut st = self.inner.state.lock();
         st.queue.submit(key, spec, fragments)?;
         st.runners.insert(key, runner);
-        if let Some(block) = st.queue.next_block_if(key) {
-            st.reserved.insert(key, block);
+        if reserve {
+            if let Some(block) = st.queue.next_block_if(key) {
+                st.reserved.insert(key, block);
+            }
         }
         start_more(&self.inner, &mut st);
         Ok(())

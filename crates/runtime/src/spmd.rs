@@ -90,11 +90,7 @@ impl NestedJobs for Transaction {
         job: &Arc<J>,
         count: usize,
     ) -> Result<JobHandle, ExecuteError> {
-        let handle = self
-            .runtime()
-            .and_then(|r| r.downcast_ref::<RuntimeHandle>())
-            .ok_or(ExecuteError::NoRuntime)?;
-        let node = handle.0.upgrade().ok_or(ExecuteError::ShutDown)?;
+        let node = node_of(self)?;
         let ij = node.submit(job, count)?;
         Ok(JobHandle::new(node, ij))
     }
@@ -104,13 +100,17 @@ impl NestedJobs for Transaction {
         job: &Arc<J>,
         count: usize,
     ) -> Result<JobReport, ExecuteError> {
-        let handle = self
-            .runtime()
-            .and_then(|r| r.downcast_ref::<RuntimeHandle>())
-            .ok_or(ExecuteError::NoRuntime)?;
-        let node = handle.0.upgrade().ok_or(ExecuteError::ShutDown)?;
-        node.submit_and_wait(job, count)
+        node_of(self)?.submit_and_wait(job, count)
     }
+}
+
+/// The node a fragment's transaction belongs to.
+fn node_of(tx: &Transaction) -> Result<Arc<crate::node::Node>, ExecuteError> {
+    let handle = tx
+        .runtime()
+        .and_then(|r| r.downcast_ref::<RuntimeHandle>())
+        .ok_or(ExecuteError::NoRuntime)?;
+    handle.0.upgrade().ok_or(ExecuteError::ShutDown)
 }
 
 impl JobHandle {

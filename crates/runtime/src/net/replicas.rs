@@ -153,18 +153,14 @@ impl RemoteJob {
     /// link proven, `len` at least [`super::machine::SHM_THRESHOLD`], room in the window (the
     /// memory counts against it from now, and goes back if the buffer is dropped unsent).
     fn lend(self: &Arc<Self>, len: usize) -> Option<LentShm> {
-        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
+        use super::machine::{size_class, SHM_THRESHOLD};
         if len < SHM_THRESHOLD {
             return None;
         }
         let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
         let size = size_class(len as u64);
-        {
-            let mut out = self.shm_out.lock();
-            if *out > 0 && *out + size > SHM_WINDOW {
-                return None;
-            }
-            *out += size;
+        if !self.take_window(size) {
+            return None;
         }
         match ctx.begin_hand_over(size) {
             Ok(memory) => Some(LentShm {
@@ -228,23 +224,15 @@ impl RemoteJob {
     /// host, when the link is proven, `bytes` is at least [`super::machine::SHM_THRESHOLD`]
     /// and the window has room. Runs on the worker thread that produced the bytes.
     fn hand_over_bytes(&self, bytes: &[u8]) -> Option<HandedOver<'_>> {
-        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
+        use super::machine::{size_class, SHM_THRESHOLD};
         use std::sync::atomic::Ordering::Relaxed;
         if bytes.len() < SHM_THRESHOLD {
             return None;
         }
         let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
         let size = size_class(bytes.len() as u64);
-        {
-            // Beyond the window the chunk goes on QUIC rather than wait for credit: a chunk
-            // held back here could be the very one the initiator's ordered delivery waits for
-            // while the window is full of later ones; QUIC's own rules (the stream carrying
-            // the next chunk in order is never paused) then keep the job moving.
-            let mut out = self.shm_out.lock();
-            if *out > 0 && *out + size > SHM_WINDOW {
-                return None;
-            }
-            *out += size;
+        if !self.take_window(size) {
+            return None;
         }
         let id = self.shm_ids.fetch_add(1, Relaxed);
         let name = fragmenta_wire::messages::shm_chunk_name(self.sender, self.id, id);
@@ -274,6 +262,21 @@ impl RemoteJob {
         }
         self.credit(handed.size);
         false
+    }
+
+    /// Counts `size` bytes of memory against the window of what is handed over and not
+    /// credited back; false (nothing counted) when it has no room. Beyond the window a chunk
+    /// goes on QUIC rather than wait for credit: a chunk held back here could be the very one
+    /// the initiator's ordered delivery waits for while the window is full of later ones;
+    /// QUIC's own rules (the stream carrying the next chunk in order is never paused) then
+    /// keep the job moving.
+    fn take_window(&self, size: u64) -> bool {
+        let mut out = self.shm_out.lock();
+        if *out > 0 && *out + size > super::machine::SHM_WINDOW {
+            return false;
+        }
+        *out += size;
+        true
     }
 
     /// The initiator let go of `bytes` of handed-over memory.
@@ -611,17 +614,9 @@ impl ChunkSink for ChannelSink<'_> {
     }
 
     fn send_buffer(&mut self, seq: u32, buf: fragmenta_job::ChunkBuffer) -> std::io::Result<()> {
-        let sent = match buf.take_lent::<LentShm>() {
-            Ok((lent, len)) => self.job.send_lent(self.fragment, seq, *lent, len),
-            Err(other) => return self.send_chunk(seq, other.into_vec()),
-        };
-        if sent {
-            Ok(())
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the job was released or its initiator is gone",
-            ))
+        match buf.take_lent::<LentShm>() {
+            Ok((lent, len)) => sent_or_gone(self.job.send_lent(self.fragment, seq, *lent, len)),
+            Err(other) => self.send_chunk(seq, other.into_vec()),
         }
     }
 
@@ -634,14 +629,19 @@ impl ChunkSink for ChannelSink<'_> {
                 data,
             }),
         };
-        if sent {
-            Ok(())
-        } else {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "the job was released or its initiator is gone",
-            ))
-        }
+        sent_or_gone(sent)
+    }
+}
+
+/// A sink's answer: the chunk is on its way, or the stream back to the initiator is gone.
+fn sent_or_gone(sent: bool) -> std::io::Result<()> {
+    if sent {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the job was released or its initiator is gone",
+        ))
     }
 }
 
