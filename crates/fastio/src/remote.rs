@@ -162,8 +162,10 @@ impl RemoteContext {
     /// Errors: [`FastIoError::CapacityExceeded`], [`FastIoError::Disconnected`].
     pub fn begin_hand_over(&self, size: u64) -> Result<HandOver> {
         let alloc = self.grant(&ToServer::CreateMapped { size })?;
-        self.keep(alloc.mapping());
-        alloc.mapping().populate();
+        // Memory reused from the server's pool is usually mapped, and populated, here already.
+        if self.keep(alloc.mapping()) {
+            alloc.mapping().populate();
+        }
         Ok(HandOver {
             port: Arc::clone(&self.port),
             alloc: Some(alloc),

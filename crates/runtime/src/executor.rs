@@ -205,27 +205,16 @@ impl Executor {
     pub(crate) fn help(&self, key: WorkKey) -> bool {
         let mut st = self.inner.state.lock();
         let mut reserved = st.reserved.remove(&key);
-        if reserved.is_none() && st.workers >= st.max_workers {
+        if st.workers >= st.max_workers {
+            // Every index is a live worker's: the reserved block goes to them.
+            if let Some(block) = reserved {
+                give_back(&mut st, block);
+                start_more(&self.inner, &mut st);
+            }
             return false;
         }
-        let index = match st.free.pop() {
-            Some(Reverse(i)) => i,
-            None if st.next_index < st.max_workers => {
-                st.next_index += 1;
-                st.next_index - 1
-            }
-            None => {
-                // Every index is a live worker's: give the block to them.
-                if let Some(block) = reserved.take() {
-                    st.queue.finish(&block);
-                    st.queue.requeue_front(block.work, block.range);
-                    start_more(&self.inner, &mut st);
-                }
-                return false;
-            }
-        };
+        let index = take_index(&mut st);
         st.workers += 1;
-        let pool = Arc::as_ptr(&self.inner) as usize;
         let outer = CURRENT.with(|c| c.borrow_mut().take());
         let mut ran = false;
         loop {
@@ -242,15 +231,8 @@ impl Executor {
             };
             // Other blocks that may start now go to the pool's threads.
             start_more(&self.inner, &mut st);
-            drop(st);
-            CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
-            let started = std::time::Instant::now();
-            let leftover = runner.run(&block, index);
-            let elapsed = started.elapsed();
-            CURRENT.with(|c| *c.borrow_mut() = None);
+            st = run_block(&self.inner, st, &block, &*runner, index);
             ran = true;
-            st = self.inner.state.lock();
-            finish(&mut st, &block, leftover, elapsed);
         }
         CURRENT.with(|c| *c.borrow_mut() = outer);
         st.workers -= 1;
@@ -286,8 +268,7 @@ impl Executor {
         let mut st = self.inner.state.lock();
         st.runners.remove(&key);
         if let Some(block) = st.reserved.remove(&key) {
-            st.queue.finish(&block);
-            st.queue.requeue_front(block.work, block.range);
+            give_back(&mut st, block);
         }
         st.queue.remove(key)
     }
@@ -392,8 +373,8 @@ fn take_back(st: &mut State, key: WorkKey) -> Option<Block> {
 }
 
 /// Spins (yielding the core to any thread that wants it) for up to [`SPIN`] with the lock
-/// released, watching for a block handed to a
-/// spinning worker; returns it, or `None` when the time is up (or the pool shuts down).
+/// released, watching for a block handed to a spinning worker; returns it, or `None` when the
+/// time is up (or the pool shuts down).
 fn spin(inner: &Inner, st: &mut parking_lot::MutexGuard<'_, State>) -> Option<Task> {
     st.spinning += 1;
     let deadline = std::time::Instant::now() + st.spin;
@@ -424,13 +405,47 @@ fn spin(inner: &Inner, st: &mut parking_lot::MutexGuard<'_, State>) -> Option<Ta
     task
 }
 
-/// Returns a run block's resources, its unstarted rest to the front of its work's queue, and
-/// the speed of its fragments to the queue's block sizing.
-fn finish(st: &mut State, block: &Block, leftover: Range<usize>, elapsed: Duration) {
+/// Runs `block` on this thread as worker `index`, with the pool's lock released meanwhile,
+/// then returns the block's resources, its unstarted rest to the front of its work's queue,
+/// and the speed of its fragments to the queue's block sizing.
+fn run_block<'a>(
+    inner: &'a Inner,
+    st: parking_lot::MutexGuard<'a, State>,
+    block: &Block,
+    runner: &dyn BlockRunner,
+    index: usize,
+) -> parking_lot::MutexGuard<'a, State> {
+    drop(st);
+    let pool = std::ptr::from_ref(inner) as usize;
+    CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
+    let started = std::time::Instant::now();
+    let leftover = runner.run(block, index);
+    let elapsed = started.elapsed();
+    CURRENT.with(|c| *c.borrow_mut() = None);
+    let mut st = inner.state.lock();
     st.queue.finish(block);
     let ran = leftover.start.saturating_sub(block.range.start);
     st.queue.record_speed(block.work, ran, elapsed);
     st.queue.requeue_front(block.work, leftover);
+    st
+}
+
+/// Returns a block taken and never started to the front of its work's queue.
+fn give_back(st: &mut State, block: Block) {
+    st.queue.finish(&block);
+    st.queue.requeue_front(block.work, block.range);
+}
+
+/// A worker index for one more thread, the lowest an exited worker left first: with
+/// `workers < max_workers`, one below `max_workers`.
+fn take_index(st: &mut State) -> usize {
+    match st.free.pop() {
+        Some(Reverse(i)) => i,
+        None => {
+            st.next_index += 1;
+            st.next_index - 1
+        }
+    }
 }
 
 fn take(st: &mut State) -> Option<Task> {
@@ -444,13 +459,7 @@ fn take(st: &mut State) -> Option<Task> {
 }
 
 fn spawn_worker(inner: &Arc<Inner>, st: &mut State, task: Task) {
-    let index = match st.free.pop() {
-        Some(Reverse(i)) => i,
-        None => {
-            st.next_index += 1;
-            st.next_index - 1
-        }
-    };
+    let index = take_index(st);
     st.workers += 1;
     let inner2 = inner.clone();
     let block = task.0.clone();
@@ -488,15 +497,7 @@ fn worker_loop(inner: Arc<Inner>, index: usize, mut first: Option<Task>) {
                 timed_out = false;
                 // Other blocks that may start now go to other workers.
                 start_more(&inner, &mut st);
-                drop(st);
-                let pool = Arc::as_ptr(&inner) as usize;
-                CURRENT.with(|c| *c.borrow_mut() = Some((pool, block.clone())));
-                let started = std::time::Instant::now();
-                let leftover = runner.run(&block, index);
-                let elapsed = started.elapsed();
-                CURRENT.with(|c| *c.borrow_mut() = None);
-                st = inner.state.lock();
-                finish(&mut st, &block, leftover, elapsed);
+                st = run_block(&inner, st, &block, &*runner, index);
                 ran = true;
             }
             None => {

@@ -101,21 +101,27 @@ impl RemoteJob {
         let Some(handed) = self.hand_over_bytes(&data) else {
             return Err(data);
         };
-        let len = data.len() as u64;
+        let len = data.len();
         drop(data);
+        Ok(self.refer_chunk(fragment, seq, handed, len))
+    }
+
+    /// Counts a chunk of `len` bytes handed over and queues its reference
+    /// ([`RemoteJob::reference`]).
+    fn refer_chunk(&self, fragment: u64, seq: u32, handed: HandedOver<'_>, len: usize) -> bool {
         if let Some(net) = self.net.upgrade() {
             use std::sync::atomic::Ordering::Relaxed;
             net.shm.chunks_sent.fetch_add(1, Relaxed);
-            net.shm.bytes_sent.fetch_add(len, Relaxed);
+            net.shm.bytes_sent.fetch_add(len as u64, Relaxed);
         }
         let item = ResultItem::Shm {
             fragment,
             seq,
             id: handed.id,
-            len,
+            len: len as u64,
             size: handed.size,
         };
-        Ok(self.reference(handed, item))
+        self.reference(handed, item)
     }
 
     /// Hands a fragment's whole RDMA result over through the initiator's Fast I/O context,
@@ -153,15 +159,7 @@ impl RemoteJob {
     /// link proven, `len` at least [`super::machine::SHM_THRESHOLD`], room in the window (the
     /// memory counts against it from now, and goes back if the buffer is dropped unsent).
     fn lend(self: &Arc<Self>, len: usize) -> Option<LentShm> {
-        use super::machine::{size_class, SHM_THRESHOLD};
-        if len < SHM_THRESHOLD {
-            return None;
-        }
-        let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
-        let size = size_class(len as u64);
-        if !self.take_window(size) {
-            return None;
-        }
+        let (ctx, size) = self.shm_room(len)?;
         match ctx.begin_hand_over(size) {
             Ok(memory) => Some(LentShm {
                 memory: Some(memory),
@@ -198,42 +196,21 @@ impl RemoteJob {
             tracing::debug!(job = %self.id, error = %e, "cannot publish a chunk written in place");
             return false;
         }
-        if let Some(net) = self.net.upgrade() {
-            net.shm.chunks_sent.fetch_add(1, Relaxed);
-            net.shm.bytes_sent.fetch_add(len as u64, Relaxed);
-        }
-        let item = ResultItem::Shm {
-            fragment,
-            seq,
+        let handed = HandedOver {
+            ctx,
+            name,
             id,
-            len: len as u64,
             size,
         };
-        self.reference(
-            HandedOver {
-                ctx,
-                name,
-                id,
-                size,
-            },
-            item,
-        )
+        self.refer_chunk(fragment, seq, handed, len)
     }
 
     /// Copies `bytes` into memory of the initiator's context, published under a name of this
     /// host, when the link is proven, `bytes` is at least [`super::machine::SHM_THRESHOLD`]
     /// and the window has room. Runs on the worker thread that produced the bytes.
     fn hand_over_bytes(&self, bytes: &[u8]) -> Option<HandedOver<'_>> {
-        use super::machine::{size_class, SHM_THRESHOLD};
         use std::sync::atomic::Ordering::Relaxed;
-        if bytes.len() < SHM_THRESHOLD {
-            return None;
-        }
-        let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
-        let size = size_class(bytes.len() as u64);
-        if !self.take_window(size) {
-            return None;
-        }
+        let (ctx, size) = self.shm_room(bytes.len())?;
         let id = self.shm_ids.fetch_add(1, Relaxed);
         let name = fragmenta_wire::messages::shm_chunk_name(self.sender, self.id, id);
         if let Err(e) = ctx.hand_over(&name, bytes, size) {
@@ -264,19 +241,27 @@ impl RemoteJob {
         false
     }
 
-    /// Counts `size` bytes of memory against the window of what is handed over and not
-    /// credited back; false (nothing counted) when it has no room. Beyond the window a chunk
-    /// goes on QUIC rather than wait for credit: a chunk held back here could be the very one
-    /// the initiator's ordered delivery waits for while the window is full of later ones;
-    /// QUIC's own rules (the stream carrying the next chunk in order is never paused) then
-    /// keep the job moving.
-    fn take_window(&self, size: u64) -> bool {
+    /// Whether `len` bytes may go through the initiator's context: the link proven, `len` at
+    /// least [`super::machine::SHM_THRESHOLD`], and room in the window of memory handed over
+    /// and not credited back. If so, the memory's size class is counted against the window
+    /// from now (the caller credits it back if the hand-over fails) and returned with the
+    /// context. Beyond the window a chunk goes on QUIC rather than wait for credit: a chunk
+    /// held back here could be the very one the initiator's ordered delivery waits for while
+    /// the window is full of later ones; QUIC's own rules (the stream carrying the next chunk
+    /// in order is never paused) then keep the job moving.
+    fn shm_room(&self, len: usize) -> Option<(&fragmenta_fastio::RemoteContext, u64)> {
+        use super::machine::{size_class, SHM_THRESHOLD, SHM_WINDOW};
+        if len < SHM_THRESHOLD {
+            return None;
+        }
+        let ctx = self.shm.as_ref().and_then(|l| l.sender())?;
+        let size = size_class(len as u64);
         let mut out = self.shm_out.lock();
-        if *out > 0 && *out + size > super::machine::SHM_WINDOW {
-            return false;
+        if *out > 0 && *out + size > SHM_WINDOW {
+            return None;
         }
         *out += size;
-        true
+        Some((ctx, size))
     }
 
     /// The initiator let go of `bytes` of handed-over memory.

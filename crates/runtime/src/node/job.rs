@@ -242,11 +242,8 @@ impl JobHandle {
                 drop(r);
                 let ran = self.node.exec.help(key);
                 r = self.job.result.lock();
-                if ran {
-                    helped = true;
-                    continue;
-                }
-                if r.is_some() {
+                helped |= ran;
+                if ran || r.is_some() {
                     continue;
                 }
             }
